@@ -1,0 +1,100 @@
+"""Projected gradient descent (PGD) attacks in L2 and Linf, with the `robustness` library's rules.
+
+For an input ``x0`` in [0, 1] and label ``y``, PGD ascends the cross-entropy loss
+``L(f(x), y)`` from ``x0`` (or a random point of the ball) for ``steps`` iterations:
+
+* L2:   ``x <- Proj(x + a * g / ||g||_2)``, the ball ``||x - x0||_2 <= eps`` per example;
+* Linf: ``x <- Proj(x + a * sign(g))``,     the ball ``||x - x0||_inf <= eps``;
+
+where ``g = dL/dx``, ``a = step_scale * eps / steps`` and ``Proj`` projects onto the ball and then
+clamps to [0, 1]. With ``keep_best`` the per-example iterate of highest loss is returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CONSTRAINTS = ("l2", "linf")
+
+
+@dataclass(frozen=True)
+class PGDConfig:
+    """Settings of one PGD attack."""
+
+    constraint: str  # "l2" or "linf"
+    eps: float  # radius in [0, 1] pixel units
+    steps: int = 7
+    step_scale: float = 2.5  # step size = step_scale * eps / steps
+    random_start: bool = False
+    keep_best: bool = False
+
+    def __post_init__(self):
+        if self.constraint not in CONSTRAINTS:
+            raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {self.constraint!r}")
+        if self.eps < 0 or self.steps < 1:
+            raise ValueError("PGD needs eps >= 0 and steps >= 1")
+
+    @property
+    def step_size(self) -> float:
+        return self.step_scale * self.eps / self.steps
+
+
+def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def project(x: torch.Tensor, x0: torch.Tensor, constraint: str, eps: float) -> torch.Tensor:
+    """Project ``x`` onto the eps-ball around ``x0`` (per example), then onto [0, 1]."""
+    delta = x - x0
+    if constraint == "l2":
+        delta = delta * torch.clamp(eps / (_per_example_norm(delta) + 1e-12), max=1.0)
+    else:
+        delta = delta.clamp(-eps, eps)
+    return (x0 + delta).clamp(0.0, 1.0)
+
+
+def _step(x: torch.Tensor, grad: torch.Tensor, constraint: str, size: float) -> torch.Tensor:
+    if constraint == "l2":
+        return x + size * grad / (_per_example_norm(grad) + 1e-10)
+    return x + size * grad.sign()
+
+
+def _random_start(x0: torch.Tensor, constraint: str, eps: float) -> torch.Tensor:
+    if constraint == "l2":
+        noise = torch.randn_like(x0)
+        radius = eps * torch.rand(x0.shape[0], *([1] * (x0.dim() - 1)), device=x0.device)
+        return x0 + noise / (_per_example_norm(noise) + 1e-12) * radius
+    return x0 + torch.empty_like(x0).uniform_(-eps, eps)
+
+
+def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: PGDConfig) -> torch.Tensor:
+    """Return adversarial inputs ``(B, C, H, W)`` in [0, 1] within ``cfg.eps`` of ``x``.
+
+    The model is used as given (put it in eval mode first, as the `robustness` library does);
+    its parameters receive no gradient.
+    """
+    x0 = x.detach()
+    if cfg.eps == 0:
+        return x0.clone()
+    adv = project(_random_start(x0, cfg.constraint, cfg.eps), x0, cfg.constraint, cfg.eps) if cfg.random_start else x0.clone()
+    best, best_loss = adv.clone(), torch.full((x0.shape[0],), -float("inf"), device=x0.device)
+    for _ in range(cfg.steps):
+        adv.requires_grad_(True)
+        loss = F.cross_entropy(model(adv), y, reduction="none")
+        (grad,) = torch.autograd.grad(loss.sum(), adv)
+        with torch.no_grad():
+            if cfg.keep_best:
+                better = loss.detach() > best_loss
+                best[better], best_loss[better] = adv.detach()[better], loss.detach()[better]
+            adv = project(_step(adv.detach(), grad, cfg.constraint, cfg.step_size), x0, cfg.constraint, cfg.eps)
+    if cfg.keep_best:
+        with torch.no_grad():
+            loss = F.cross_entropy(model(adv), y, reduction="none")
+            better = loss > best_loss
+            best[better] = adv[better]
+        return best
+    return adv.detach()

@@ -1,0 +1,75 @@
+"""Training a source model from scratch, naturally or with PGD adversarial training."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from transfer.attacks import PGDConfig
+from transfer.datasets import Transformed, dataset_spec, load_raw_splits
+from transfer.device import resolve_device
+from transfer.errors import UserError
+from transfer.freezing import ALL_BLOCKS
+from transfer.models import build_model, native_size
+from transfer.runs import RunDir, read_json
+from transfer.train import TrainConfig, finish_run, fit
+from transfer.transforms import build_transform
+
+
+@dataclass
+class PretrainConfig:
+    """Every setting of a source-training run."""
+
+    dataset: str = field(default="mnist5k", metadata={"help": "training dataset"})
+    arch: str = field(default="small_resnet", metadata={"help": "architecture"})
+    constraint: str = field(default="none", metadata={"help": "adversarial training threat model: none, l2 or linf"})
+    eps: float = field(default=1.0, metadata={"help": "attack radius in [0, 1] pixel units"})
+    attack_steps: int = field(default=7, metadata={"help": "PGD steps per training batch"})
+    step_scale: float = field(default=2.5, metadata={"help": "PGD step size = step_scale * eps / steps"})
+    epochs: int = field(default=15, metadata={"help": "epochs"})
+    batch_size: int = field(default=128, metadata={"help": "batch size"})
+    lr: float = field(default=0.1, metadata={"help": "initial learning rate, divided by 10 at 1/3 and 2/3 of the epochs"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay"})
+    augment: str = field(default="paper", metadata={"help": "paper or none"})
+    resolution: int | None = field(default=None, metadata={"help": "input size (default: the architecture's native size)"})
+    eval_every: int = field(default=5, metadata={"help": "epochs between test evaluations"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation and batch order"})
+    data_root: str | None = field(default=None, metadata={"help": "where torchvision datasets live"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
+
+    def attack(self) -> PGDConfig | None:
+        if self.constraint == "none":
+            return None
+        if self.constraint not in ("l2", "linf"):
+            raise UserError(f"--constraint must be none, l2 or linf, got {self.constraint!r}")
+        return PGDConfig(self.constraint, self.eps, self.attack_steps, self.step_scale, random_start=True)
+
+
+def pretrain(cfg: PretrainConfig, out: Path | str, resume: bool = False, progress: bool = True,
+             on_epoch_end: Callable[[int], None] | None = None) -> dict:
+    """Train ``cfg.arch`` on ``cfg.dataset`` from scratch (adversarially when ``cfg.constraint`` is set)."""
+    run = RunDir(out)
+    if resume and run.finished():
+        return read_json(run.summary)
+    spec = dataset_spec(cfg.dataset)
+    device = resolve_device(cfg.device)
+    attack = cfg.attack()
+    resolution = cfg.resolution or native_size(cfg.arch)
+    settings = asdict(cfg)
+    settings.pop("device"), settings.pop("workers")
+    run.prepare(settings, resume)
+    train_raw, test_raw = load_raw_splits(cfg.dataset, cfg.data_root)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.arch, spec.num_classes)
+    train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            eval_every=cfg.eval_every, seed=cfg.seed, attack=attack, workers=cfg.workers)
+    train_set = Transformed(train_raw, build_transform(resolution, train=True, augment=cfg.augment))
+    test_set = Transformed(test_raw, build_transform(resolution, train=False))
+    history, wall = fit(model, ALL_BLOCKS, train_set, test_set, train_cfg, run, device, progress, on_epoch_end)
+    meta = {"dataset": cfg.dataset, "constraint": cfg.constraint, "eps": cfg.eps if attack else 0.0, "attack_steps": cfg.attack_steps}
+    return finish_run(run, model, cfg.arch, resolution, history, wall, meta)

@@ -1,0 +1,229 @@
+"""The one training loop, shared by fine-tuning and (adversarial) source training.
+
+SGD with momentum and weight decay over the trainable parameters; the learning rate is divided
+by 10 at 1/3 and 2/3 of the epochs. Frozen layers run under ``torch.no_grad``; when their output
+cannot change between epochs (``cache_train_prefix``: no augmentation and frozen BatchNorm in
+eval mode) it is computed once and reused.
+
+Every epoch draws its shuffling and augmentation from a generator seeded by ``(seed, epoch)``, and
+the full training state is saved atomically after every epoch, so a killed run resumed from
+``state.pt`` ends exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from transfer.attacks import PGDConfig, pgd_attack
+from transfer.checkpoints import save_checkpoint
+from transfer.errors import UserError
+from transfer.freezing import Split, split_frozen_prefix, unfreeze_last_blocks
+from transfer.models import NormalizedModel
+from transfer.runs import RunDir, atomic_torch_save, atomic_write_json, atomic_write_jsonl
+
+FROZEN_BN = ("train", "eval")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one run."""
+
+    epochs: int
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    eval_every: int = 10
+    seed: int = 0
+    frozen_bn: str = "train"  # "train": frozen BatchNorm still updates running stats (paper's code)
+    cache_train_prefix: bool = False
+    attack: PGDConfig | None = None  # adversarial training when set
+    workers: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise UserError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1 or self.lr <= 0:
+            raise UserError("--batch-size must be >= 1 and --lr > 0")
+        if self.frozen_bn not in FROZEN_BN:
+            raise UserError(f"--frozen-bn must be one of {FROZEN_BN}, got {self.frozen_bn!r}")
+        if self.eval_every < 1:
+            raise UserError(f"--eval-every must be >= 1, got {self.eval_every}")
+
+
+def paper_epochs(n_train: int) -> int:
+    """Epochs of the paper's Table 2: 100 up to 1,600 training images, 150 above."""
+    return 100 if n_train <= 1600 else 150
+
+
+def paper_eval_every(epochs: int) -> int:
+    """Evaluate every 20 epochs on long runs (> 100 epochs), every 10 otherwise."""
+    return 20 if epochs > 100 else 10
+
+
+def lr_milestones(epochs: int) -> list[int]:
+    """Epochs after which the learning rate is divided by 10: 1/3 and 2/3 of the run."""
+    return sorted({m for m in (epochs // 3, 2 * epochs // 3) if 0 < m < epochs})
+
+
+def eval_epochs(epochs: int, every: int) -> set[int]:
+    """Epochs (1-based) after which test accuracy is measured: the first, every ``every``, the last."""
+    return {1, epochs, *range(every, epochs + 1, every)}
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _set_modes(model: nn.Module, split: Split, frozen_bn: str) -> None:
+    model.train()
+    if frozen_bn == "eval":
+        split.prefix.eval()
+
+
+@torch.no_grad()
+def _prefix_features(prefix: nn.Module, dataset: Dataset, device, batch_size: int, workers: int, desc: str):
+    prefix.eval()
+    feats, labels = [], []
+    for x, y in tqdm(DataLoader(dataset, batch_size=batch_size, num_workers=workers), desc=desc, leave=False):
+        feats.append(prefix(x.to(device)))
+        labels.append(y.to(device))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def _batches(perm: torch.Tensor, batch_size: int):
+    return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
+
+
+@torch.no_grad()
+def _test_accuracy(model, split, test_set, test_cache, cfg, device) -> float:
+    model.eval()
+    correct = 0
+    if test_cache is not None:
+        feats, labels = test_cache
+        for idx in _batches(torch.arange(len(labels)), 512):
+            correct += (split.suffix(feats[idx]).argmax(1) == labels[idx]).sum().item()
+        return correct / len(labels)
+    for x, y in DataLoader(test_set, batch_size=256, num_workers=cfg.workers):
+        correct += (model(x.to(device)).argmax(1) == y.to(device)).sum().item()
+    return correct / len(test_set)
+
+
+def fit(
+    model: NormalizedModel,
+    blocks: int | str,
+    train_set: Dataset,
+    test_set: Dataset,
+    cfg: TrainConfig,
+    run: RunDir,
+    device: torch.device,
+    progress: bool = True,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> tuple[list[dict], float]:
+    """Train the last ``blocks`` blocks and the classifier; return (evaluation rows, wall seconds).
+
+    Resumes from ``run.state`` when it exists. Each row of the history is
+    ``{"epoch", "train_loss", "train_acc", "test_acc", "lr"}``; it is also written to
+    ``metrics.jsonl`` after every evaluation.
+    """
+    model.to(device)
+    unfreeze_last_blocks(model, blocks)
+    split = split_frozen_prefix(model, blocks)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, lr_milestones(cfg.epochs), gamma=0.1)
+    history: list[dict] = []
+    start, elapsed = 1, 0.0
+    if run.state.exists():
+        state = torch.load(run.state, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history, start, elapsed = list(state["history"]), int(state["epoch"]) + 1, float(state["elapsed"])
+
+    t0 = time.perf_counter()
+    has_prefix = len(split.prefix) > 0
+    train_cache = test_cache = None
+    if has_prefix and cfg.cache_train_prefix and cfg.attack is None and start <= cfg.epochs:
+        train_cache = _prefix_features(split.prefix, train_set, device, 256, cfg.workers, "cache train prefix")
+    if has_prefix and cfg.frozen_bn == "eval" and start <= cfg.epochs:
+        test_cache = _prefix_features(split.prefix, test_set, device, 256, cfg.workers, "cache test prefix")
+    n = len(train_set)
+    evals = eval_epochs(cfg.epochs, cfg.eval_every)
+    cuda = [device] if device.type == "cuda" else []
+    bar = tqdm(range(start, cfg.epochs + 1), desc="epochs", disable=not progress, initial=start - 1, total=cfg.epochs)
+    for epoch in bar:
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(epoch_seed(cfg.seed, epoch))
+            perm = torch.randperm(n)
+            if train_cache is not None:
+                feats, labels = train_cache
+                batches = ((None, labels[idx], feats[idx]) for idx in _batches(perm.to(device), cfg.batch_size))
+            else:
+                loader = DataLoader(torch.utils.data.Subset(train_set, perm.tolist()), batch_size=cfg.batch_size, num_workers=cfg.workers)
+                batches = ((x, y, None) for x, y in loader)
+            loss_sum = correct = 0.0
+            for x, y, h in batches:
+                y = y.to(device)
+                if h is None:
+                    x = x.to(device)
+                    if cfg.attack is not None:
+                        model.eval()
+                        x = pgd_attack(model, x, y, cfg.attack)
+                    _set_modes(model, split, cfg.frozen_bn)
+                    with torch.no_grad():
+                        h = split.prefix(x)
+                else:
+                    _set_modes(model, split, cfg.frozen_bn)
+                logits = split.suffix(h)
+                loss = F.cross_entropy(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.item() * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        if epoch in evals:
+            acc = _test_accuracy(model, split, test_set, test_cache, cfg, device)
+            history.append({"epoch": epoch, "train_loss": loss_sum / n, "train_acc": correct / n, "test_acc": acc, "lr": lr})
+            bar.set_postfix(loss=f"{loss_sum / n:.3f}", test_acc=f"{acc:.3f}")
+            atomic_write_jsonl(run.metrics, history)
+        state = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "epoch": epoch,
+            "history": history,
+            "elapsed": elapsed + time.perf_counter() - t0,
+        }
+        atomic_torch_save(state, run.state)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+    return history, elapsed + time.perf_counter() - t0
+
+
+def finish_run(run: RunDir, model: NormalizedModel, arch: str, input_size: int, history: list[dict], wall: float, meta: dict) -> dict:
+    """Write ``model.pt`` and then ``summary.json`` (the run's mark of completion); drop ``state.pt``."""
+    save_checkpoint(run.model, model.cpu(), arch, input_size, meta)
+    best = max(history, key=lambda r: r["test_acc"])
+    summary = {
+        "final_test_acc": history[-1]["test_acc"],
+        "best_test_acc": best["test_acc"],
+        "best_epoch": best["epoch"],
+        "epochs": history[-1]["epoch"],
+        "wall_time_s": wall,
+        **meta,
+    }
+    atomic_write_json(run.summary, summary)
+    run.state.unlink(missing_ok=True)
+    return summary

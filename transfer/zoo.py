@@ -1,0 +1,160 @@
+"""The named source models, and the one entry point that turns a name or path into a model.
+
+The paper's ImageNet ResNet-50 sources (torchvision's natural V1 weights and the Madry lab's
+L2 / Linf adversarially trained ones, now on the Hugging Face hub as
+``madrylab/robust-imagenet-models``) download into the cache when the network allows. The
+embedded sources ``mnist5k-natural`` and ``mnist5k-l2`` ship inside the package (regenerate them
+with the commands in the README).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from transfer.checkpoints import ParsedCheckpoint, model_from_checkpoint, parse_checkpoint, read_checkpoint
+from transfer.errors import UserError
+from transfer.models import NormalizedModel, native_size
+
+DEFAULT_CACHE = Path.home() / ".cache" / "robust-transfer" / "models"
+_MADRY = "https://huggingface.co/madrylab/robust-imagenet-models/resolve/main/"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A named source model and what is published about it."""
+
+    name: str
+    arch: str
+    constraint: str  # "none", "l2" or "linf"
+    eps: float  # in [0, 1] pixel units (Linf 4/255 is 0.0157)
+    eps_label: str
+    accuracy: float  # published top-1 on the source task, in percent
+    source_task: str
+    filename: str
+    url: str | None  # None: shipped inside the package
+    sha256_prefix: str | None = None  # torchvision publishes the first 8 hex digits in the file name
+
+    @property
+    def embedded(self) -> bool:
+        return self.url is None
+
+
+SOURCES: tuple[Source, ...] = (
+    Source("resnet50-natural", "resnet50", "none", 0.0, "0", 76.13, "imagenet", "resnet50-0676ba61.pth",
+           "https://download.pytorch.org/models/resnet50-0676ba61.pth", "0676ba61"),
+    Source("resnet50-l2-0.05", "resnet50", "l2", 0.05, "0.05", 75.59, "imagenet", "resnet50_l2_eps0.05.ckpt", _MADRY + "resnet50_l2_eps0.05.ckpt"),
+    Source("resnet50-l2-0.25", "resnet50", "l2", 0.25, "0.25", 74.14, "imagenet", "resnet50_l2_eps0.25.ckpt", _MADRY + "resnet50_l2_eps0.25.ckpt"),
+    Source("resnet50-l2-1", "resnet50", "l2", 1.0, "1", 70.43, "imagenet", "resnet50_l2_eps1.ckpt", _MADRY + "resnet50_l2_eps1.ckpt"),
+    Source("resnet50-l2-3", "resnet50", "l2", 3.0, "3", 62.83, "imagenet", "resnet50_l2_eps3.ckpt", _MADRY + "resnet50_l2_eps3.ckpt"),
+    Source("resnet50-linf-4", "resnet50", "linf", 4 / 255, "4/255", 63.86, "imagenet", "resnet50_linf_eps4.0.ckpt", _MADRY + "resnet50_linf_eps4.0.ckpt"),
+    Source("resnet50-linf-8", "resnet50", "linf", 8 / 255, "8/255", 54.53, "imagenet", "resnet50_linf_eps8.0.ckpt", _MADRY + "resnet50_linf_eps8.0.ckpt"),
+    Source("mnist5k-natural", "small_resnet", "none", 0.0, "0", float("nan"), "mnist5k", "mnist5k-natural.pt", None),
+    Source("mnist5k-l2", "small_resnet", "l2", 1.0, "1", float("nan"), "mnist5k", "mnist5k-l2.pt", None),
+)
+
+
+def source_names() -> list[str]:
+    return [s.name for s in SOURCES]
+
+
+def get_source(name: str) -> Source:
+    for s in SOURCES:
+        if s.name == name:
+            return s
+    raise UserError(f"unknown source {name!r}; choose one of: {', '.join(source_names())}, or give a checkpoint path")
+
+
+def source_path(source: Source, cache_dir: Path | str | None = None) -> Path:
+    """Where the file of ``source`` lives (inside the package, or in the cache)."""
+    if source.embedded:
+        return Path(str(resources.files("transfer") / "weights" / source.filename))
+    return Path(cache_dir or DEFAULT_CACHE) / source.filename
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_source_file(source: Source, path: Path) -> ParsedCheckpoint:
+    """Check the published hash prefix (when there is one) and that the file is the right network."""
+    if source.sha256_prefix and not _sha256(path).startswith(source.sha256_prefix):
+        raise UserError(f"{path} does not match the published SHA-256 prefix {source.sha256_prefix}; delete it and retry")
+    parsed = parse_checkpoint(read_checkpoint(path))
+    model_from_checkpoint(parsed, source.arch)  # raises if the weights do not fit the architecture
+    return parsed
+
+
+def download_source(source: Source, cache_dir: Path | str | None = None) -> Path:
+    """Download ``source`` into the cache, verify it, and move it into place atomically."""
+    import torch.hub
+
+    dest = source_path(source, cache_dir)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        torch.hub.download_url_to_file(source.url, str(tmp), progress=True)
+    except Exception as exc:  # URLError, HTTPError, socket errors...
+        tmp.unlink(missing_ok=True)
+        raise UserError(
+            f"could not download source {source.name!r} from {source.url} ({type(exc).__name__}: {exc}). "
+            f"Without a network, fetch that file elsewhere and place it at {dest}"
+        ) from None
+    try:
+        verify_source_file(source, tmp)
+    except UserError:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(dest)
+    return dest
+
+
+@dataclass
+class LoadedSource:
+    """A source model and the facts needed to use it."""
+
+    model: NormalizedModel
+    arch: str
+    input_size: int
+    name: str
+    meta: dict
+
+
+def load_source(
+    spec: str | Path,
+    arch: str | None = None,
+    cache_dir: Path | str | None = None,
+    download: bool = True,
+) -> LoadedSource:
+    """The one loader: a zoo name, a run directory (its ``model.pt``), or a checkpoint path.
+
+    Zoo names missing from the cache are downloaded when ``download`` is true; the error without
+    a network names the local path to put the file at.
+    """
+    spec_str = str(spec)
+    if spec_str in source_names():
+        source = get_source(spec_str)
+        path = source_path(source, cache_dir)
+        if not path.is_file():
+            if source.embedded:
+                raise UserError(f"embedded source {source.name!r} is missing from the package ({path}); reinstall robust-transfer")
+            if not download:
+                raise UserError(f"source {source.name!r} is not in the cache; download {source.url} to {path}")
+            path = download_source(source, cache_dir)
+        arch = arch or source.arch
+    else:
+        path = Path(spec_str)
+        if path.is_dir():
+            path = path / "model.pt"
+        if not path.exists():
+            raise UserError(f"{spec_str!r} is neither a source name ({', '.join(source_names())}) nor an existing file or run directory")
+    parsed = parse_checkpoint(read_checkpoint(path))
+    model = model_from_checkpoint(parsed, arch)
+    arch = arch or parsed.arch or "resnet50"
+    return LoadedSource(model, arch, parsed.input_size or native_size(arch), spec_str, parsed.meta)
