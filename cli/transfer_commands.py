@@ -15,7 +15,9 @@ def _datasets(args) -> None:
     print(f"{'name':<11} {'classes':>7} {'size':>5}  {'kind':<11} description")
     for name in dataset_names():
         s = dataset_spec(name)
-        print(f"{s.name:<11} {s.num_classes:>7} {s.native_size:>5}  {'embedded' if s.embedded else 'torchvision':<11} {s.description}")
+        print(
+            f"{s.name:<11} {s.num_classes:>7} {s.native_size:>5}  {'embedded' if s.embedded else 'torchvision':<11} {s.description}"
+        )
 
 
 def _sources(args) -> None:
@@ -33,14 +35,18 @@ def _sources(args) -> None:
 def _pretrain(args) -> None:
     from transfer.pretrain import PretrainConfig, pretrain
 
-    summary = pretrain(dataclass_from_args(PretrainConfig, args), args.out, resume=args.resume, progress=not args.no_progress)
+    summary = pretrain(
+        dataclass_from_args(PretrainConfig, args), args.out, resume=args.resume, progress=not args.no_progress
+    )
     print(json.dumps(summary, indent=2))
 
 
 def _finetune(args) -> None:
     from transfer.finetune import FinetuneConfig, finetune
 
-    summary = finetune(dataclass_from_args(FinetuneConfig, args), args.out, resume=args.resume, progress=not args.no_progress)
+    summary = finetune(
+        dataclass_from_args(FinetuneConfig, args), args.out, resume=args.resume, progress=not args.no_progress
+    )
     print(json.dumps(summary, indent=2))
 
 
@@ -68,8 +74,16 @@ def _evaluate(args) -> None:
         attack = PGDConfig(args.attack, args.eps, args.attack_steps, args.step_scale, args.random_start)
     data = Transformed(raw, build_transform(args.resolution or src.input_size, train=False))
     result = evaluate_model(src.model.to(device), data, device, attack, args.batch_size, progress=not args.no_progress)
-    result.update({"model": str(args.model), "dataset": args.dataset, "split": args.split,
-                   "attack": args.attack, "eps": args.eps, "attack_steps": args.attack_steps})
+    result.update(
+        {
+            "model": str(args.model),
+            "dataset": args.dataset,
+            "split": args.split,
+            "attack": args.attack,
+            "eps": args.eps,
+            "attack_steps": args.attack_steps,
+        }
+    )
     print(json.dumps(result, indent=2))
 
 
@@ -88,7 +102,9 @@ def register(sub) -> None:
     p.set_defaults(func=_datasets)
 
     p = sub.add_parser("sources", help="list source models and whether they are present")
-    p.add_argument("--cache-dir", default=None, help="where downloaded sources live (default ~/.cache/robust-transfer/models)")
+    p.add_argument(
+        "--cache-dir", default=None, help="where downloaded sources live (default ~/.cache/robust-transfer/models)"
+    )
     p.set_defaults(func=_sources)
 
     p = sub.add_parser("pretrain", help="train a source model, naturally or adversarially (PGD)")

@@ -80,7 +80,11 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: PGDConfi
     x0 = x.detach()
     if cfg.eps == 0:
         return x0.clone()
-    adv = project(_random_start(x0, cfg.constraint, cfg.eps), x0, cfg.constraint, cfg.eps) if cfg.random_start else x0.clone()
+    adv = (
+        project(_random_start(x0, cfg.constraint, cfg.eps), x0, cfg.constraint, cfg.eps)
+        if cfg.random_start
+        else x0.clone()
+    )
     best, best_loss = adv.clone(), torch.full((x0.shape[0],), -float("inf"), device=x0.device)
     for _ in range(cfg.steps):
         adv.requires_grad_(True)

@@ -100,14 +100,22 @@ def parse_checkpoint(obj: dict) -> ParsedCheckpoint:
     return ParsedCheckpoint(state_dict=sd, mean=mean, std=std)
 
 
-def model_from_checkpoint(parsed: ParsedCheckpoint, arch: str | None, default_arch: str = "resnet50") -> NormalizedModel:
+def model_from_checkpoint(
+    parsed: ParsedCheckpoint, arch: str | None, default_arch: str = "resnet50"
+) -> NormalizedModel:
     """Build the architecture and load the weights strictly; a mismatch names the likely cause."""
     if arch and parsed.arch and arch != parsed.arch:
         raise UserError(f"the checkpoint is a {parsed.arch}, not a {arch}; drop --arch or pass --arch {parsed.arch}")
     arch = arch or parsed.arch or default_arch
     check_arch(arch)
     model = build_model(arch, parsed.num_classes, parsed.mean, parsed.std)
-    missing, unexpected = model.model.load_state_dict(parsed.state_dict, strict=False)
+    try:
+        missing, unexpected = model.model.load_state_dict(parsed.state_dict, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc))
+        raise UserError(
+            f"the checkpoint does not fit architecture {arch!r} ({detail}); pass the right --arch"
+        ) from None
     if missing or unexpected:
         raise UserError(
             f"the checkpoint does not fit architecture {arch!r}: {len(missing)} missing keys "
@@ -117,7 +125,9 @@ def model_from_checkpoint(parsed: ParsedCheckpoint, arch: str | None, default_ar
     return model
 
 
-def save_checkpoint(path: Path | str, model: NormalizedModel, arch: str, input_size: int, meta: dict | None = None) -> None:
+def save_checkpoint(
+    path: Path | str, model: NormalizedModel, arch: str, input_size: int, meta: dict | None = None
+) -> None:
     """Write ``model`` in the robust-transfer format (tensors and plain values only), atomically."""
     atomic_torch_save(
         {

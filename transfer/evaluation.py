@@ -25,7 +25,9 @@ def evaluate_model(
     """
     model.eval()
     clean = robust = n = 0
-    for x, y in tqdm(DataLoader(dataset, batch_size=batch_size, num_workers=workers), disable=not progress, desc="evaluate"):
+    for x, y in tqdm(
+        DataLoader(dataset, batch_size=batch_size, num_workers=workers), disable=not progress, desc="evaluate"
+    ):
         x, y = x.to(device), y.to(device)
         with torch.no_grad():
             clean += (model(x).argmax(1) == y).sum().item()

@@ -27,22 +27,51 @@ class FinetuneConfig:
 
     source: str = field(metadata={"help": "zoo name (robust-transfer sources), run directory or checkpoint path"})
     target: str = field(metadata={"help": "target dataset (robust-transfer datasets)"})
-    blocks: str = field(default="1", metadata={"help": "residual blocks to train besides the classifier: 0, 1, 3, 9 or all"})
-    subset: str = field(default="all", metadata={"help": "number of training images (class-covering random subset) or all"})
-    seed: int = field(default=20_000_000, metadata={"help": "seed of the subset, head init and batch order (paper: 20000000 + 100000*i)"})
-    epochs: str = field(default="auto", metadata={"help": "epochs, or auto: 100 up to 1,600 images, 150 above (paper's Table 2)"})
-    eval_every: str = field(default="auto", metadata={"help": "epochs between test evaluations, or auto: 10, or 20 above 100 epochs"})
-    arch: str | None = field(default=None, metadata={"help": "architecture of a checkpoint path (resnet50 if the file does not say)"})
+    blocks: str = field(
+        default="1", metadata={"help": "residual blocks to train besides the classifier: 0, 1, 3, 9 or all"}
+    )
+    subset: str = field(
+        default="all", metadata={"help": "number of training images (class-covering random subset) or all"}
+    )
+    seed: int = field(
+        default=20_000_000,
+        metadata={"help": "seed of the subset, head init and batch order (paper: 20000000 + 100000*i)"},
+    )
+    epochs: str = field(
+        default="auto", metadata={"help": "epochs, or auto: 100 up to 1,600 images, 150 above (paper's Table 2)"}
+    )
+    eval_every: str = field(
+        default="auto", metadata={"help": "epochs between test evaluations, or auto: 10, or 20 above 100 epochs"}
+    )
+    arch: str | None = field(
+        default=None, metadata={"help": "architecture of a checkpoint path (resnet50 if the file does not say)"}
+    )
     batch_size: int = field(default=128, metadata={"help": "batch size"})
-    lr: float = field(default=0.1, metadata={"help": "initial learning rate, divided by 10 at 1/3 and 2/3 of the epochs"})
+    lr: float = field(
+        default=0.1, metadata={"help": "initial learning rate, divided by 10 at 1/3 and 2/3 of the epochs"}
+    )
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
     weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay"})
     augment: str = field(default="paper", metadata={"help": "paper (crop+flip+jitter+rotate) or none"})
-    head_init: str = field(default="paper", metadata={"help": "paper: classifier weights N(0,1), bias 0 (the paper's code); default: PyTorch's init"})
-    frozen_bn: str = field(default="train", metadata={"help": "train: frozen BatchNorm layers still update running stats, as in the paper's code (model.train() on a partly frozen net); eval: frozen layers fully fixed, which lets their output be cached"})
-    resolution: int | None = field(default=None, metadata={"help": "input size images are resized to (default: the source's native size)"})
-    data_root: str | None = field(default=None, metadata={"help": "where torchvision datasets live (default ~/.cache/robust-transfer/data)"})
-    cache_dir: str | None = field(default=None, metadata={"help": "where downloaded source models live (default ~/.cache/robust-transfer/models)"})
+    head_init: str = field(
+        default="paper",
+        metadata={"help": "paper: classifier weights N(0,1), bias 0 (the paper's code); default: PyTorch's init"},
+    )
+    frozen_bn: str = field(
+        default="train",
+        metadata={
+            "help": "train: frozen BatchNorm layers still update running stats, as in the paper's code (model.train() on a partly frozen net); eval: frozen layers fully fixed, which lets their output be cached"
+        },
+    )
+    resolution: int | None = field(
+        default=None, metadata={"help": "input size images are resized to (default: the source's native size)"}
+    )
+    data_root: str | None = field(
+        default=None, metadata={"help": "where torchvision datasets live (default ~/.cache/robust-transfer/data)"}
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "where downloaded source models live (default ~/.cache/robust-transfer/models)"}
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
 
@@ -55,7 +84,9 @@ def _count(value: str, name: str, auto: int | None = None, all_value: int | None
     try:
         return int(value)
     except ValueError:
-        raise UserError(f"--{name} must be a number{' or auto' if auto else ''}{' or all' if all_value else ''}, got {value!r}") from None
+        raise UserError(
+            f"--{name} must be a number{' or auto' if auto else ''}{' or all' if all_value else ''}, got {value!r}"
+        ) from None
 
 
 def finetune(
@@ -81,7 +112,11 @@ def finetune(
     resolution = cfg.resolution or src.input_size
     train_raw, test_raw = load_raw_splits(cfg.target, cfg.data_root)
     n_train = _count(cfg.subset, "subset", all_value=len(train_raw))
-    indices = class_covering_subset(train_raw.targets, n_train, cfg.seed) if n_train != len(train_raw) else np.arange(len(train_raw))
+    indices = (
+        class_covering_subset(train_raw.targets, n_train, cfg.seed)
+        if n_train != len(train_raw)
+        else np.arange(len(train_raw))
+    )
     epochs = _count(cfg.epochs, "epochs", auto=paper_epochs(n_train))
     train_cfg = TrainConfig(
         epochs=epochs,
@@ -95,14 +130,31 @@ def finetune(
         cache_train_prefix=cfg.augment == "none" and cfg.frozen_bn == "eval",
         workers=cfg.workers,
     )
-    settings = {**asdict(cfg), "resolved": {"epochs": epochs, "n_train": int(n_train), "resolution": resolution, "arch": src.arch, "eval_every": train_cfg.eval_every}}
+    settings = {
+        **asdict(cfg),
+        "resolved": {
+            "epochs": epochs,
+            "n_train": int(n_train),
+            "resolution": resolution,
+            "arch": src.arch,
+            "eval_every": train_cfg.eval_every,
+        },
+    }
     settings.pop("device"), settings.pop("workers")  # may change on resume
     run.prepare(settings, resume)
     if not run.subset.exists():
-        atomic_write_json(run.subset, {"seed": cfg.seed, "indices": indices.tolist(), "labels": train_raw.targets[indices].tolist()})
+        atomic_write_json(
+            run.subset, {"seed": cfg.seed, "indices": indices.tolist(), "labels": train_raw.targets[indices].tolist()}
+        )
     replace_classifier(src.model, spec.num_classes, cfg.head_init, torch.Generator().manual_seed(cfg.seed))
     train_set = Transformed(Subset(train_raw, indices), build_transform(resolution, train=True, augment=cfg.augment))
     test_set = Transformed(test_raw, build_transform(resolution, train=False))
     history, wall = fit(src.model, blocks, train_set, test_set, train_cfg, run, device, progress, on_epoch_end)
-    meta = {"source": cfg.source, "target": cfg.target, "blocks": str(blocks), "n_train": int(n_train), "seed": cfg.seed}
+    meta = {
+        "source": cfg.source,
+        "target": cfg.target,
+        "blocks": str(blocks),
+        "n_train": int(n_train),
+        "seed": cfg.seed,
+    }
     return finish_run(run, src.model, src.arch, resolution, history, wall, meta)

@@ -61,7 +61,7 @@ class SmallResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity()
         in_ch = widths[0]
-        for i, (width, stride) in enumerate(zip(widths, (1, 2, 2))):
+        for i, (width, stride) in enumerate(zip(widths, (1, 2, 2), strict=True)):
             blocks = []
             for j in range(depth):
                 s = stride if j == 0 else 1

@@ -31,10 +31,14 @@ class PretrainConfig:
     step_scale: float = field(default=2.5, metadata={"help": "PGD step size = step_scale * eps / steps"})
     epochs: int = field(default=15, metadata={"help": "epochs"})
     batch_size: int = field(default=128, metadata={"help": "batch size"})
-    lr: float = field(default=0.1, metadata={"help": "initial learning rate, divided by 10 at 1/3 and 2/3 of the epochs"})
+    lr: float = field(
+        default=0.1, metadata={"help": "initial learning rate, divided by 10 at 1/3 and 2/3 of the epochs"}
+    )
     weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay"})
     augment: str = field(default="paper", metadata={"help": "paper or none"})
-    resolution: int | None = field(default=None, metadata={"help": "input size (default: the architecture's native size)"})
+    resolution: int | None = field(
+        default=None, metadata={"help": "input size (default: the architecture's native size)"}
+    )
     eval_every: int = field(default=5, metadata={"help": "epochs between test evaluations"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation and batch order"})
     data_root: str | None = field(default=None, metadata={"help": "where torchvision datasets live"})
@@ -49,8 +53,13 @@ class PretrainConfig:
         return PGDConfig(self.constraint, self.eps, self.attack_steps, self.step_scale, random_start=True)
 
 
-def pretrain(cfg: PretrainConfig, out: Path | str, resume: bool = False, progress: bool = True,
-             on_epoch_end: Callable[[int], None] | None = None) -> dict:
+def pretrain(
+    cfg: PretrainConfig,
+    out: Path | str,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> dict:
     """Train ``cfg.arch`` on ``cfg.dataset`` from scratch (adversarially when ``cfg.constraint`` is set)."""
     run = RunDir(out)
     if resume and run.finished():
@@ -66,10 +75,23 @@ def pretrain(cfg: PretrainConfig, out: Path | str, resume: bool = False, progres
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.arch, spec.num_classes)
-    train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            eval_every=cfg.eval_every, seed=cfg.seed, attack=attack, workers=cfg.workers)
+    train_cfg = TrainConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        eval_every=cfg.eval_every,
+        seed=cfg.seed,
+        attack=attack,
+        workers=cfg.workers,
+    )
     train_set = Transformed(train_raw, build_transform(resolution, train=True, augment=cfg.augment))
     test_set = Transformed(test_raw, build_transform(resolution, train=False))
     history, wall = fit(model, ALL_BLOCKS, train_set, test_set, train_cfg, run, device, progress, on_epoch_end)
-    meta = {"dataset": cfg.dataset, "constraint": cfg.constraint, "eps": cfg.eps if attack else 0.0, "attack_steps": cfg.attack_steps}
+    meta = {
+        "dataset": cfg.dataset,
+        "constraint": cfg.constraint,
+        "eps": cfg.eps if attack else 0.0,
+        "attack_steps": cfg.attack_steps,
+    }
     return finish_run(run, model, cfg.arch, resolution, history, wall, meta)

@@ -3,7 +3,7 @@
 A run directory holds ``config.json`` (every setting and the library versions),
 ``subset.json`` (training indices), ``metrics.jsonl`` (one line per evaluation),
 ``summary.json`` (written last: its presence means the run finished), ``model.pt`` and, while
-the run is under way, ``state.pt`` (model, optimiser, schedule and history after the last
+the run is under way, ``state.pt`` (trainable weights, BatchNorm statistics, optimiser, schedule and history after the last
 finished epoch, from which ``--resume`` continues).
 """
 
@@ -88,7 +88,9 @@ class RunDir:
         """
         if self.config.exists():
             if not resume:
-                raise UserError(f"{self.root} already holds a run; pass --resume to continue it or choose another --out")
+                raise UserError(
+                    f"{self.root} already holds a run; pass --resume to continue it or choose another --out"
+                )
             old = read_json(self.config)
             diff = sorted(k for k in set(old["settings"]) | set(config) if old["settings"].get(k) != config.get(k))
             if diff:

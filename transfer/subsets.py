@@ -34,9 +34,7 @@ def class_covering_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     labels = np.asarray(labels)
     classes = np.unique(labels)
     if n < len(classes):
-        raise UserError(
-            f"a subset of {n} images cannot cover {len(classes)} classes; use --subset >= {len(classes)}"
-        )
+        raise UserError(f"a subset of {n} images cannot cover {len(classes)} classes; use --subset >= {len(classes)}")
     if n > len(labels):
         raise UserError(f"--subset {n} is larger than the training set ({len(labels)} images)")
     rng = np.random.default_rng(seed)

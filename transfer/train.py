@@ -84,6 +84,17 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
+def _mutable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What training can change: trainable parameters and all buffers (BatchNorm statistics).
+
+    Frozen parameters are rebuilt from the source on resume, so a ResNet-50 head run saves
+    kilobytes per epoch instead of the whole network.
+    """
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    buffers = {n for n, _ in model.named_buffers()}
+    return {k: v for k, v in model.state_dict().items() if k in trainable | buffers}
+
+
 def _set_modes(model: nn.Module, split: Split, frozen_bn: str) -> None:
     model.train()
     if frozen_bn == "eval":
@@ -145,7 +156,9 @@ def fit(
     start, elapsed = 1, 0.0
     if run.state.exists():
         state = torch.load(run.state, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        if unexpected or set(missing) & set(_mutable_state(model)):
+            raise UserError(f"{run.state} does not match this model; delete it to start the run again")
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history, start, elapsed = list(state["history"]), int(state["epoch"]) + 1, float(state["elapsed"])
@@ -169,7 +182,11 @@ def fit(
                 feats, labels = train_cache
                 batches = ((None, labels[idx], feats[idx]) for idx in _batches(perm.to(device), cfg.batch_size))
             else:
-                loader = DataLoader(torch.utils.data.Subset(train_set, perm.tolist()), batch_size=cfg.batch_size, num_workers=cfg.workers)
+                loader = DataLoader(
+                    torch.utils.data.Subset(train_set, perm.tolist()),
+                    batch_size=cfg.batch_size,
+                    num_workers=cfg.workers,
+                )
                 batches = ((x, y, None) for x, y in loader)
             loss_sum = correct = 0.0
             for x, y, h in batches:
@@ -195,11 +212,13 @@ def fit(
         sched.step()
         if epoch in evals:
             acc = _test_accuracy(model, split, test_set, test_cache, cfg, device)
-            history.append({"epoch": epoch, "train_loss": loss_sum / n, "train_acc": correct / n, "test_acc": acc, "lr": lr})
+            history.append(
+                {"epoch": epoch, "train_loss": loss_sum / n, "train_acc": correct / n, "test_acc": acc, "lr": lr}
+            )
             bar.set_postfix(loss=f"{loss_sum / n:.3f}", test_acc=f"{acc:.3f}")
             atomic_write_jsonl(run.metrics, history)
         state = {
-            "model": model.state_dict(),
+            "model": _mutable_state(model),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "epoch": epoch,
@@ -212,7 +231,9 @@ def fit(
     return history, elapsed + time.perf_counter() - t0
 
 
-def finish_run(run: RunDir, model: NormalizedModel, arch: str, input_size: int, history: list[dict], wall: float, meta: dict) -> dict:
+def finish_run(
+    run: RunDir, model: NormalizedModel, arch: str, input_size: int, history: list[dict], wall: float, meta: dict
+) -> dict:
     """Write ``model.pt`` and then ``summary.json`` (the run's mark of completion); drop ``state.pt``."""
     save_checkpoint(run.model, model.cpu(), arch, input_size, meta)
     best = max(history, key=lambda r: r["test_acc"])

@@ -43,14 +43,84 @@ class Source:
 
 
 SOURCES: tuple[Source, ...] = (
-    Source("resnet50-natural", "resnet50", "none", 0.0, "0", 76.13, "imagenet", "resnet50-0676ba61.pth",
-           "https://download.pytorch.org/models/resnet50-0676ba61.pth", "0676ba61"),
-    Source("resnet50-l2-0.05", "resnet50", "l2", 0.05, "0.05", 75.59, "imagenet", "resnet50_l2_eps0.05.ckpt", _MADRY + "resnet50_l2_eps0.05.ckpt"),
-    Source("resnet50-l2-0.25", "resnet50", "l2", 0.25, "0.25", 74.14, "imagenet", "resnet50_l2_eps0.25.ckpt", _MADRY + "resnet50_l2_eps0.25.ckpt"),
-    Source("resnet50-l2-1", "resnet50", "l2", 1.0, "1", 70.43, "imagenet", "resnet50_l2_eps1.ckpt", _MADRY + "resnet50_l2_eps1.ckpt"),
-    Source("resnet50-l2-3", "resnet50", "l2", 3.0, "3", 62.83, "imagenet", "resnet50_l2_eps3.ckpt", _MADRY + "resnet50_l2_eps3.ckpt"),
-    Source("resnet50-linf-4", "resnet50", "linf", 4 / 255, "4/255", 63.86, "imagenet", "resnet50_linf_eps4.0.ckpt", _MADRY + "resnet50_linf_eps4.0.ckpt"),
-    Source("resnet50-linf-8", "resnet50", "linf", 8 / 255, "8/255", 54.53, "imagenet", "resnet50_linf_eps8.0.ckpt", _MADRY + "resnet50_linf_eps8.0.ckpt"),
+    Source(
+        "resnet50-natural",
+        "resnet50",
+        "none",
+        0.0,
+        "0",
+        76.13,
+        "imagenet",
+        "resnet50-0676ba61.pth",
+        "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+        "0676ba61",
+    ),
+    Source(
+        "resnet50-l2-0.05",
+        "resnet50",
+        "l2",
+        0.05,
+        "0.05",
+        75.59,
+        "imagenet",
+        "resnet50_l2_eps0.05.ckpt",
+        _MADRY + "resnet50_l2_eps0.05.ckpt",
+    ),
+    Source(
+        "resnet50-l2-0.25",
+        "resnet50",
+        "l2",
+        0.25,
+        "0.25",
+        74.14,
+        "imagenet",
+        "resnet50_l2_eps0.25.ckpt",
+        _MADRY + "resnet50_l2_eps0.25.ckpt",
+    ),
+    Source(
+        "resnet50-l2-1",
+        "resnet50",
+        "l2",
+        1.0,
+        "1",
+        70.43,
+        "imagenet",
+        "resnet50_l2_eps1.ckpt",
+        _MADRY + "resnet50_l2_eps1.ckpt",
+    ),
+    Source(
+        "resnet50-l2-3",
+        "resnet50",
+        "l2",
+        3.0,
+        "3",
+        62.83,
+        "imagenet",
+        "resnet50_l2_eps3.ckpt",
+        _MADRY + "resnet50_l2_eps3.ckpt",
+    ),
+    Source(
+        "resnet50-linf-4",
+        "resnet50",
+        "linf",
+        4 / 255,
+        "4/255",
+        63.86,
+        "imagenet",
+        "resnet50_linf_eps4.0.ckpt",
+        _MADRY + "resnet50_linf_eps4.0.ckpt",
+    ),
+    Source(
+        "resnet50-linf-8",
+        "resnet50",
+        "linf",
+        8 / 255,
+        "8/255",
+        54.53,
+        "imagenet",
+        "resnet50_linf_eps8.0.ckpt",
+        _MADRY + "resnet50_linf_eps8.0.ckpt",
+    ),
     Source("mnist5k-natural", "small_resnet", "none", 0.0, "0", float("nan"), "mnist5k", "mnist5k-natural.pt", None),
     Source("mnist5k-l2", "small_resnet", "l2", 1.0, "1", float("nan"), "mnist5k", "mnist5k-l2.pt", None),
 )
@@ -85,7 +155,9 @@ def _sha256(path: Path) -> str:
 def verify_source_file(source: Source, path: Path) -> ParsedCheckpoint:
     """Check the published hash prefix (when there is one) and that the file is the right network."""
     if source.sha256_prefix and not _sha256(path).startswith(source.sha256_prefix):
-        raise UserError(f"{path} does not match the published SHA-256 prefix {source.sha256_prefix}; delete it and retry")
+        raise UserError(
+            f"{path} does not match the published SHA-256 prefix {source.sha256_prefix}; delete it and retry"
+        )
     parsed = parse_checkpoint(read_checkpoint(path))
     model_from_checkpoint(parsed, source.arch)  # raises if the weights do not fit the architecture
     return parsed
@@ -143,7 +215,9 @@ def load_source(
         path = source_path(source, cache_dir)
         if not path.is_file():
             if source.embedded:
-                raise UserError(f"embedded source {source.name!r} is missing from the package ({path}); reinstall robust-transfer")
+                raise UserError(
+                    f"embedded source {source.name!r} is missing from the package ({path}); reinstall robust-transfer"
+                )
             if not download:
                 raise UserError(f"source {source.name!r} is not in the cache; download {source.url} to {path}")
             path = download_source(source, cache_dir)
@@ -153,7 +227,9 @@ def load_source(
         if path.is_dir():
             path = path / "model.pt"
         if not path.exists():
-            raise UserError(f"{spec_str!r} is neither a source name ({', '.join(source_names())}) nor an existing file or run directory")
+            raise UserError(
+                f"{spec_str!r} is neither a source name ({', '.join(source_names())}) nor an existing file or run directory"
+            )
     parsed = parse_checkpoint(read_checkpoint(path))
     model = model_from_checkpoint(parsed, arch)
     arch = arch or parsed.arch or "resnet50"

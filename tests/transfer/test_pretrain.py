@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from transfer.attacks import PGDConfig
+from transfer.datasets import Transformed, load_raw_splits
+from transfer.evaluation import evaluate_model
+from transfer.pretrain import PretrainConfig, pretrain
+from transfer.transforms import build_transform
+from transfer.zoo import load_source
+
+
+def test_adversarial_training_raises_robust_accuracy_of_a_tiny_model(tmp_path):
+    common = dict(
+        dataset="digits",
+        resolution=8,
+        augment="none",
+        epochs=6,
+        eval_every=6,
+        batch_size=64,
+        lr=0.05,
+        device="cpu",
+        eps=0.5,
+        attack_steps=3,
+    )
+    pretrain(PretrainConfig(constraint="none", **common), tmp_path / "nat", progress=False)
+    pretrain(PretrainConfig(constraint="l2", **common), tmp_path / "adv", progress=False)
+    _, test = load_raw_splits("digits")
+    data = Transformed(test, build_transform(8, train=False))
+    attack = PGDConfig("l2", 0.5, steps=10, random_start=False)
+    nat = evaluate_model(load_source(tmp_path / "nat").model, data, torch.device("cpu"), attack)
+    adv = evaluate_model(load_source(tmp_path / "adv").model, data, torch.device("cpu"), attack)
+    assert nat["clean_acc"] > 0.8 and adv["clean_acc"] > 0.6
+    assert adv["robust_acc"] > nat["robust_acc"] + 0.1
+
+
+def test_bad_constraint_is_a_user_error(tmp_path):
+    from transfer.errors import UserError
+
+    with pytest.raises(UserError, match="constraint"):
+        pretrain(PretrainConfig(constraint="l1"), tmp_path / "x", progress=False)
