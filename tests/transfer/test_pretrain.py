@@ -26,7 +26,7 @@ def test_adversarial_training_raises_robust_accuracy_of_a_tiny_model(tmp_path):
     pretrain(PretrainConfig(constraint="l2", **common), tmp_path / "adv", progress=False)
     _, test = load_raw_splits("digits")
     data = Transformed(test, build_transform(8, train=False))
-    attack = PGDConfig("l2", 0.5, steps=10, random_start=False)
+    attack = PGDConfig("l2", 1.0, steps=10, random_start=False)
     nat = evaluate_model(load_source(tmp_path / "nat").model, data, torch.device("cpu"), attack)
     adv = evaluate_model(load_source(tmp_path / "adv").model, data, torch.device("cpu"), attack)
     assert nat["clean_acc"] > 0.8 and adv["clean_acc"] > 0.6

@@ -1,0 +1,141 @@
+"""Pseudo-inverses of symmetric PSD curvature matrices, with a stated cut-off and the spectrum dropped.
+
+``(H + damping I)^+`` by
+
+* ``eigh``: ``H = V diag(w) V^T``; eigenvalues with ``|w| <= rcond * max|w|`` are dropped;
+* ``svd``: the same rule on singular values (what ``scipy.linalg.pinv`` does);
+* ``cholesky``: ``H = L L^T``, no cut-off; valid only for positive definite ``H`` (it raises
+  otherwise), ~1/25 of the work of ``pinv``;
+* ``auto``: Cholesky, and eigh when Cholesky fails or the matrix is too ill-conditioned for the
+  cut-off to keep every eigenvalue.
+
+The default ``rcond`` is ``P * eps(float64)``, the default of ``numpy.linalg.pinv`` and
+``scipy.linalg.pinv`` (which the paper used), so the methods agree whenever nothing is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from interp.errors import InterpError
+
+METHODS = ("auto", "cholesky", "eigh", "svd")
+
+
+def default_rcond(p: int) -> float:
+    return p * float(np.finfo(np.float64).eps)
+
+
+@dataclass
+class PseudoInverse:
+    """``(H + damping I)^+`` as an operator, with what was kept and dropped."""
+
+    method: str
+    size: int
+    rank: int
+    cutoff: float
+    damping: float
+    largest: float
+    smallest_kept: float
+    dropped: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    _basis: torch.Tensor | None = None  # eigh/svd: kept eigenvectors (P, r)
+    _scale: torch.Tensor | None = None  # eigh/svd: 1 / kept eigenvalues (r,)
+    _chol: torch.Tensor | None = None  # cholesky: lower factor L (P, P)
+
+    def apply(self, b: torch.Tensor) -> torch.Tensor:
+        """``(H + damping I)^+ b`` for ``b`` of shape ``(P,)`` or ``(P, k)``."""
+        vec = b.dim() == 1
+        b = b.to(torch.float64).reshape(self.size, -1)
+        if self._chol is not None:
+            out = torch.cholesky_solve(b, self._chol)
+        else:
+            out = self._basis @ (self._scale.unsqueeze(1) * (self._basis.T @ b))
+        return out.flatten() if vec else out
+
+    def info(self) -> dict:
+        """JSON-ready facts: method, cut-off, rank kept, the spectrum dropped."""
+        return {
+            "method": self.method,
+            "size": self.size,
+            "rank_kept": self.rank,
+            "cutoff": self.cutoff,
+            "damping": self.damping,
+            # Cholesky does not compute eigenvalues: these two are then the bound ||H||_1 and an estimate
+            "eigenvalues_estimated": self.method == "cholesky",
+            "largest_eigenvalue": self.largest,
+            "smallest_kept_eigenvalue": self.smallest_kept,
+            "n_dropped": int(len(self.dropped)),
+            "dropped_eigenvalues_max_abs": float(np.abs(self.dropped).max()) if len(self.dropped) else 0.0,
+        }
+
+
+def _spectral(h: torch.Tensor, rcond: float, damping: float, method: str) -> PseudoInverse:
+    if method == "eigh":
+        w, v = torch.linalg.eigh(h)
+        mags, left = w.abs(), v
+    else:
+        left, mags, _ = torch.linalg.svd(h)  # symmetric: singular values are |eigenvalues|
+        w = mags
+    largest = float(mags.max()) if len(mags) else 0.0
+    cutoff = rcond * largest
+    keep = mags > cutoff
+    kept = w[keep]
+    return PseudoInverse(
+        method=method,
+        size=h.shape[0],
+        rank=int(keep.sum()),
+        cutoff=cutoff,
+        damping=damping,
+        largest=largest,
+        smallest_kept=float(kept.abs().min()) if len(kept) else 0.0,
+        dropped=w[~keep].cpu().numpy(),
+        _basis=left[:, keep],
+        _scale=1.0 / kept,
+    )
+
+
+def pseudo_inverse(h: torch.Tensor, *, rcond: float | None = None, damping: float = 0.0, method: str = "auto") -> PseudoInverse:
+    """Factorise ``H + damping I`` (``(P, P)``, symmetric) for applying its pseudo-inverse."""
+    if method not in METHODS:
+        raise InterpError(f"method must be one of {METHODS}, got {method!r}")
+    if h.dim() != 2 or h.shape[0] != h.shape[1]:
+        raise InterpError(f"expected a square matrix, got shape {tuple(h.shape)}")
+    if damping < 0:
+        raise InterpError(f"damping must be >= 0, got {damping}")
+    p = h.shape[0]
+    rcond = default_rcond(p) if rcond is None else rcond
+    a = h.to(torch.float64)
+    if a is h:
+        a = a.clone()
+    if damping:
+        a.diagonal().add_(damping)
+    if method in ("eigh", "svd"):
+        return _spectral(a, rcond, damping, method)
+    norm1 = float(a.abs().sum(0).max())  # = ||H||_1 >= ||H||_2 = lambda_max for symmetric H
+    factor, status = torch.linalg.cholesky_ex(a)
+    if int(status) == 0:
+        rc = _reciprocal_condition(factor, norm1)
+        # rc estimates 1 / cond_1 and cond_2 <= cond_1: with margin 10 for the estimate, no
+        # eigenvalue is below rcond * lambda_max, so pinv would drop nothing and Cholesky is exact.
+        if rc > 10 * rcond:
+            smallest = norm1 * rc  # estimate of lambda_min
+            return PseudoInverse("cholesky", p, p, rcond * norm1, damping, norm1, smallest, _chol=factor)
+    if method == "cholesky":
+        raise InterpError(
+            "H + damping I is not positive definite (or too ill-conditioned) for Cholesky at this rcond; "
+            "use method='eigh' for the pseudo-inverse, or add damping"
+        )
+    del factor
+    return _spectral(a, rcond, damping, "eigh")
+
+
+def _reciprocal_condition(lower: torch.Tensor, norm1: float) -> float:
+    """LAPACK's estimate (``dpocon``) of ``1 / cond_1(H)`` from the Cholesky factor ``L``."""
+    from scipy.linalg import lapack
+
+    upper = lower.cpu().numpy().T  # F-ordered view of U = L^T, no copy
+    rc, info = lapack.dpocon(upper, norm1, uplo="U")
+    return float(rc) if info == 0 else 0.0

@@ -1,0 +1,48 @@
+"""Choosing the parameters that influence functions differentiate with respect to."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from interp.errors import InterpError
+
+ParamSpec = str | Sequence[str] | nn.Module | None
+
+
+def select_params(model: nn.Module, params: ParamSpec = None) -> dict[str, nn.Parameter]:
+    """Resolve ``params`` to ``{name: parameter}`` in ``model.named_parameters()`` order.
+
+    ``params`` may be ``None`` (every parameter with ``requires_grad``), a submodule of ``model``
+    (``model.fc``), a module path (``"fc"``, ``"model.fc"``: every parameter under it), or a list
+    of exact parameter names. Unknown names get the list of valid module paths.
+    """
+    named = dict(model.named_parameters())
+    if params is None:
+        chosen = [n for n, p in named.items() if p.requires_grad]
+    elif isinstance(params, nn.Module):
+        ids = {id(p) for p in params.parameters()}
+        chosen = [n for n, p in named.items() if id(p) in ids]
+    elif isinstance(params, str):
+        chosen = [n for n in named if _under(n, params)]
+    else:
+        missing = [n for n in params if n not in named]
+        if missing:
+            raise InterpError(f"unknown parameter names {missing}; the model has e.g. {list(named)[-4:]}")
+        chosen = [n for n in named if n in set(params)]
+    if not chosen:
+        modules = sorted({n.rsplit(".", 1)[0] for n in named})
+        raise InterpError(f"no parameters match {params!r}; module paths with parameters: {', '.join(modules[-12:])}")
+    return {n: named[n] for n in chosen}
+
+
+def _under(name: str, path: str) -> bool:
+    """``name`` lies under module ``path``, matched at the end of the module path (``fc`` ~ ``model.fc``)."""
+    module = "." + name.rsplit(".", 1)[0] + "."
+    return name == path or f".{path}." in module
+
+
+def flat_size(params: dict[str, torch.Tensor]) -> int:
+    return sum(p.numel() for p in params.values())

@@ -1,0 +1,92 @@
+import numpy as np
+import torch
+from torch import nn
+
+import interp
+from interp.grads import folded_to_canonical, linear_head_grads
+from interp.influence import head_influence
+
+
+def _head_problem(n_train=60, n_test=25, d=6, c=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z_train = torch.randn(n_train, d, generator=g, dtype=torch.float64)
+    z_test = torch.randn(n_test, d, generator=g, dtype=torch.float64)
+    head = nn.Linear(d, c).double()
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(c, d, generator=g, dtype=torch.float64))
+    y_train = torch.randint(0, c, (n_train,), generator=g)
+    y_test = torch.randint(0, c, (n_test,), generator=g)
+    return head, z_train, y_train, z_test, y_test
+
+
+def _direct(g_test, g_train, h):
+    """The definition, by numpy's pseudo-inverse: an independent dense computation."""
+    return -(g_test.numpy() @ np.linalg.pinv(h.numpy(), hermitian=True) @ g_train.numpy().T)
+
+
+def test_influence_matrix_equals_a_direct_dense_solve_with_every_method():
+    head, z_train, y_train, z_test, y_test = _head_problem()
+    loader = [(z_train, y_train)]
+    h = interp.hessian(head, loader, head)
+    g_train = interp.per_example_grads(head, loader, head)
+    g_test = interp.per_example_grads(head, [(z_test, y_test)], head)
+    ref = _direct(g_test, g_train, h)
+    for method in ("eigh", "svd"):
+        got = interp.influence_matrix(g_test, g_train, h, method=method)
+        assert np.allclose(got.numpy(), ref, rtol=1e-8, atol=1e-10)
+    pd = h + 0.1 * torch.eye(len(h), dtype=torch.float64)  # positive definite: Cholesky applies
+    chol = interp.influence_matrix(g_test, g_train, pd, method="cholesky")
+    assert np.allclose(chol.numpy(), -(g_test.numpy() @ np.linalg.solve(pd.numpy(), g_train.numpy().T)), rtol=1e-8)
+    damped = interp.influence_matrix(g_test, g_train, h, damping=0.1, method="eigh")
+    assert np.allclose(damped.numpy(), chol.numpy(), rtol=1e-8)
+
+
+def test_the_softmax_head_hessian_is_singular_and_the_null_space_handling_changes_nothing():
+    head, z_train, y_train, z_test, y_test = _head_problem()
+    c, d = head.weight.shape
+    h = interp.hessian(head, [(z_train, y_train)], head)
+    eig = torch.linalg.eigvalsh(h)
+    assert (eig.abs() < 1e-12).sum() == d + 1  # one null direction per folded feature
+    g_train = interp.per_example_grads(head, [(z_train, y_train)], head)
+    g_test = interp.per_example_grads(head, [(z_test, y_test)], head)
+    with torch.no_grad():
+        res = head_influence(z_train, head(z_train), y_train, z_test, head(z_test), y_test)
+    assert res["inverse"].method == "cholesky" and res["inverse"].rank == (c - 1) * (d + 1)
+    assert np.allclose(np.asarray(res["test"]), _direct(g_test, g_train, h), rtol=1e-8, atol=1e-12)
+    assert np.allclose(np.asarray(res["train"]), _direct(g_train, g_train, h), rtol=1e-8, atol=1e-12)
+
+
+def test_blocked_streaming_to_disk_matches_in_memory(tmp_path):
+    head, z_train, y_train, z_test, y_test = _head_problem()
+    with torch.no_grad():
+        mem = head_influence(z_train, head(z_train), y_train, z_test, head(z_test), y_test, block_size=7)
+        disk = head_influence(z_train, head(z_train), y_train, z_test, head(z_test), y_test, block_size=4,
+                              out_test=tmp_path / "t.npy", out_train=tmp_path / "r.npy")
+    assert np.allclose(np.load(tmp_path / "t.npy"), np.asarray(mem["test"]), rtol=1e-12)
+    assert np.allclose(np.load(tmp_path / "r.npy"), np.asarray(mem["train"]), rtol=1e-12)
+
+
+def test_conjugate_gradient_matches_the_dense_path_on_a_hidden_layer():
+    g = torch.Generator().manual_seed(3)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    x = torch.randn(50, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (50,), generator=g)
+    loader = [(x[:25], y[:25]), (x[25:], y[25:])]
+    params = ["0.weight", "2.weight"]
+    h = interp.hessian(model, loader, params)
+    g_all = interp.per_example_grads(model, loader, params)
+    # a hidden layer's Hessian can be indefinite; enough damping makes the system positive definite
+    damping = max(1e-3, -float(torch.linalg.eigvalsh(h).min()) + 1e-2)
+    dense = interp.influence_matrix(g_all[:10], g_all, h, damping=damping, method="eigh")
+    matvec, p = interp.hessian_vector_product(model, loader, params)
+    assert torch.allclose(matvec(torch.eye(p, dtype=torch.float64)), h, atol=1e-10)
+    cg, info = interp.influence_matrix_cg(g_all[:10], g_all, matvec, damping=damping, tol=1e-12)
+    assert torch.allclose(cg, dense, rtol=1e-6, atol=1e-8)
+
+
+def test_linear_head_gradients_reorder_to_the_canonical_layout():
+    head, z_train, y_train, _, _ = _head_problem()
+    with torch.no_grad():
+        folded = linear_head_grads(z_train, head(z_train), y_train)
+    generic = interp.per_example_grads(head, [(z_train, y_train)], head)
+    assert torch.allclose(folded[:, folded_to_canonical(4, 6)], generic, atol=1e-12)
