@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli import transfer_commands
+from cli import interp_commands, transfer_commands
 
 PROG = "robust-transfer"
 
@@ -21,10 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description="Fine-tune natural and robust source networks and explain them.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     transfer_commands.register(sub)
+    interp_commands.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from interp.errors import InterpError
     from transfer.errors import UserError
 
     try:
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         args.func(args)
-    except UserError as exc:
+    except (UserError, InterpError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -39,8 +39,15 @@ def train_to_optimum(model: nn.Linear, x, y, lam: float, weights: torch.Tensor |
     """Minimise ``1/n sum_i w_i loss_i + lam/2 ||theta||^2`` to machine precision with L-BFGS."""
     n = len(y)
     w = torch.ones(n, dtype=torch.float64) if weights is None else weights
-    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=500, tolerance_grad=1e-13, tolerance_change=1e-15,
-                            history_size=50, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        model.parameters(),
+        lr=1,
+        max_iter=500,
+        tolerance_grad=1e-13,
+        tolerance_change=1e-15,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()

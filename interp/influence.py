@@ -79,7 +79,9 @@ def influence_matrix(
     if g_test.shape[1] != inv.size or g_train.shape[1] != inv.size:
         raise InterpError(f"gradients have {g_test.shape[1]} / {g_train.shape[1]} columns, the Hessian {inv.size}")
     solved = inv.apply(g_train.T.to(torch.float64))  # (P, n_train) = H^+ G_train^T
-    return _blocked_product(g_test, solved, _output((len(g_test), len(g_train)), out), block_size, progress, "influence")
+    return _blocked_product(
+        g_test, solved, _output((len(g_test), len(g_train)), out), block_size, progress, "influence"
+    )
 
 
 def class_contrast_basis(num_classes: int) -> torch.Tensor:
@@ -95,7 +97,9 @@ def reduce_head_grads(z: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, q:
     return (r.unsqueeze(2) * with_bias_column(z.to(torch.float64)).unsqueeze(1)).flatten(1)
 
 
-def reduced_head_hessian(z: torch.Tensor, logits: torch.Tensor, q: torch.Tensor, *, progress: bool = False) -> torch.Tensor:
+def reduced_head_hessian(
+    z: torch.Tensor, logits: torch.Tensor, q: torch.Tensor, *, progress: bool = False
+) -> torch.Tensor:
     """``H_r = 1/n sum_i (Q^T a_i Q) kron z~_i z~_i^T``, ``((C-1)(D+1), (C-1)(D+1))``."""
     a = q.T @ softmax_curvature(logits) @ q
     return kron_sum_hessian(with_bias_column(z.to(torch.float64)), a, progress=progress)
@@ -143,9 +147,13 @@ def head_influence(
     timings["solve_s"] = time.perf_counter() - t
     t = time.perf_counter()
     g_test = reduce_head_grads(z_test, logits_test, y_test, q)
-    test = _blocked_product(g_test, solved, _output((len(g_test), len(g_train)), out_test), block_size, progress, "influence test")
+    test = _blocked_product(
+        g_test, solved, _output((len(g_test), len(g_train)), out_test), block_size, progress, "influence test"
+    )
     del g_test
-    train = _blocked_product(g_train, solved, _output((len(g_train), len(g_train)), out_train), block_size, progress, "influence train")
+    train = _blocked_product(
+        g_train, solved, _output((len(g_train), len(g_train)), out_train), block_size, progress, "influence train"
+    )
     timings["influence_s"] = time.perf_counter() - t
     return {"test": test, "train": train, "inverse": inv, "hessian_reduced": h_r, "basis": q, "timings": timings}
 
@@ -246,7 +254,9 @@ def influence_matrix_cg(
     out = torch.empty(len(g_test), len(g_train), dtype=torch.float64)
     worst = 0
     for start in tqdm(range(0, len(g_train), chunk), desc="CG solves", disable=not progress):
-        x, iters = conjugate_gradient(matvec, g_train[start : start + chunk].T, damping=damping, tol=tol, max_iter=max_iter)
+        x, iters = conjugate_gradient(
+            matvec, g_train[start : start + chunk].T, damping=damping, tol=tol, max_iter=max_iter
+        )
         out[:, start : start + chunk] = -(g_test.to(torch.float64) @ x)
         worst = max(worst, iters)
     return out, {"max_iterations": worst, "tol": tol}

@@ -97,7 +97,9 @@ def _spectral(h: torch.Tensor, rcond: float, damping: float, method: str) -> Pse
     )
 
 
-def pseudo_inverse(h: torch.Tensor, *, rcond: float | None = None, damping: float = 0.0, method: str = "auto") -> PseudoInverse:
+def pseudo_inverse(
+    h: torch.Tensor, *, rcond: float | None = None, damping: float = 0.0, method: str = "auto"
+) -> PseudoInverse:
     """Factorise ``H + damping I`` (``(P, P)``, symmetric) for applying its pseudo-inverse."""
     if method not in METHODS:
         raise InterpError(f"method must be one of {METHODS}, got {method!r}")
@@ -139,3 +141,29 @@ def _reciprocal_condition(lower: torch.Tensor, norm1: float) -> float:
     upper = lower.cpu().numpy().T  # F-ordered view of U = L^T, no copy
     rc, info = lapack.dpocon(upper, norm1, uplo="U")
     return float(rc) if info == 0 else 0.0
+
+
+def extreme_eigenvalues(h: torch.Tensor, inv: PseudoInverse, k: int = 20) -> dict:
+    """The ``k`` largest eigenvalues of ``H`` and its ``k`` smallest kept, by Lanczos (``scipy eigsh``).
+
+    ``h`` is the undamped matrix; ``inv`` its factorisation (damping included).
+
+    The smallest come from the largest eigenvalues of the factorised inverse, so no dense
+    eigendecomposition is needed. Returns ``{"largest": (k,), "smallest": (k,)}`` ascending.
+    """
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    p = h.shape[0]
+    k = max(1, min(k, p - 2))
+    h64 = h.to(torch.float64)
+    forward = LinearOperator(
+        (p, p), matvec=lambda v: (h64 @ torch.from_numpy(np.asarray(v).ravel())).numpy(), dtype=np.float64
+    )
+    backward = LinearOperator(
+        (p, p), matvec=lambda v: inv.apply(torch.from_numpy(np.asarray(v).ravel())).numpy(), dtype=np.float64
+    )
+    largest = np.sort(eigsh(forward, k=k, which="LA", return_eigenvectors=False))
+    inv_largest = eigsh(backward, k=k, which="LA", return_eigenvectors=False)
+    # eigenvalues of H + damping I, less the damping: the spectrum of H itself
+    smallest = np.sort(1.0 / inv_largest[inv_largest > 0]) - inv.damping
+    return {"largest": largest, "smallest": smallest}

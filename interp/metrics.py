@@ -42,7 +42,9 @@ def most_helpful(influence: np.ndarray, k: int, exclude_self: bool = False) -> n
     return np.take_along_axis(part, order, axis=1)
 
 
-def class_match(influence: np.ndarray, y_test: np.ndarray, y_train: np.ndarray, k: int = 100, exclude_self: bool = False) -> ClassMatch:
+def class_match(
+    influence: np.ndarray, y_test: np.ndarray, y_train: np.ndarray, k: int = 100, exclude_self: bool = False
+) -> ClassMatch:
     """Class-match rates of the most helpful (most negative ``I_up,loss``) training images per row."""
     y_test, y_train = np.asarray(y_test), np.asarray(y_train)
     if influence.shape != (len(y_test), len(y_train)):

@@ -74,6 +74,12 @@ class FinetuneConfig:
     )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
+    save_every: float = field(
+        default=60.0,
+        metadata={
+            "help": "seconds between saves of the training state (also saved at every evaluation); a killed run loses at most this much"
+        },
+    )
 
 
 def _count(value: str, name: str, auto: int | None = None, all_value: int | None = None) -> int:
@@ -129,6 +135,7 @@ def finetune(
         frozen_bn=cfg.frozen_bn,
         cache_train_prefix=cfg.augment == "none" and cfg.frozen_bn == "eval",
         workers=cfg.workers,
+        save_every_s=cfg.save_every,
     )
     settings = {
         **asdict(cfg),
@@ -140,7 +147,7 @@ def finetune(
             "eval_every": train_cfg.eval_every,
         },
     }
-    settings.pop("device"), settings.pop("workers")  # may change on resume
+    settings.pop("device"), settings.pop("workers"), settings.pop("save_every")  # may change on resume
     run.prepare(settings, resume)
     if not run.subset.exists():
         atomic_write_json(

@@ -44,6 +44,12 @@ class PretrainConfig:
     data_root: str | None = field(default=None, metadata={"help": "where torchvision datasets live"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
+    save_every: float = field(
+        default=60.0,
+        metadata={
+            "help": "seconds between saves of the training state (also saved at every evaluation); a killed run loses at most this much"
+        },
+    )
 
     def attack(self) -> PGDConfig | None:
         if self.constraint == "none":
@@ -69,7 +75,7 @@ def pretrain(
     attack = cfg.attack()
     resolution = cfg.resolution or native_size(cfg.arch)
     settings = asdict(cfg)
-    settings.pop("device"), settings.pop("workers")
+    settings.pop("device"), settings.pop("workers"), settings.pop("save_every")
     run.prepare(settings, resume)
     train_raw, test_raw = load_raw_splits(cfg.dataset, cfg.data_root)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
@@ -84,6 +90,7 @@ def pretrain(
         seed=cfg.seed,
         attack=attack,
         workers=cfg.workers,
+        save_every_s=cfg.save_every,
     )
     train_set = Transformed(train_raw, build_transform(resolution, train=True, augment=cfg.augment))
     test_set = Transformed(test_raw, build_transform(resolution, train=False))

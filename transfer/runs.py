@@ -21,8 +21,13 @@ import torch
 from transfer.errors import UserError
 
 
-def _atomic(path: Path | str, write) -> None:
-    """Write through a temporary file in the same directory, fsync, then rename over ``path``."""
+def _atomic(path: Path | str, write, durable: bool = True) -> None:
+    """Write through a temporary file in the same directory, then rename over ``path``.
+
+    A killed process never leaves a half-written ``path``. ``durable`` also fsyncs, which guards
+    against an operating-system crash too; per-epoch training state skips it (it is rewritten
+    every epoch and a kill, the case resume is for, keeps the page cache).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -30,7 +35,8 @@ def _atomic(path: Path | str, write) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -49,8 +55,8 @@ def atomic_write_jsonl(path: Path | str, rows: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
-def atomic_torch_save(obj, path: Path | str) -> None:
-    _atomic(path, lambda f: torch.save(obj, f))
+def atomic_torch_save(obj, path: Path | str, durable: bool = True) -> None:
+    _atomic(path, lambda f: torch.save(obj, f), durable)
 
 
 def read_json(path: Path | str):

@@ -6,7 +6,8 @@ cannot change between epochs (``cache_train_prefix``: no augmentation and frozen
 eval mode) it is computed once and reused.
 
 Every epoch draws its shuffling and augmentation from a generator seeded by ``(seed, epoch)``, and
-the full training state is saved atomically after every epoch, so a killed run resumed from
+the training state is saved atomically after every evaluation and at least every
+``save_every_s`` seconds, so a killed run loses at most that much work, and resumed from
 ``state.pt`` ends exactly as an uninterrupted one would.
 """
 
@@ -48,6 +49,7 @@ class TrainConfig:
     cache_train_prefix: bool = False
     attack: PGDConfig | None = None  # adversarial training when set
     workers: int = 0
+    save_every_s: float = 60.0  # training state is saved after an epoch once this long has passed, and at evaluations
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -102,10 +104,13 @@ def _set_modes(model: nn.Module, split: Split, frozen_bn: str) -> None:
 
 
 @torch.no_grad()
-def _prefix_features(prefix: nn.Module, dataset: Dataset, device, batch_size: int, workers: int, desc: str):
+def _prefix_features(
+    prefix: nn.Module, dataset: Dataset, device, batch_size: int, workers: int, desc: str, progress: bool
+):
     prefix.eval()
     feats, labels = [], []
-    for x, y in tqdm(DataLoader(dataset, batch_size=batch_size, num_workers=workers), desc=desc, leave=False):
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
         feats.append(prefix(x.to(device)))
         labels.append(y.to(device))
     return torch.cat(feats), torch.cat(labels)
@@ -167,12 +172,15 @@ def fit(
     has_prefix = len(split.prefix) > 0
     train_cache = test_cache = None
     if has_prefix and cfg.cache_train_prefix and cfg.attack is None and start <= cfg.epochs:
-        train_cache = _prefix_features(split.prefix, train_set, device, 256, cfg.workers, "cache train prefix")
+        train_cache = _prefix_features(
+            split.prefix, train_set, device, 256, cfg.workers, "cache train prefix", progress
+        )
     if has_prefix and cfg.frozen_bn == "eval" and start <= cfg.epochs:
-        test_cache = _prefix_features(split.prefix, test_set, device, 256, cfg.workers, "cache test prefix")
+        test_cache = _prefix_features(split.prefix, test_set, device, 256, cfg.workers, "cache test prefix", progress)
     n = len(train_set)
     evals = eval_epochs(cfg.epochs, cfg.eval_every)
     cuda = [device] if device.type == "cuda" else []
+    last_save = time.perf_counter()
     bar = tqdm(range(start, cfg.epochs + 1), desc="epochs", disable=not progress, initial=start - 1, total=cfg.epochs)
     for epoch in bar:
         with torch.random.fork_rng(devices=cuda):
@@ -217,15 +225,17 @@ def fit(
             )
             bar.set_postfix(loss=f"{loss_sum / n:.3f}", test_acc=f"{acc:.3f}")
             atomic_write_jsonl(run.metrics, history)
-        state = {
-            "model": _mutable_state(model),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "epoch": epoch,
-            "history": history,
-            "elapsed": elapsed + time.perf_counter() - t0,
-        }
-        atomic_torch_save(state, run.state)
+        if epoch in evals or time.perf_counter() - last_save >= cfg.save_every_s:
+            last_save = time.perf_counter()
+            state = {
+                "model": _mutable_state(model),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch,
+                "history": history,
+                "elapsed": elapsed + last_save - t0,
+            }
+            atomic_torch_save(state, run.state, durable=False)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     return history, elapsed + time.perf_counter() - t0

@@ -60,8 +60,18 @@ def test_blocked_streaming_to_disk_matches_in_memory(tmp_path):
     head, z_train, y_train, z_test, y_test = _head_problem()
     with torch.no_grad():
         mem = head_influence(z_train, head(z_train), y_train, z_test, head(z_test), y_test, block_size=7)
-        disk = head_influence(z_train, head(z_train), y_train, z_test, head(z_test), y_test, block_size=4,
-                              out_test=tmp_path / "t.npy", out_train=tmp_path / "r.npy")
+        disk = head_influence(
+            z_train,
+            head(z_train),
+            y_train,
+            z_test,
+            head(z_test),
+            y_test,
+            block_size=4,
+            out_test=tmp_path / "t.npy",
+            out_train=tmp_path / "r.npy",
+        )
+    assert isinstance(disk["test"], np.memmap) and isinstance(disk["train"], np.memmap)
     assert np.allclose(np.load(tmp_path / "t.npy"), np.asarray(mem["test"]), rtol=1e-12)
     assert np.allclose(np.load(tmp_path / "r.npy"), np.asarray(mem["train"]), rtol=1e-12)
 

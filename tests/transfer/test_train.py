@@ -45,9 +45,12 @@ def _state(run_dir):
     return torch.load(RunDir(run_dir).model, weights_only=True)["state_dict"]
 
 
-@pytest.mark.parametrize("augment", ["paper", "none"])
-def test_resumed_run_equals_uninterrupted_run(tmp_path, small_checkpoint, augment):
-    cfg = _cfg(small_checkpoint, augment=augment)
+@pytest.mark.parametrize(
+    "augment,eval_every,save_every",
+    [("paper", "1", 60.0), ("none", "4", 1e9)],  # the second resumes from epoch 1, its last saved state
+)
+def test_resumed_run_equals_uninterrupted_run(tmp_path, small_checkpoint, augment, eval_every, save_every):
+    cfg = _cfg(small_checkpoint, augment=augment, eval_every=eval_every, save_every=save_every)
     full = finetune(cfg, tmp_path / "full", progress=False)
     with pytest.raises(Killed):
         finetune(cfg, tmp_path / "killed", progress=False, on_epoch_end=_kill_after(2))

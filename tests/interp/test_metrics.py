@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+from interp.errors import InterpError
+from interp.metrics import class_match, most_helpful
+
+
+def test_most_helpful_is_most_negative_first():
+    inf = np.array([[0.5, -3.0, -1.0, 2.0], [-0.1, 0.2, -0.3, -5.0]])
+    assert most_helpful(inf, 3).tolist() == [[1, 2, 0], [3, 2, 0]]
+
+
+def test_class_match_on_a_hand_made_matrix():
+    y_train = np.array([0, 1, 0, 1, 0])
+    y_test = np.array([0, 1])
+    inf = np.array(
+        [
+            [-5.0, -4.0, -3.0, 1.0, -2.0],  # ranks: 0(y0) 1(y1) 2(y0) 4(y0) 3(y1) -> match 1,0,1,1,0
+            [-1.0, -9.0, 0.0, -8.0, 3.0],  # ranks: 1(y1) 3(y1) 0(y0) 2(y0) 4(y0) -> match 1,1,0,0,0
+        ]
+    )
+    cm = class_match(inf, y_test, y_train, k=5)
+    assert cm.per_rank.tolist() == [1.0, 0.5, 0.5, 0.5, 0.0]
+    assert cm.cumulative[0] == 1.0 and cm.cumulative[1] == pytest.approx((0.5 + 1.0) / 2)
+    assert cm.cumulative[4] == pytest.approx((3 / 5 + 2 / 5) / 2)
+    assert cm.at_least_3_of_5 == 0.5
+
+
+def test_exclude_self_drops_the_diagonal():
+    y = np.array([0, 0, 1])
+    inf = np.array([[-9.0, -3.0, -1.0], [-3.0, -9.0, -1.0], [-2.0, -1.0, -9.0]])
+    with_self = class_match(inf, y, y, k=1)
+    without = class_match(inf, y, y, k=1, exclude_self=True)
+    assert with_self.per_rank.tolist() == [1.0]
+    assert without.per_rank[0] == pytest.approx(2 / 3)  # rows 0, 1 match each other; row 2 finds a 0
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(InterpError):
+        class_match(np.zeros((2, 3)), np.zeros(2), np.zeros(4))
