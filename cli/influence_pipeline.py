@@ -170,6 +170,8 @@ def _head(cfg, model, train_loader, test_loader, out: Path, device, progress) ->
         "null_space_dim_removed": null_dim,
         "rank_kept": info["rank_kept"],
         "inverse": info,
+        "largest_eigenvalue": float(np.max(np.concatenate([np.asarray(v) for v in spec.values()]))),
+        "smallest_kept_eigenvalue": float(np.min(np.concatenate([np.asarray(v) for v in spec.values()]))),
         "spectrum": (
             "spectrum.npy: the D+1 exact zeros of the null space, then the 20 smallest and 20 largest eigenvalues "
             "of the reduced Hessian (Lanczos)"
