@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--plain-epochs", type=int, default=1)
-    ap.add_argument("--aug-epochs", type=int, default=2, help="epochs of fit() in the augmented cases")
+    ap.add_argument("--aug-epochs", type=int, default=3, help="epochs of fit() in the augmented cases")
     ap.add_argument("--repeats", type=int, default=2, help="alternating repeats of the augmented cases (best kept)")
     ap.add_argument("--epochs", type=int, default=100, help="epochs of fit() in the cached cases")
     args = ap.parse_args()

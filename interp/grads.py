@@ -17,15 +17,14 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
-from interp.params import ParamSpec, select_params
+from interp.params import ParamSpec, fixed_tensors, select_params
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _functional_loss(model: nn.Module, names: list[str], loss_fn: Loss):
     """``(theta, x, y) -> loss`` of one example, with every other tensor of ``model`` held fixed."""
-    fixed = {k: v.detach() for k, v in model.named_parameters() if k not in names}
-    fixed |= dict(model.named_buffers())
+    fixed = fixed_tensors(model, names)
 
     def loss(theta: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = functional_call(model, {**fixed, **theta}, (x.unsqueeze(0),))

@@ -29,7 +29,7 @@ from interp.grads import (
     head_features,
     with_bias_column,
 )
-from interp.params import ParamSpec, flat_size, select_params
+from interp.params import ParamSpec, fixed_tensors, flat_size, select_params
 
 
 def softmax_curvature(logits: torch.Tensor) -> torch.Tensor:
@@ -152,7 +152,7 @@ def _func_hessian(model, loader, names, loss_fn, dtype, device, progress) -> tor
     named = dict(model.named_parameters())
     shapes = [named[n].shape for n in names]
     sizes = [named[n].numel() for n in names]
-    fixed = {k: v.detach() for k, v in named.items() if k not in names} | dict(model.named_buffers())
+    fixed = fixed_tensors(model, names)
     theta = torch.cat([named[n].detach().flatten() for n in names])
 
     def batch_loss_sum(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -210,13 +210,13 @@ def hessian_vector_product(
     from torch.func import functional_call, grad, jvp, vmap
 
     from interp.grads import _as_eval_copy
-    from interp.params import select_params
+    from interp.params import fixed_tensors, select_params
 
     loss_fn = loss_fn or F.cross_entropy
     names = list(select_params(model, params))
     model = _as_eval_copy(model, dtype, None)
     named = dict(model.named_parameters())
-    fixed = {k: v.detach() for k, v in named.items() if k not in names} | dict(model.named_buffers())
+    fixed = fixed_tensors(model, names)
     theta = {k: named[k].detach() for k in names}
     sizes = [theta[k].numel() for k in names]
     batches = [(x.to(dtype), y) for x, y in loader]

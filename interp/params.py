@@ -46,3 +46,9 @@ def _under(name: str, path: str) -> bool:
 
 def flat_size(params: dict[str, torch.Tensor]) -> int:
     return sum(p.numel() for p in params.values())
+
+
+def fixed_tensors(model: nn.Module, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Every parameter not in ``names`` (detached) and every buffer: what ``functional_call`` holds fixed."""
+    fixed = {k: v.detach() for k, v in model.named_parameters() if k not in set(names)}
+    return fixed | dict(model.named_buffers())

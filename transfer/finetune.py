@@ -14,7 +14,7 @@ from transfer.device import resolve_device
 from transfer.errors import UserError
 from transfer.freezing import parse_blocks
 from transfer.models import replace_classifier
-from transfer.runs import RunDir, atomic_write_json, read_json
+from transfer.runs import RunDir, atomic_write_json, read_json, recorded_settings
 from transfer.subsets import class_covering_subset
 from transfer.train import TrainConfig, finish_run, fit, paper_epochs, paper_eval_every
 from transfer.transforms import build_transform
@@ -147,8 +147,7 @@ def finetune(
             "eval_every": train_cfg.eval_every,
         },
     }
-    settings.pop("device"), settings.pop("workers"), settings.pop("save_every")  # may change on resume
-    run.prepare(settings, resume)
+    run.prepare(recorded_settings(settings), resume)
     if not run.subset.exists():
         atomic_write_json(
             run.subset, {"seed": cfg.seed, "indices": indices.tolist(), "labels": train_raw.targets[indices].tolist()}

@@ -14,7 +14,7 @@ from transfer.device import resolve_device
 from transfer.errors import UserError
 from transfer.freezing import ALL_BLOCKS
 from transfer.models import build_model, native_size
-from transfer.runs import RunDir, read_json
+from transfer.runs import RunDir, read_json, recorded_settings
 from transfer.train import TrainConfig, finish_run, fit
 from transfer.transforms import build_transform
 
@@ -74,9 +74,7 @@ def pretrain(
     device = resolve_device(cfg.device)
     attack = cfg.attack()
     resolution = cfg.resolution or native_size(cfg.arch)
-    settings = asdict(cfg)
-    settings.pop("device"), settings.pop("workers"), settings.pop("save_every")
-    run.prepare(settings, resume)
+    run.prepare(recorded_settings(asdict(cfg)), resume)
     train_raw, test_raw = load_raw_splits(cfg.dataset, cfg.data_root)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(cfg.seed)

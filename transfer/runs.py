@@ -75,6 +75,15 @@ def versions() -> dict:
     }
 
 
+# settings that may differ when a run is resumed (where and how fast it runs, not what it computes)
+RESUMABLE = ("device", "workers", "save_every")
+
+
+def recorded_settings(settings: dict) -> dict:
+    """The settings a run directory records and checks on resume: all but :data:`RESUMABLE`."""
+    return {k: v for k, v in settings.items() if k not in RESUMABLE}
+
+
 class RunDir:
     """Paths and checks of one run directory."""
 
