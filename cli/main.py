@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli import interp_commands, transfer_commands
+from cli import interp_commands, transfer_commands, viz_commands
 
 PROG = "robust-transfer"
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     transfer_commands.register(sub)
     interp_commands.register(sub)
+    viz_commands.register(sub)
     return parser
 
 

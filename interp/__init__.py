@@ -9,6 +9,7 @@ negative = helpful: up-weighting training point j lowers test point i's loss.
 """
 
 from interp.errors import InterpError
+from interp.featviz import FeatVizConfig, FeatVizResult, noise_seeds, visualize
 from interp.grads import head_features, linear_head_grads, per_example_grads
 from interp.hessian import hessian, linear_head_hessian
 from interp.influence import (
@@ -20,12 +21,16 @@ from interp.influence import (
 )
 from interp.inverse import PseudoInverse, pseudo_inverse
 from interp.metrics import ClassMatch, class_match, most_helpful
+from interp.saliency import concentration, saliency_maps
 
 __all__ = [
     "ClassMatch",
+    "FeatVizConfig",
+    "FeatVizResult",
     "InterpError",
     "PseudoInverse",
     "class_match",
+    "concentration",
     "conjugate_gradient",
     "head_features",
     "head_influence",
@@ -36,6 +41,9 @@ __all__ = [
     "linear_head_grads",
     "linear_head_hessian",
     "most_helpful",
+    "noise_seeds",
     "per_example_grads",
     "pseudo_inverse",
+    "saliency_maps",
+    "visualize",
 ]

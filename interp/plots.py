@@ -128,3 +128,43 @@ def influence_grid_figure(
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def featviz_figure(seeds, results: dict, seed_labels: Sequence[str]):
+    """Paper's Figure 1 layout: one row per (objective, seed); columns = the seed, then each model's image.
+
+    ``results`` maps a model label to a :class:`interp.featviz.FeatVizResult` (same objectives and seeds).
+    """
+    plt = _plt()
+    labels = list(results)
+    first = results[labels[0]]
+    n = len(first.objective)
+    fig, axes = plt.subplots(n, 1 + len(labels), figsize=(1.6 * (1 + len(labels)), 1.6 * n), squeeze=False)
+    for r in range(n):
+        s = first.seed_index[r]
+        _show(axes[r, 0], seeds[s].numpy(), f"seed {seed_labels[s]}, f={first.objective[r]}")
+        for c, label in enumerate(labels, start=1):
+            res = results[label]
+            _show(
+                axes[r, c], res.images[r].numpy(), f"{label}\nact {res.end[r]:.2f} (+{res.end[r] - res.start[r]:.2f})"
+            )
+    fig.tight_layout()
+    return fig
+
+
+def saliency_figure(images, maps: dict, titles: Sequence[str]):
+    """Rows = images; columns = the image, then each model's attribution magnitude ``(B, H, W)``."""
+    plt = _plt()
+    labels = list(maps)
+    fig, axes = plt.subplots(
+        len(images), 1 + len(labels), figsize=(1.7 * (1 + len(labels)), 1.7 * len(images)), squeeze=False
+    )
+    for r in range(len(images)):
+        _show(axes[r, 0], np.asarray(images[r]), titles[r])
+        for c, label in enumerate(labels, start=1):
+            m = np.asarray(maps[label][r])
+            axes[r, c].imshow(m, cmap="inferno", vmin=0, vmax=np.percentile(m, 99.5) or 1.0)
+            axes[r, c].set_title(label, fontsize=6)
+            axes[r, c].axis("off")
+    fig.tight_layout()
+    return fig

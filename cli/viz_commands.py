@@ -1,0 +1,169 @@
+"""The ``featviz`` and ``saliency`` commands: load models and images, call ``interp``, write PNG + CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transfer.errors import UserError
+
+
+def _models(specs: list[str], device):
+    from transfer.zoo import load_source
+
+    loaded = [load_source(s) for s in specs]
+    sizes = {m.input_size for m in loaded}
+    if len(sizes) > 1:
+        raise UserError(f"the models take different input sizes {sorted(sizes)}; compare models of one size")
+    return [
+        (Path(s).name if Path(s).exists() else s, m.model.to(device).eval()) for s, m in zip(specs, loaded, strict=True)
+    ], sizes.pop()
+
+
+def _seeds(specs: list[str], size: int):
+    from interp.featviz import grey_seed, image_seed, noise_seeds
+
+    seeds, labels = [], []
+    for spec in specs or ["noise:3"]:
+        kind, _, arg = spec.partition(":")
+        if kind == "noise":
+            n = int(arg or 1)
+            seeds.append(noise_seeds(n, size, seed=len(labels)))
+            labels += [f"noise{len(labels) + i}" for i in range(n)]
+        elif kind == "grey":
+            seeds.append(grey_seed(size))
+            labels.append("grey")
+        elif kind == "image":
+            seeds.append(image_seed(arg, size))
+            labels.append(Path(arg).stem)
+        else:
+            raise UserError(f"--seeds must be noise:N, grey or image:PATH, got {spec!r}")
+    return torch.cat(seeds), labels
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--{name} must be comma-separated integers, got {text!r}") from None
+
+
+def _featviz(args) -> None:
+    from interp.featviz import FeatVizConfig, visualize
+    from interp.plots import featviz_figure
+    from transfer.device import resolve_device
+
+    device = resolve_device(args.device)
+    models, size = _models(args.model, device)
+    seeds, seed_labels = _seeds(args.seeds, size)
+    features = _ints(args.features, "features")
+    cfg = FeatVizConfig(
+        layer=args.layer,
+        iterations=args.iterations,
+        step_size=args.step_size,
+        eps=args.eps,
+        fake_relu=args.fake_relu,
+        keep_best=args.keep_best,
+        lucid=args.lucid,
+    )
+    results = {label: visualize(model, seeds, features, cfg) for label, model in models}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    featviz_figure(seeds, results, seed_labels).savefig(out / "featviz.png", dpi=130)
+    with open(out / "featviz.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["model", "objective", "seed", "activation_seed", "activation", "rise", "tv_seed", "tv"])
+        w.writeheader()
+        for label, res in results.items():
+            for row in res.rows():
+                w.writerow({"model": label, **row, "seed": seed_labels[row["seed"]]})
+    for label, res in results.items():
+        print(
+            f"{label:<24} mean activation {res.end.mean():.3f} (seed {res.start.mean():.3f}), mean TV {res.tv.mean():.4f}"
+        )
+    print(f"wrote {out / 'featviz.png'} and {out / 'featviz.csv'}")
+
+
+def _saliency(args) -> None:
+    from interp.plots import saliency_figure
+    from interp.saliency import concentration, magnitude, saliency_maps
+    from transfer.datasets import Transformed, load_raw_splits
+    from transfer.device import resolve_device
+    from transfer.transforms import build_transform
+
+    device = resolve_device(args.device)
+    models, size = _models(args.model, device)
+    _, test = load_raw_splits(args.dataset, args.data_root)
+    # N: evenly spaced over the split (embedded splits are ordered by class), else explicit indices
+    idx = (
+        np.linspace(0, len(test) - 1, int(args.images)).round().astype(int).tolist()
+        if args.images.isdigit()
+        else _ints(args.images, "images")
+    )
+    if not idx or max(idx) >= len(test) or min(idx) < 0:
+        raise UserError(f"--images must select images 0..{len(test) - 1} of the {args.dataset} test split")
+    data = Transformed(test, build_transform(size, train=False))
+    x = torch.stack([data[i][0] for i in idx]).to(device)
+    y = torch.tensor([data[i][1] for i in idx], device=device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    maps, rows, arrays = {}, [], {"images": x.cpu().numpy(), "labels": y.cpu().numpy(), "indices": np.asarray(idx)}
+    for label, model in models:
+        n_classes = model(x[:1]).shape[1]
+        if int(y.max()) >= n_classes:
+            raise UserError(f"{label} has {n_classes} classes but {args.dataset} labels go to {int(y.max())}")
+        attr = saliency_maps(model, x, y, args.method, args.wrt)
+        maps[label] = magnitude(attr).cpu().numpy()
+        arrays[f"attr_{label}"] = attr.cpu().numpy()
+        conc = concentration(attr, x)
+        for i, j in enumerate(idx):
+            rows.append({"model": label, "index": j, "label": int(y[i]), **{k: float(v[i]) for k, v in conc.items()}})
+        print(f"{label:<24} " + "  ".join(f"{k} {v.mean():.3f}" for k, v in conc.items()))
+    stem = f"saliency_{args.method}"
+    saliency_figure(x.cpu().numpy(), maps, [f"#{j} y={int(t)}" for j, t in zip(idx, y.tolist(), strict=True)]).savefig(
+        out / f"{stem}.png", dpi=130
+    )
+    np.savez_compressed(out / f"{stem}.npz", **arrays)
+    with open(out / f"{stem}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (out / f"{stem}.json").write_text(
+        json.dumps({"method": args.method, "wrt": args.wrt, "models": args.model, "dataset": args.dataset}, indent=2)
+    )
+    print(f"wrote {out / (stem + '.png')}, .npz and .csv")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("featviz", help="feature visualisation from noise seeds, natural vs robust side by side")
+    p.add_argument("--model", action="append", required=True, help="run directory, source name or checkpoint (repeat)")
+    p.add_argument("--layer", default=None, help="module name; default: the penultimate representation")
+    p.add_argument("--features", required=True, help="comma-separated unit indices, e.g. 4,7,8")
+    p.add_argument(
+        "--seeds", action="append", default=None, help="noise:N, grey or image:PATH (repeat; default noise:3)"
+    )
+    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--step-size", type=float, default=1.0)
+    p.add_argument("--eps", type=float, default=1000.0, help="L2 radius around the seed")
+    p.add_argument("--fake-relu", action="store_true")
+    p.add_argument("--keep-best", action="store_true")
+    p.add_argument("--lucid", action="store_true", help="Lucid-style regularised parameterisation (for natural models)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_featviz)
+
+    p = sub.add_parser("saliency", help="saliency maps (captum), natural vs robust side by side")
+    p.add_argument("--model", action="append", required=True, help="run directory, source name or checkpoint (repeat)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--images", default="8", help="N (evenly spaced over the test split) or comma-separated indices")
+    p.add_argument("--method", choices=("saliency", "smoothgrad", "ig"), default="saliency")
+    p.add_argument(
+        "--wrt", choices=("loss", "logit"), default="loss", help="differentiate the loss or the label's logit"
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_saliency)

@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from interp.errors import InterpError
+from interp.featviz import FeatVizConfig, noise_seeds, total_variation, visualize
+from transfer.zoo import load_source
+
+
+@pytest.fixture(scope="module", params=["mnist5k-natural", "mnist5k-l2"])
+def model(request):
+    return load_source(request.param).model
+
+
+def test_activation_rises_far_above_the_seed_and_images_stay_in_range(model):
+    seeds = noise_seeds(2, 28, seed=0)
+    res = visualize(model, seeds, [4, 8], FeatVizConfig(iterations=40))
+    assert res.images.shape == (4, 3, 28, 28)
+    assert res.images.min() >= 0 and res.images.max() <= 1
+    assert (res.end > res.start + 2.0).all() and (res.end > 2 * res.start).all()
+    assert res.objective == [4, 4, 8, 8] and res.seed_index == [0, 1, 0, 1]
+
+
+def test_same_seed_same_image_and_fake_relu_keep_best_lucid_run(model):
+    cfg = FeatVizConfig(iterations=10, fake_relu=True, keep_best=True)
+    a = visualize(model, noise_seeds(1, 28, seed=3), [4], cfg)
+    b = visualize(model, noise_seeds(1, 28, seed=3), [4], cfg)
+    assert torch.equal(a.images, b.images)
+    lucid = visualize(model, noise_seeds(1, 28), [4], FeatVizConfig(iterations=10, lucid=True))
+    assert lucid.end[0] > lucid.start[0] and 0 <= lucid.images.min() and lucid.images.max() <= 1
+
+
+def test_noise_seeds_follow_the_recipe():
+    s = noise_seeds(64, 28, seed=1)
+    assert torch.equal(s, noise_seeds(64, 28, seed=1))
+    assert abs(s.mean().item() - 0.5) < 0.01 and abs(s.std().item() - 0.05) < 0.005
+
+
+def test_unknown_layer_lists_valid_names(model):
+    with pytest.raises(InterpError, match="valid names: .*layer3"):
+        visualize(model, noise_seeds(1, 28), [0], FeatVizConfig(layer="layer9", iterations=1))
+
+
+def test_total_variation_of_a_flat_image_is_zero():
+    assert total_variation(torch.full((1, 3, 8, 8), 0.3)).item() == 0
