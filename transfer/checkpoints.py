@@ -100,14 +100,17 @@ def parse_checkpoint(obj: dict) -> ParsedCheckpoint:
     return ParsedCheckpoint(state_dict=sd, mean=mean, std=std)
 
 
-def model_from_checkpoint(
-    parsed: ParsedCheckpoint, arch: str | None, default_arch: str = "resnet50"
-) -> NormalizedModel:
-    """Build the architecture and load the weights strictly; a mismatch names the likely cause."""
+def checkpoint_arch(parsed: ParsedCheckpoint, arch: str | None, default_arch: str = "resnet50") -> str:
+    """The architecture to build: the one asked for, else the one the file records, else ``default_arch``."""
     if arch and parsed.arch and arch != parsed.arch:
         raise UserError(f"the checkpoint is a {parsed.arch}, not a {arch}; drop --arch or pass --arch {parsed.arch}")
     arch = arch or parsed.arch or default_arch
     check_arch(arch)
+    return arch
+
+
+def model_from_checkpoint(parsed: ParsedCheckpoint, arch: str) -> NormalizedModel:
+    """Build ``arch`` and load the weights strictly; a mismatch names the likely cause."""
     model = build_model(arch, parsed.num_classes, parsed.mean, parsed.std)
     try:
         missing, unexpected = model.model.load_state_dict(parsed.state_dict, strict=False)

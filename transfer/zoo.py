@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from transfer.checkpoints import ParsedCheckpoint, model_from_checkpoint, parse_checkpoint, read_checkpoint
+from transfer.checkpoints import (
+    ParsedCheckpoint,
+    checkpoint_arch,
+    model_from_checkpoint,
+    parse_checkpoint,
+    read_checkpoint,
+)
 from transfer.errors import UserError
 from transfer.models import NormalizedModel, native_size
 
@@ -231,6 +237,7 @@ def load_source(
                 f"{spec_str!r} is neither a source name ({', '.join(source_names())}) nor an existing file or run directory"
             )
     parsed = parse_checkpoint(read_checkpoint(path))
-    model = model_from_checkpoint(parsed, arch)
-    arch = arch or parsed.arch or "resnet50"
-    return LoadedSource(model, arch, parsed.input_size or native_size(arch), spec_str, parsed.meta)
+    arch = checkpoint_arch(parsed, arch)
+    return LoadedSource(
+        model_from_checkpoint(parsed, arch), arch, parsed.input_size or native_size(arch), spec_str, parsed.meta
+    )
