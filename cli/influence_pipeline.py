@@ -110,7 +110,7 @@ def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
         "timings": {},
     }
     try:
-        if cfg.params == "fc":
+        if cfg.params == "fc" and cfg.method != "cg":
             meta |= _head(cfg, model, loader(train), loader(test), out, device, progress)
         else:
             meta |= _generic(cfg, model, loader(train), loader(test), out, progress)
@@ -133,7 +133,6 @@ def _head(cfg, model, train_loader, test_loader, out: Path, device, progress) ->
         model, head, test_loader, device=device, progress=progress, desc="test features"
     )
     features_s = time.perf_counter() - t
-    method = "auto" if cfg.method == "cg" else cfg.method
     res = interp.head_influence(
         z_tr.double(),
         logits_tr.double(),
@@ -143,7 +142,7 @@ def _head(cfg, model, train_loader, test_loader, out: Path, device, progress) ->
         y_te,
         rcond=cfg.rcond,
         damping=cfg.damping,
-        method=method,
+        method=cfg.method,
         out_test=out / "influence_test.npy",
         out_train=out / "influence_train.npy",
         progress=progress,
