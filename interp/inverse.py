@@ -16,6 +16,7 @@ The default ``rcond`` is ``P * eps(float64)``, the default of ``numpy.linalg.pin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -124,7 +125,8 @@ def pseudo_inverse(
         return _spectral(a, rcond, damping, method)
     factor, status = torch.linalg.cholesky_ex(a)
     if int(status) == 0:
-        largest, smallest = _extreme_eigenvalues(a, factor)
+        big, small = _lanczos_extremes(a, partial(cholesky_solve, factor), k=1, tol=1e-3)
+        largest, smallest = float(big[-1]), float(small[0])
         # pinv keeps every eigenvalue above rcond * lambda_max; when all are (with a margin for the
         # Lanczos estimates) the pseudo-inverse is the inverse, and Cholesky computes it exactly.
         if smallest > 2 * rcond * largest:
@@ -138,49 +140,37 @@ def pseudo_inverse(
     return _spectral(a, rcond, damping, "eigh")
 
 
-def _extreme_eigenvalues(a: torch.Tensor, lower: torch.Tensor) -> tuple[float, float]:
-    """``lambda_max(A)`` and ``lambda_min(A)`` by Lanczos, the latter as ``1 / lambda_max(A^-1)``.
+def _lanczos_extremes(a: torch.Tensor, solve, k: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest and ``k`` smallest eigenvalues of symmetric positive definite ``A``, ascending.
 
-    ``A^-1 v`` uses the Cholesky factor ``L``: O(P^2) per product, no dense eigendecomposition.
+    Lanczos (``scipy eigsh``) on ``v -> A v`` and on ``v -> solve(v) = A^-1 v``, the smallest being
+    ``1 / lambda_max(A^-1)``: with a Cholesky factor, O(P^2) per product and no dense
+    eigendecomposition. Small matrices are decomposed directly.
     """
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     p = a.shape[0]
-    if p <= 2:
-        w = torch.linalg.eigvalsh(a)
-        return float(w.max()), float(w.min())
+    if p <= max(64, 4 * k):  # ARPACK needs room for its Krylov basis; small matrices are cheap anyway
+        w = torch.linalg.eigvalsh(a).numpy()
+        return w[-k:], w[:k]
 
     def vec(v):
         return torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape(p, -1))
 
     forward = LinearOperator((p, p), matvec=lambda v: (a @ vec(v)).numpy(), dtype=np.float64)
-    backward = LinearOperator((p, p), matvec=lambda v: cholesky_solve(lower, vec(v)).numpy(), dtype=np.float64)
-    largest = float(eigsh(forward, k=1, which="LA", return_eigenvectors=False, tol=1e-3, ncv=16)[0])
-    inv_largest = float(eigsh(backward, k=1, which="LA", return_eigenvectors=False, tol=1e-3, ncv=16)[0])
-    return largest, 1.0 / inv_largest
+    backward = LinearOperator((p, p), matvec=lambda v: solve(vec(v)).numpy(), dtype=np.float64)
+    ncv = max(16, 2 * k + 1)
+    largest = np.sort(eigsh(forward, k=k, which="LA", return_eigenvectors=False, tol=tol, ncv=ncv))
+    inv_largest = eigsh(backward, k=k, which="LA", return_eigenvectors=False, tol=tol, ncv=ncv)
+    return largest, np.sort(1.0 / inv_largest[inv_largest > 0])
 
 
 def extreme_eigenvalues(h: torch.Tensor, inv: PseudoInverse, k: int = 20) -> dict:
-    """The ``k`` largest eigenvalues of ``H`` and its ``k`` smallest kept, by Lanczos (``scipy eigsh``).
+    """The ``k`` largest eigenvalues of ``H`` and its ``k`` smallest kept, by Lanczos.
 
-    ``h`` is the undamped matrix; ``inv`` its factorisation (damping included).
-
-    The smallest come from the largest eigenvalues of the factorised inverse, so no dense
-    eigendecomposition is needed. Returns ``{"largest": (k,), "smallest": (k,)}`` ascending.
+    ``h`` is the undamped matrix; ``inv`` its factorisation (damping included). Returns
+    ``{"largest": (k,), "smallest": (k,)}`` ascending.
     """
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
-    p = h.shape[0]
-    k = max(1, min(k, p - 2))
-    h64 = h.to(torch.float64)
-    forward = LinearOperator(
-        (p, p), matvec=lambda v: (h64 @ torch.from_numpy(np.asarray(v).ravel())).numpy(), dtype=np.float64
-    )
-    backward = LinearOperator(
-        (p, p), matvec=lambda v: inv.apply(torch.from_numpy(np.asarray(v).ravel())).numpy(), dtype=np.float64
-    )
-    largest = np.sort(eigsh(forward, k=k, which="LA", return_eigenvectors=False, tol=1e-6))
-    inv_largest = eigsh(backward, k=k, which="LA", return_eigenvectors=False, tol=1e-6)
+    largest, smallest_damped = _lanczos_extremes(h.to(torch.float64), inv.apply, k, tol=1e-6)
     # eigenvalues of H + damping I, less the damping: the spectrum of H itself
-    smallest = np.sort(1.0 / inv_largest[inv_largest > 0]) - inv.damping
-    return {"largest": largest, "smallest": smallest}
+    return {"largest": largest, "smallest": smallest_damped - inv.damping}
