@@ -48,88 +48,25 @@ class Source:
         return self.url is None
 
 
+def _madry(constraint: str, eps: float, eps_label: str, accuracy: float, file_eps: str) -> Source:
+    """A Madry-lab ResNet-50 from ``madrylab/robust-imagenet-models``."""
+    filename = f"resnet50_{constraint}_eps{file_eps}.ckpt"
+    name = f"resnet50-{constraint}-{eps_label.split('/')[0]}"
+    return Source(name, "resnet50", constraint, eps, eps_label, accuracy, "imagenet", filename, _MADRY + filename)
+
+
 SOURCES: tuple[Source, ...] = (
-    Source(
-        "resnet50-natural",
-        "resnet50",
-        "none",
-        0.0,
-        "0",
-        76.13,
-        "imagenet",
-        "resnet50-0676ba61.pth",
-        "https://download.pytorch.org/models/resnet50-0676ba61.pth",
-        "0676ba61",
-    ),
-    Source(
-        "resnet50-l2-0.05",
-        "resnet50",
-        "l2",
-        0.05,
-        "0.05",
-        75.59,
-        "imagenet",
-        "resnet50_l2_eps0.05.ckpt",
-        _MADRY + "resnet50_l2_eps0.05.ckpt",
-    ),
-    Source(
-        "resnet50-l2-0.25",
-        "resnet50",
-        "l2",
-        0.25,
-        "0.25",
-        74.14,
-        "imagenet",
-        "resnet50_l2_eps0.25.ckpt",
-        _MADRY + "resnet50_l2_eps0.25.ckpt",
-    ),
-    Source(
-        "resnet50-l2-1",
-        "resnet50",
-        "l2",
-        1.0,
-        "1",
-        70.43,
-        "imagenet",
-        "resnet50_l2_eps1.ckpt",
-        _MADRY + "resnet50_l2_eps1.ckpt",
-    ),
-    Source(
-        "resnet50-l2-3",
-        "resnet50",
-        "l2",
-        3.0,
-        "3",
-        62.83,
-        "imagenet",
-        "resnet50_l2_eps3.ckpt",
-        _MADRY + "resnet50_l2_eps3.ckpt",
-    ),
-    Source(
-        "resnet50-linf-4",
-        "resnet50",
-        "linf",
-        4 / 255,
-        "4/255",
-        63.86,
-        "imagenet",
-        "resnet50_linf_eps4.0.ckpt",
-        _MADRY + "resnet50_linf_eps4.0.ckpt",
-    ),
-    Source(
-        "resnet50-linf-8",
-        "resnet50",
-        "linf",
-        8 / 255,
-        "8/255",
-        54.53,
-        "imagenet",
-        "resnet50_linf_eps8.0.ckpt",
-        _MADRY + "resnet50_linf_eps8.0.ckpt",
-    ),
+    Source("resnet50-natural", "resnet50", "none", 0.0, "0", 76.13, "imagenet", "resnet50-0676ba61.pth",
+           "https://download.pytorch.org/models/resnet50-0676ba61.pth", sha256_prefix="0676ba61"),
+    _madry("l2", 0.05, "0.05", 75.59, "0.05"),
+    _madry("l2", 0.25, "0.25", 74.14, "0.25"),
+    _madry("l2", 1.0, "1", 70.43, "1"),
+    _madry("l2", 3.0, "3", 62.83, "3"),
+    _madry("linf", 4 / 255, "4/255", 63.86, "4.0"),
+    _madry("linf", 8 / 255, "8/255", 54.53, "8.0"),
     Source("mnist5k-natural", "small_resnet", "none", 0.0, "0", float("nan"), "mnist5k", "mnist5k-natural.pt", None),
     Source("mnist5k-l2", "small_resnet", "l2", 1.0, "1", float("nan"), "mnist5k", "mnist5k-l2.pt", None),
-)
+)  # fmt: skip
 
 
 def source_names() -> list[str]:
