@@ -149,7 +149,7 @@ def _head(cfg, model, train_loader, test_loader, out: Path, device, progress) ->
     )
     inv, h_r, q = res["inverse"], res["hessian_reduced"], res["basis"]
     t = time.perf_counter()
-    spec = extreme_eigenvalues(h_r, inv, k=20) if inv.method == "cholesky" else {"all": _kept_and_dropped(inv)}
+    spec = extreme_eigenvalues(h_r, inv, k=20) if inv.method == "cholesky" else {"all": inv.spectrum()}
     c, e = q.shape[0], z_tr.shape[1] + 1
     null_dim = e  # the 1_C kron u directions, exactly zero
     np.save(out / "spectrum.npy", np.concatenate([np.zeros(null_dim), *[np.asarray(v) for v in spec.values()]]))
@@ -186,11 +186,6 @@ def _head(cfg, model, train_loader, test_loader, out: Path, device, progress) ->
     }
 
 
-def _kept_and_dropped(inv) -> np.ndarray:
-    kept = (1.0 / inv._scale).cpu().numpy() - inv.damping
-    return np.sort(np.concatenate([kept, inv.dropped - inv.damping]))
-
-
 def _generic(cfg, model, train_loader, test_loader, out: Path, progress) -> dict:
     params = [p.strip() for p in cfg.params.split(",") if p.strip()]
     names = [n for path in params for n in interp.params.select_params(model, path)]
@@ -217,7 +212,7 @@ def _generic(cfg, model, train_loader, test_loader, out: Path, progress) -> dict
     interp.influence_matrix(g_test, g_train, inv, out=out / "influence_test.npy", progress=progress)
     interp.influence_matrix(g_train, g_train, inv, out=out / "influence_train.npy", progress=progress)
     if inv.method != "cholesky":
-        np.save(out / "spectrum.npy", _kept_and_dropped(inv))
+        np.save(out / "spectrum.npy", inv.spectrum())
     timings["influence_s"] = time.perf_counter() - t
     info = inv.info()
     return {

@@ -56,6 +56,13 @@ class PseudoInverse:
             out = self._basis @ (self._scale.unsqueeze(1) * (self._basis.T @ b))
         return out.flatten() if vec else out
 
+    def spectrum(self) -> np.ndarray:
+        """Every eigenvalue of ``H`` (kept and dropped, damping removed), ascending; eigh/svd only."""
+        if self._scale is None:
+            raise InterpError("a Cholesky factorisation has no spectrum; use extreme_eigenvalues")
+        kept = (1.0 / self._scale).cpu().numpy()
+        return np.sort(np.concatenate([kept, self.dropped])) - self.damping
+
     def info(self) -> dict:
         """JSON-ready facts: method, cut-off, rank kept, the spectrum dropped."""
         return {
