@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from transfer.errors import UserError
+from transfer.files import atomic_write, atomic_write_csv, atomic_write_figure, atomic_write_json
 
 
 def _models(specs: list[str], device):
@@ -31,6 +30,8 @@ def _seeds(specs: list[str], size: int):
     for spec in specs or ["noise:3"]:
         kind, _, arg = spec.partition(":")
         if kind == "noise":
+            if not (arg or "1").isdigit() or int(arg or 1) < 1:
+                raise UserError(f"--seeds noise:N needs an integer N >= 1, got {spec!r}")
             n = int(arg or 1)
             seeds.append(noise_seeds(n, size, seed=len(labels)))
             labels += [f"noise{len(labels) + i}" for i in range(n)]
@@ -47,9 +48,12 @@ def _seeds(specs: list[str], size: int):
 
 def _ints(text: str, name: str) -> list[int]:
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise UserError(f"--{name} must be comma-separated integers, got {text!r}") from None
+        values = []
+    if not values or min(values) < 0:
+        raise UserError(f"--{name} must be comma-separated integers >= 0, got {text!r}")
+    return values
 
 
 def _featviz(args) -> None:
@@ -72,14 +76,14 @@ def _featviz(args) -> None:
     )
     results = {label: visualize(model, seeds, features, cfg) for label, model in models}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    featviz_figure(seeds, results, seed_labels).savefig(out / "featviz.png", dpi=130)
-    with open(out / "featviz.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["model", "objective", "seed", "activation_seed", "activation", "rise", "tv_seed", "tv"])
-        w.writeheader()
-        for label, res in results.items():
-            for row in res.rows():
-                w.writerow({"model": label, **row, "seed": seed_labels[row["seed"]]})
+    atomic_write_figure(out / "featviz.png", featviz_figure(seeds, results, seed_labels))
+    header = ["model", "objective", "seed", "activation_seed", "activation", "rise", "tv_seed", "tv"]
+    rows = [
+        {"model": label, **row, "seed": seed_labels[row["seed"]]}
+        for label, res in results.items()
+        for row in res.rows()
+    ]
+    atomic_write_csv(out / "featviz.csv", header, ([r[k] for k in header] for r in rows))
     for label, res in results.items():
         print(
             f"{label:<24} mean activation {res.end.mean():.3f} (seed {res.start.mean():.3f}), mean TV {res.tv.mean():.4f}"
@@ -98,18 +102,21 @@ def _saliency(args) -> None:
     models, size = _models(args.model, device)
     _, test = load_raw_splits(args.dataset, args.data_root)
     # N: evenly spaced over the split (embedded splits are ordered by class), else explicit indices
+    if args.images.isdigit() and not 1 <= int(args.images) <= len(test):
+        raise UserError(
+            f"--images {args.images}: the {args.dataset} test split has {len(test)} images; use 1 to {len(test)}"
+        )
     idx = (
         np.linspace(0, len(test) - 1, int(args.images)).round().astype(int).tolist()
         if args.images.isdigit()
         else _ints(args.images, "images")
     )
-    if not idx or max(idx) >= len(test) or min(idx) < 0:
+    if max(idx) >= len(test):
         raise UserError(f"--images must select images 0..{len(test) - 1} of the {args.dataset} test split")
     data = Transformed(test, build_transform(size, train=False))
     x = torch.stack([data[i][0] for i in idx]).to(device)
     y = torch.tensor([data[i][1] for i in idx], device=device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     maps, rows, arrays = {}, [], {"images": x.cpu().numpy(), "labels": y.cpu().numpy(), "indices": np.asarray(idx)}
     for label, model in models:
         n_classes = model(x[:1]).shape[1]
@@ -123,16 +130,12 @@ def _saliency(args) -> None:
             rows.append({"model": label, "index": j, "label": int(y[i]), **{k: float(v[i]) for k, v in conc.items()}})
         print(f"{label:<24} " + "  ".join(f"{k} {v.mean():.3f}" for k, v in conc.items()))
     stem = f"saliency_{args.method}"
-    saliency_figure(x.cpu().numpy(), maps, [f"#{j} y={int(t)}" for j, t in zip(idx, y.tolist(), strict=True)]).savefig(
-        out / f"{stem}.png", dpi=130
-    )
-    np.savez_compressed(out / f"{stem}.npz", **arrays)
-    with open(out / f"{stem}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    (out / f"{stem}.json").write_text(
-        json.dumps({"method": args.method, "wrt": args.wrt, "models": args.model, "dataset": args.dataset}, indent=2)
+    titles = [f"#{j} y={int(t)}" for j, t in zip(idx, y.tolist(), strict=True)]
+    atomic_write_figure(out / f"{stem}.png", saliency_figure(x.cpu().numpy(), maps, titles))
+    atomic_write(out / f"{stem}.npz", lambda f: np.savez_compressed(f, **arrays))
+    atomic_write_csv(out / f"{stem}.csv", list(rows[0]), (r.values() for r in rows))
+    atomic_write_json(
+        out / f"{stem}.json", {"method": args.method, "wrt": args.wrt, "models": args.model, "dataset": args.dataset}
     )
     print(f"wrote {out / (stem + '.png')}, .npz and .csv")
 

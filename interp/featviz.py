@@ -50,9 +50,19 @@ class FeatVizConfig:
         metadata={"help": "Lucid-style: Fourier parameterisation, colour decorrelation, jitter/scale/rotate, Adam"},
     )
 
+    def __post_init__(self):
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+            raise InterpError(f"iterations must be an integer >= 1, got {self.iterations!r}")
+        for name in ("step_size", "eps"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise InterpError(f"{name} must be a finite number > 0, got {value!r}")
+
 
 def noise_seeds(n: int, size: int, seed: int = 0) -> torch.Tensor:
     """``clamp(N(0, 1) / 20 + 0.5, 0, 1)`` images ``(n, 3, size, size)``, reproducible for ``seed``."""
+    if n < 1 or size < 1:
+        raise InterpError(f"noise seeds need n >= 1 images of size >= 1, got n={n}, size={size}")
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(n, 3, size, size, generator=g) / 20 + 0.5).clamp(0, 1)
 
@@ -207,10 +217,16 @@ def visualize(
 
     ``seeds`` ``(S, 3, H, W)`` in [0, 1]. Returns images in [0, 1], objective-major: image
     ``f * S + s`` maximises ``features[f]`` from seed ``s``. Deterministic for fixed seeds
-    (``lucid`` draws its transforms from a generator seeded by 0).
+    (``lucid`` draws its transforms from a generator seeded by 0). The model is put in eval mode
+    and its parameters' ``requires_grad`` flags are restored on return.
     """
     cfg = cfg or FeatVizConfig()
+    if not features or any(isinstance(f, bool) or not isinstance(f, int) or f < 0 for f in features):
+        raise InterpError(f"features must be a non-empty list of unit indices >= 0, got {features!r}")
+    if seeds.dim() != 4 or len(seeds) == 0:
+        raise InterpError(f"seeds must be a non-empty (S, 3, H, W) batch, got shape {tuple(seeds.shape)}")
     device = next(model.parameters()).device
+    flags = [(p, p.requires_grad) for p in model.parameters()]
     model = _with_fake_relu(model) if cfg.fake_relu else model
     model.eval()
     for p in model.parameters():
@@ -227,6 +243,8 @@ def visualize(
             end = objective(images, idx)
     finally:
         capture.handle.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
     return FeatVizResult(
         images=images.detach().cpu(),
         objective=[features[i // s] for i in range(len(x0))],

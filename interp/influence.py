@@ -24,7 +24,9 @@ exactly equal to the pseudo-inverse result, at (C-1)/C the size and with a Chole
 
 from __future__ import annotations
 
+import shutil
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,15 +34,26 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from interp.errors import InterpError
+from interp.errors import InterpError, require_finite
 from interp.grads import softmax_residuals, with_bias_column
 from interp.hessian import check_dense_fits, kron_sum_hessian, softmax_curvature
 from interp.inverse import PseudoInverse, pseudo_inverse
 
 
 def _output(shape: tuple[int, int], out: str | Path | None):
+    """A float64 tensor, or a ``.npy`` memory map at ``out`` once the disk is known to have room for it.
+
+    A memory map is a sparse file: on a full disk the writes into it would kill the process with
+    SIGBUS, so the space is checked first.
+    """
     if out is None:
         return torch.empty(shape, dtype=torch.float64)
+    need, free = shape[0] * shape[1] * 8, shutil.disk_usage(Path(out).parent).free
+    if need > free:
+        raise InterpError(
+            f"{out} needs {need / 1e9:.2f} GB and {Path(out).parent} has {free / 1e9:.2f} GB free; "
+            "free some space or write elsewhere"
+        )
     return np.lib.format.open_memmap(str(out), mode="w+", dtype=np.float64, shape=shape)
 
 
@@ -75,6 +88,8 @@ def influence_matrix(
     path) they stream to a memory-mapped file, so the matrix may exceed memory.
     Returns a float64 tensor, or the ``np.memmap`` when ``out`` is given.
     """
+    require_finite(g_test, "the test gradients")
+    require_finite(g_train, "the training gradients")
     inv = h if isinstance(h, PseudoInverse) else pseudo_inverse(h, rcond=rcond, damping=damping, method=method)
     if g_test.shape[1] != inv.size or g_train.shape[1] != inv.size:
         raise InterpError(f"gradients have {g_test.shape[1]} / {g_train.shape[1]} columns, the Hessian {inv.size}")
@@ -130,6 +145,9 @@ def head_influence(
     reduction, which is exact. ``method="auto"`` factorises ``H_r`` by Cholesky when it is
     positive definite and well conditioned for ``rcond``, else by eigh with the cut-off.
     """
+    for t, what in ((z_train, "the training features"), (logits_train, "the training logits"),
+                    (z_test, "the test features"), (logits_test, "the test logits")):  # fmt: skip
+        require_finite(t, what)
     c = logits_train.shape[1]
     p_r = (c - 1) * (z_train.shape[1] + 1)
     check_dense_fits(p_r, copies=2.5)
@@ -170,27 +188,35 @@ def conjugate_gradient(
 
     ``b`` is ``(P, k)``; the ``k`` systems run together. Started from zero, the iterates stay in
     the Krylov space of ``b`` inside the range of ``H``, so for ``b`` in that range CG converges to
-    the minimum-norm solution, ``H^+ b``, the pseudo-inverse answer. Returns ``(x, iterations)``;
-    stops when every column's relative residual is below ``tol``.
+    the minimum-norm solution, ``H^+ b``, the pseudo-inverse answer. Returns ``(x, iterations,
+    relative residual)``, the last being ``max_k ||b_k - (H + damping I) x_k|| / ||b_k||`` as tracked
+    by the recursion; stops when every column's is below ``tol`` or after ``max_iter`` iterations.
     """
+    if not 0 < tol < 1 or max_iter < 1 or not np.isfinite(damping) or damping < 0:
+        raise InterpError(
+            f"CG needs 0 < tol < 1, max_iter >= 1 and finite damping >= 0; got {tol}, {max_iter}, {damping}"
+        )
+    require_finite(b, "the right-hand sides of the CG solve")
     b = b.to(torch.float64)
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
     rs = (r * r).sum(0)
-    target = tol**2 * (b * b).sum(0).clamp_min(1e-300)
+    norms = (b * b).sum(0).clamp_min(1e-300)
+    target = tol**2 * norms
     for it in range(1, max_iter + 1):
         active = rs > target  # converged columns stop moving
         hp = matvec(p) + damping * p
+        require_finite(hp, "a Hessian-vector product")
         alpha = torch.where(active, rs / (p * hp).sum(0).clamp_min(1e-300), torch.zeros_like(rs))
         x += alpha * p
         r -= alpha * hp
         rs_new = (r * r).sum(0)
         if bool((rs_new <= target).all()):
-            return x, it
+            return x, it, float((rs_new / norms).sqrt().max())
         p = r + (rs_new / rs.clamp_min(1e-300)) * p
         rs = rs_new
-    return x, max_iter
+    return x, max_iter, float((rs / norms).sqrt().max())
 
 
 def hessian_vector_product(
@@ -249,14 +275,25 @@ def influence_matrix_cg(
 
     Solves for ``chunk`` training gradients at a time with Hessian-vector products ``matvec``
     (see :func:`hessian_vector_product`); for parameter sets whose ``P x P`` Hessian does not fit.
-    Returns the ``(n_test, n_train)`` matrix and ``{"max_iterations", "tol"}``.
+    Returns the ``(n_test, n_train)`` matrix and ``{"max_iterations", "tol", "max_iter",
+    "max_relative_residual", "converged"}``. A solve that stops at ``max_iter`` above ``tol`` is
+    reported there and with a :class:`UserWarning` naming the residual reached.
     """
+    require_finite(g_test, "the test gradients")
     out = torch.empty(len(g_test), len(g_train), dtype=torch.float64)
-    worst = 0
+    worst, residual = 0, 0.0
     for start in tqdm(range(0, len(g_train), chunk), desc="CG solves", disable=not progress):
-        x, iters = conjugate_gradient(
+        x, iters, res = conjugate_gradient(
             matvec, g_train[start : start + chunk].T, damping=damping, tol=tol, max_iter=max_iter
         )
         out[:, start : start + chunk] = -(g_test.to(torch.float64) @ x)
-        worst = max(worst, iters)
-    return out, {"max_iterations": worst, "tol": tol}
+        worst, residual = max(worst, iters), max(residual, res)
+    converged = residual <= tol
+    if not converged:
+        warnings.warn(
+            f"CG did not converge: relative residual {residual:.3g} after {max_iter} iterations (tol {tol:g}); "
+            "the influence values are approximate: raise the iteration limit, add damping or use a dense method",
+            stacklevel=2,
+        )
+    info = {"max_iterations": worst, "tol": tol, "max_iter": max_iter, "max_relative_residual": residual}
+    return out, info | {"converged": converged}

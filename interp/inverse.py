@@ -21,7 +21,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from interp.errors import InterpError
+from interp.errors import InterpError, require_finite
 
 METHODS = ("auto", "cholesky", "eigh", "svd")
 
@@ -120,8 +120,11 @@ def pseudo_inverse(
         raise InterpError(f"method must be one of {METHODS}, got {method!r}")
     if h.dim() != 2 or h.shape[0] != h.shape[1]:
         raise InterpError(f"expected a square matrix, got shape {tuple(h.shape)}")
-    if damping < 0:
-        raise InterpError(f"damping must be >= 0, got {damping}")
+    if not (np.isfinite(damping) and damping >= 0):
+        raise InterpError(f"damping must be a finite number >= 0, got {damping}")
+    if rcond is not None and not (np.isfinite(rcond) and 0 <= rcond < 1):
+        raise InterpError(f"rcond must be a finite number in [0, 1), got {rcond}")
+    require_finite(h, "the Hessian")
     p = h.shape[0]
     rcond = default_rcond(p) if rcond is None else rcond
     a = h.to(torch.float64)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transfer import validation as v
+
 CONSTRAINTS = ("l2", "linf")
 
 
@@ -33,10 +35,10 @@ class PGDConfig:
     keep_best: bool = False
 
     def __post_init__(self):
-        if self.constraint not in CONSTRAINTS:
-            raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {self.constraint!r}")
-        if self.eps < 0 or self.steps < 1:
-            raise ValueError("PGD needs eps >= 0 and steps >= 1")
+        v.choice("attack", self.constraint, CONSTRAINTS)
+        v.number("eps", self.eps, low=0)
+        v.integer("attack_steps", self.steps, low=1)
+        v.number("step_scale", self.step_scale, low=0, low_open=True)
 
     @property
     def step_size(self) -> float:

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from transfer.errors import UserError
+from transfer.files import atomic_torch_save
 from transfer.models import NormalizedModel, build_model, check_arch
-from transfer.runs import atomic_torch_save
 
 FORMAT = "robust-transfer/1"
 
@@ -98,6 +98,16 @@ def parse_checkpoint(obj: dict) -> ParsedCheckpoint:
     if any(k.startswith("model.") for k in sd):
         sd = _strip("model.", sd)  # also drops the duplicate attacker.model.* copy
     return ParsedCheckpoint(state_dict=sd, mean=mean, std=std)
+
+
+def load_checkpoint(path: Path | str) -> ParsedCheckpoint:
+    """Read and parse a checkpoint file; weights holding NaN or Inf are refused, naming the tensors."""
+    parsed = parse_checkpoint(read_checkpoint(path))
+    bad = [k for k, t in parsed.state_dict.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise UserError(f"{path} holds non-finite weights (NaN or Inf in {shown}); it cannot be used")
+    return parsed
 
 
 def checkpoint_arch(parsed: ParsedCheckpoint, arch: str | None, default_arch: str = "resnet50") -> str:

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transfer import validation as v
 from transfer.datasets import Subset, Transformed, dataset_spec, load_raw_splits
 from transfer.device import resolve_device
-from transfer.errors import UserError
-from transfer.freezing import parse_blocks
-from transfer.models import replace_classifier
-from transfer.runs import RunDir, atomic_write_json, read_json, recorded_settings
-from transfer.subsets import class_covering_subset
-from transfer.train import TrainConfig, finish_run, fit, paper_epochs, paper_eval_every
-from transfer.transforms import build_transform
+from transfer.freezing import parse_blocks, trainable_module_names
+from transfer.models import HEAD_INITS, MAX_RESOLUTION, MIN_RESOLUTION, check_arch, replace_classifier
+from transfer.runs import RunDir, atomic_write_json, recorded_settings
+from transfer.subsets import MAX_SEED, class_covering_subset
+from transfer.train import FROZEN_BN, TrainConfig, finish_run, fit, paper_epochs, paper_eval_every
+from transfer.transforms import AUGMENTS, build_transform
 from transfer.zoo import load_source
 
 
@@ -81,18 +81,33 @@ class FinetuneConfig:
         },
     )
 
+    def __post_init__(self):
+        """Every setting checked here, before any file is read or written (names the flag and the range)."""
+        dataset_spec(self.target)
+        parse_blocks(self.blocks)
+        v.count_or_word("subset", self.subset, ("all",))
+        v.count_or_word("epochs", self.epochs, ("auto",))
+        v.count_or_word("eval_every", self.eval_every, ("auto",))
+        v.integer("seed", self.seed, low=0, high=MAX_SEED)
+        if self.arch is not None:
+            check_arch(self.arch)
+        v.integer("batch_size", self.batch_size, low=1)
+        v.number("lr", self.lr, low=0, low_open=True)
+        v.number("momentum", self.momentum, low=0, high=1, high_open=True)
+        v.number("weight_decay", self.weight_decay, low=0)
+        v.choice("augment", self.augment, AUGMENTS)
+        v.choice("head_init", self.head_init, HEAD_INITS)
+        v.choice("frozen_bn", self.frozen_bn, FROZEN_BN)
+        if self.resolution is not None:
+            v.integer("resolution", self.resolution, low=MIN_RESOLUTION, high=MAX_RESOLUTION)
+        v.device_name("device", self.device)
+        v.integer("workers", self.workers, low=0)
+        v.number("save_every", self.save_every, low=0)
 
-def _count(value: str, name: str, auto: int | None = None, all_value: int | None = None) -> int:
-    if value == "auto" and auto is not None:
-        return auto
-    if value == "all" and all_value is not None:
-        return all_value
-    try:
-        return int(value)
-    except ValueError:
-        raise UserError(
-            f"--{name} must be a number{' or auto' if auto else ''}{' or all' if all_value else ''}, got {value!r}"
-        ) from None
+
+def _count(value: str | int, words: dict[str, int]) -> int:
+    """A validated count field: one of ``words`` (``auto``, ``all``) resolved, or the integer it spells."""
+    return words[value] if value in words else int(value)
 
 
 def finetune(
@@ -106,31 +121,30 @@ def finetune(
 
     The classifier is replaced for the target's classes, the last ``cfg.blocks`` residual blocks and
     the classifier train, everything else stays frozen. With ``resume`` a killed run continues from
-    its last finished epoch (a finished run returns its summary unchanged).
+    its last saved epoch, after its recorded settings were compared with ``cfg`` (a finished run
+    returns its summary unchanged). The directory is locked for the call's whole duration.
     """
-    run = RunDir(out)
-    if resume and run.finished():
-        return read_json(run.summary)
     spec = dataset_spec(cfg.target)
     blocks = parse_blocks(cfg.blocks)
     device = resolve_device(cfg.device)
     src = load_source(cfg.source, cfg.arch, cfg.cache_dir)
+    trainable_module_names(src.model, blocks)  # a block count the source does not have fails here, before any write
     resolution = cfg.resolution or src.input_size
     train_raw, test_raw = load_raw_splits(cfg.target, cfg.data_root)
-    n_train = _count(cfg.subset, "subset", all_value=len(train_raw))
+    n_train = _count(cfg.subset, {"all": len(train_raw)})
     indices = (
         class_covering_subset(train_raw.targets, n_train, cfg.seed)
         if n_train != len(train_raw)
         else np.arange(len(train_raw))
     )
-    epochs = _count(cfg.epochs, "epochs", auto=paper_epochs(n_train))
+    epochs = _count(cfg.epochs, {"auto": paper_epochs(n_train)})
     train_cfg = TrainConfig(
         epochs=epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
-        eval_every=_count(cfg.eval_every, "eval-every", auto=paper_eval_every(epochs)),
+        eval_every=_count(cfg.eval_every, {"auto": paper_eval_every(epochs)}),
         seed=cfg.seed,
         frozen_bn=cfg.frozen_bn,
         cache_train_prefix=cfg.augment == "none" and cfg.frozen_bn == "eval",
@@ -147,20 +161,27 @@ def finetune(
             "eval_every": train_cfg.eval_every,
         },
     }
-    run.prepare(recorded_settings(settings), resume)
-    if not run.subset.exists():
-        atomic_write_json(
-            run.subset, {"seed": cfg.seed, "indices": indices.tolist(), "labels": train_raw.targets[indices].tolist()}
+    run = RunDir(out)
+    with run.lock():
+        run.open(recorded_settings(settings), resume)
+        if run.finished():  # only reached with resume, after the settings were compared
+            return run.read_summary()
+        if not run.subset.exists():
+            atomic_write_json(
+                run.subset,
+                {"seed": cfg.seed, "indices": indices.tolist(), "labels": train_raw.targets[indices].tolist()},
+            )
+        replace_classifier(src.model, spec.num_classes, cfg.head_init, torch.Generator().manual_seed(cfg.seed))
+        train_set = Transformed(
+            Subset(train_raw, indices), build_transform(resolution, train=True, augment=cfg.augment)
         )
-    replace_classifier(src.model, spec.num_classes, cfg.head_init, torch.Generator().manual_seed(cfg.seed))
-    train_set = Transformed(Subset(train_raw, indices), build_transform(resolution, train=True, augment=cfg.augment))
-    test_set = Transformed(test_raw, build_transform(resolution, train=False))
-    history, wall = fit(src.model, blocks, train_set, test_set, train_cfg, run, device, progress, on_epoch_end)
-    meta = {
-        "source": cfg.source,
-        "target": cfg.target,
-        "blocks": str(blocks),
-        "n_train": int(n_train),
-        "seed": cfg.seed,
-    }
-    return finish_run(run, src.model, src.arch, resolution, history, wall, meta)
+        test_set = Transformed(test_raw, build_transform(resolution, train=False))
+        history, wall = fit(src.model, blocks, train_set, test_set, train_cfg, run, device, progress, on_epoch_end)
+        meta = {
+            "source": cfg.source,
+            "target": cfg.target,
+            "blocks": str(blocks),
+            "n_train": int(n_train),
+            "seed": cfg.seed,
+        }
+        return finish_run(run, src.model, src.arch, resolution, history, wall, meta)

@@ -89,6 +89,11 @@ ARCHITECTURES: dict[str, tuple[Callable[[int], nn.Module], int, tuple, tuple]] =
 }
 
 
+HEAD_INITS = ("paper", "default")
+# input sizes accepted by --resolution: below 8 px a ResNet's stem leaves nothing to pool
+MIN_RESOLUTION, MAX_RESOLUTION = 8, 2048
+
+
 def check_arch(arch: str) -> None:
     if arch not in ARCHITECTURES:
         raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
@@ -136,6 +141,6 @@ def replace_classifier(
             head.weight.copy_(torch.empty(head.weight.shape).uniform_(-bound, bound, generator=generator))
             head.bias.copy_(torch.empty(head.bias.shape).uniform_(-bound, bound, generator=generator))
         else:
-            raise UserError(f"unknown --head-init {init!r}; use paper or default")
+            raise UserError(f"--head-init must be one of {', '.join(HEAD_INITS)}; got {init!r}")
     model.model.fc = head
     return head

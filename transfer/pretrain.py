@@ -8,15 +8,18 @@ from pathlib import Path
 
 import torch
 
+from transfer import validation as v
 from transfer.attacks import PGDConfig
 from transfer.datasets import Transformed, dataset_spec, load_raw_splits
 from transfer.device import resolve_device
-from transfer.errors import UserError
 from transfer.freezing import ALL_BLOCKS
-from transfer.models import build_model, native_size
-from transfer.runs import RunDir, read_json, recorded_settings
+from transfer.models import MAX_RESOLUTION, MIN_RESOLUTION, build_model, check_arch, native_size
+from transfer.runs import RunDir, recorded_settings
+from transfer.subsets import MAX_SEED
 from transfer.train import TrainConfig, finish_run, fit
-from transfer.transforms import build_transform
+from transfer.transforms import AUGMENTS, build_transform
+
+CONSTRAINTS = ("none", "l2", "linf")
 
 
 @dataclass
@@ -51,11 +54,30 @@ class PretrainConfig:
         },
     )
 
+    def __post_init__(self):
+        """Every setting checked here, before any file is read or written (names the flag and the range)."""
+        dataset_spec(self.dataset)
+        check_arch(self.arch)
+        v.choice("constraint", self.constraint, CONSTRAINTS)
+        v.number("eps", self.eps, low=0, low_open=self.constraint != "none")
+        v.integer("attack_steps", self.attack_steps, low=1)
+        v.number("step_scale", self.step_scale, low=0, low_open=True)
+        v.integer("epochs", self.epochs, low=1)
+        v.integer("batch_size", self.batch_size, low=1)
+        v.number("lr", self.lr, low=0, low_open=True)
+        v.number("weight_decay", self.weight_decay, low=0)
+        v.choice("augment", self.augment, AUGMENTS)
+        if self.resolution is not None:
+            v.integer("resolution", self.resolution, low=MIN_RESOLUTION, high=MAX_RESOLUTION)
+        v.integer("eval_every", self.eval_every, low=1)
+        v.integer("seed", self.seed, low=0, high=MAX_SEED)
+        v.device_name("device", self.device)
+        v.integer("workers", self.workers, low=0)
+        v.number("save_every", self.save_every, low=0)
+
     def attack(self) -> PGDConfig | None:
         if self.constraint == "none":
             return None
-        if self.constraint not in ("l2", "linf"):
-            raise UserError(f"--constraint must be none, l2 or linf, got {self.constraint!r}")
         return PGDConfig(self.constraint, self.eps, self.attack_steps, self.step_scale, random_start=True)
 
 
@@ -66,15 +88,15 @@ def pretrain(
     progress: bool = True,
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> dict:
-    """Train ``cfg.arch`` on ``cfg.dataset`` from scratch (adversarially when ``cfg.constraint`` is set)."""
-    run = RunDir(out)
-    if resume and run.finished():
-        return read_json(run.summary)
+    """Train ``cfg.arch`` on ``cfg.dataset`` from scratch (adversarially when ``cfg.constraint`` is set).
+
+    The run directory ``out`` follows the rules of :class:`~transfer.runs.RunDir` and is locked
+    for the call's whole duration.
+    """
     spec = dataset_spec(cfg.dataset)
     device = resolve_device(cfg.device)
     attack = cfg.attack()
     resolution = cfg.resolution or native_size(cfg.arch)
-    run.prepare(recorded_settings(asdict(cfg)), resume)
     train_raw, test_raw = load_raw_splits(cfg.dataset, cfg.data_root)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(cfg.seed)
@@ -92,11 +114,16 @@ def pretrain(
     )
     train_set = Transformed(train_raw, build_transform(resolution, train=True, augment=cfg.augment))
     test_set = Transformed(test_raw, build_transform(resolution, train=False))
-    history, wall = fit(model, ALL_BLOCKS, train_set, test_set, train_cfg, run, device, progress, on_epoch_end)
     meta = {
         "dataset": cfg.dataset,
         "constraint": cfg.constraint,
         "eps": cfg.eps if attack else 0.0,
         "attack_steps": cfg.attack_steps,
     }
-    return finish_run(run, model, cfg.arch, resolution, history, wall, meta)
+    run = RunDir(out)
+    with run.lock():
+        run.open(recorded_settings(asdict(cfg)), resume)
+        if run.finished():  # only reached with resume, after the settings were compared
+            return run.read_summary()
+        history, wall = fit(model, ALL_BLOCKS, train_set, test_set, train_cfg, run, device, progress, on_epoch_end)
+        return finish_run(run, model, cfg.arch, resolution, history, wall, meta)

@@ -1,70 +1,50 @@
-"""Run directories: atomic writes, the files a run leaves, and resuming a killed run.
+"""Run directories: the files a run leaves, who may write them, and resuming a killed run.
 
 A run directory holds ``config.json`` (every setting and the library versions),
 ``subset.json`` (training indices), ``metrics.jsonl`` (one line per evaluation),
 ``summary.json`` (written last: its presence means the run finished), ``model.pt`` and, while
-the run is under way, ``state.pt`` (trainable weights, BatchNorm statistics, optimiser, schedule and history after the last
-finished epoch, from which ``--resume`` continues).
+the run is under way, ``state.pt`` (trainable weights, BatchNorm statistics, optimiser, schedule
+and history after the last saved epoch, from which ``--resume`` continues).
+
+Rules, enforced by :meth:`RunDir.open` under the directory's lock (:class:`~transfer.files.DirLock`):
+a fresh run starts only in a missing or empty directory; ``--resume`` continues only a run whose
+recorded settings equal the requested ones (a finished run too); a directory holding any file
+that is not a run's is never written.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import platform
-import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
-import torch
-
 from transfer.errors import UserError
+from transfer.files import (
+    LOCK_NAME,
+    DirLock,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    read_json,
+    remove_stale_temporaries,
+)
 
-
-def _atomic(path: Path | str, write, durable: bool = True) -> None:
-    """Write through a temporary file in the same directory, then rename over ``path``.
-
-    A killed process never leaves a half-written ``path``. ``durable`` also fsyncs, which guards
-    against an operating-system crash too; per-epoch training state skips it (it is rewritten
-    every epoch and a kill, the case resume is for, keeps the page cache).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    _atomic(path, lambda f: f.write(text.encode()))
-
-
-def atomic_write_json(path: Path | str, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def atomic_write_jsonl(path: Path | str, rows: Iterable[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-
-
-def atomic_torch_save(obj, path: Path | str, durable: bool = True) -> None:
-    _atomic(path, lambda f: torch.save(obj, f), durable)
-
-
-def read_json(path: Path | str):
-    return json.loads(Path(path).read_text())
+__all__ = [
+    "RESUMABLE",
+    "RunDir",
+    "atomic_torch_save",
+    "atomic_write_json",
+    "atomic_write_jsonl",
+    "atomic_write_text",
+    "read_json",
+    "recorded_settings",
+    "versions",
+]
 
 
 def versions() -> dict:
     import numpy
+    import torch
     import torchvision
 
     return {
@@ -87,6 +67,8 @@ def recorded_settings(settings: dict) -> dict:
 class RunDir:
     """Paths and checks of one run directory."""
 
+    FILES = ("config.json", "subset.json", "metrics.jsonl", "summary.json", "model.pt", "state.pt")
+
     def __init__(self, root: Path | str):
         self.root = Path(root)
         self.config = self.root / "config.json"
@@ -96,23 +78,58 @@ class RunDir:
         self.model = self.root / "model.pt"
         self.state = self.root / "state.pt"
 
-    def prepare(self, config: dict, resume: bool) -> None:
-        """Create the directory and its ``config.json``, or check it matches on ``resume``.
+    def lock(self) -> DirLock:
+        """The exclusive lock every writer of this directory holds for its whole life."""
+        return DirLock(self.root, "--out")
 
-        A fresh run refuses a directory that already holds a run, so nothing is overwritten.
+    def _entries(self) -> set[str]:
+        return {p.name for p in self.root.iterdir()} - {LOCK_NAME} if self.root.is_dir() else set()
+
+    def open(self, settings: dict, resume: bool) -> None:
+        """Check the directory may take this run, then record ``settings`` (fresh) or compare them (resume).
+
+        Call while holding :meth:`lock`. Removes temporaries a killed writer left. Raises
+        :class:`UserError` when the directory holds files that are not a run's, when a fresh run
+        finds anything of another run (``state.pt`` included), and when ``resume`` finds different
+        settings, so a foreign run is never continued and a user's file never overwritten.
         """
-        if self.config.exists():
-            if not resume:
-                raise UserError(
-                    f"{self.root} already holds a run; pass --resume to continue it or choose another --out"
-                )
-            old = read_json(self.config)
-            diff = sorted(k for k in set(old["settings"]) | set(config) if old["settings"].get(k) != config.get(k))
-            if diff:
-                raise UserError(f"cannot resume {self.root}: its settings differ in {', '.join(diff)}")
+        remove_stale_temporaries(self.root)
+        entries = self._entries()
+        foreign = sorted(entries - set(self.FILES))
+        if foreign:
+            shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+            raise UserError(
+                f"{self.root} holds files that are not a robust-transfer run ({shown}); "
+                "nothing was written: choose a new or empty --out"
+            )
+        if entries and not resume:
+            raise UserError(
+                f"{self.root} already holds a run ({', '.join(sorted(entries))}); "
+                "pass --resume to continue it or choose another --out"
+            )
+        if not entries:
+            atomic_write_json(self.config, {"settings": settings, "versions": versions()})
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.config, {"settings": config, "versions": versions()})
+        if not self.config.exists():
+            raise UserError(
+                f"cannot resume {self.root}: it has no config.json, so its settings are unknown; "
+                "delete the directory to start again"
+            )
+        old = self.recorded()
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff:
+            shown = "; ".join(f"{k}: recorded {old.get(k)!r}, asked {settings.get(k)!r}" for k in diff[:4])
+            raise UserError(f"cannot resume {self.root}: its settings differ ({shown})")
+
+    def recorded(self) -> dict:
+        """The settings in ``config.json``; a malformed file is a :class:`UserError`."""
+        config = read_json(self.config, "run directory")
+        if not isinstance(config, dict) or not isinstance(config.get("settings"), dict):
+            raise UserError(f"{self.config} has no 'settings'; it was not written by robust-transfer")
+        return config["settings"]
 
     def finished(self) -> bool:
         return self.summary.exists()
+
+    def read_summary(self) -> dict:
+        return read_json(self.summary, "run directory")

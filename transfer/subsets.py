@@ -8,6 +8,7 @@ from transfer.errors import UserError
 
 PAPER_SEED_BASE = 20_000_000
 PAPER_SEED_STEP = 100_000
+MAX_SEED = 2**63 - 1  # seeds feed numpy's SeedSequence and torch.Generator.manual_seed
 
 
 def paper_seeds(k: int) -> list[int]:
@@ -17,7 +18,7 @@ def paper_seeds(k: int) -> list[int]:
     return [PAPER_SEED_BASE + PAPER_SEED_STEP * i for i in range(k)]
 
 
-def class_covering_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+def class_covering_subset(labels: np.ndarray, n: int, seed: int, flag: str = "--subset") -> np.ndarray:
     """Draw ``n`` indices without replacement so that every class appears at least once.
 
     One index per class is drawn uniformly from that class, then the remaining ``n - C`` uniformly
@@ -27,6 +28,7 @@ def class_covering_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
         labels: ``(N,)`` integer class labels of the full training set.
         n: subset size, ``C <= n <= N`` where ``C`` is the number of distinct labels.
         seed: seed of a NumPy PCG64 generator.
+        flag: the option that asked for ``n``, named in errors.
 
     Returns:
         ``(n,)`` sorted int64 indices into ``labels``.
@@ -34,9 +36,11 @@ def class_covering_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     labels = np.asarray(labels)
     classes = np.unique(labels)
     if n < len(classes):
-        raise UserError(f"a subset of {n} images cannot cover {len(classes)} classes; use --subset >= {len(classes)}")
+        raise UserError(
+            f"{flag} {n}: a subset of {n} images cannot cover {len(classes)} classes; use {flag} >= {len(classes)}"
+        )
     if n > len(labels):
-        raise UserError(f"--subset {n} is larger than the training set ({len(labels)} images)")
+        raise UserError(f"{flag} {n} is larger than the split it is drawn from ({len(labels)} images)")
     rng = np.random.default_rng(seed)
     chosen = np.array([rng.choice(np.flatnonzero(labels == c)) for c in classes], dtype=np.int64)
     rest = np.setdiff1d(np.arange(len(labels)), chosen)

@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 from transfer.attacks import PGDConfig, pgd_attack
 from transfer.checkpoints import save_checkpoint
 from transfer.errors import UserError
+from transfer.files import atomic_torch_save, atomic_write_json, atomic_write_jsonl
 from transfer.freezing import Split, split_frozen_prefix, unfreeze_last_blocks
 from transfer.models import NormalizedModel
-from transfer.runs import RunDir, atomic_torch_save, atomic_write_json, atomic_write_jsonl
+from transfer.runs import RunDir
 
 FROZEN_BN = ("train", "eval")
 
@@ -97,6 +98,28 @@ def _mutable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k in trainable | buffers}
 
 
+def _restore(run: RunDir, model: nn.Module, opt, sched, device) -> tuple[list[dict], int, float]:
+    """Load ``state.pt`` into model, optimiser and schedule; return (history, first epoch to run, elapsed s).
+
+    A damaged file (truncated by a full disk, or from another model) is a :class:`UserError`.
+    """
+    try:
+        state = torch.load(run.state, map_location=device, weights_only=True)
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        if unexpected or set(missing) & set(_mutable_state(model)):
+            raise UserError(f"{run.state} does not match this model; delete it to start the run again")
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        return list(state["history"]), int(state["epoch"]) + 1, float(state["elapsed"])
+    except UserError:
+        raise
+    except Exception as exc:  # EOFError, RuntimeError, UnpicklingError, KeyError, ...: all mean a damaged file
+        raise UserError(
+            f"{run.state} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            "delete it to restart the run from its beginning"
+        ) from None
+
+
 def _set_modes(model: nn.Module, split: Split, frozen_bn: str) -> None:
     model.train()
     if frozen_bn == "eval":
@@ -160,13 +183,7 @@ def fit(
     history: list[dict] = []
     start, elapsed = 1, 0.0
     if run.state.exists():
-        state = torch.load(run.state, map_location=device, weights_only=True)
-        missing, unexpected = model.load_state_dict(state["model"], strict=False)
-        if unexpected or set(missing) & set(_mutable_state(model)):
-            raise UserError(f"{run.state} does not match this model; delete it to start the run again")
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history, start, elapsed = list(state["history"]), int(state["epoch"]) + 1, float(state["elapsed"])
+        history, start, elapsed = _restore(run, model, opt, sched, device)
 
     t0 = time.perf_counter()
     has_prefix = len(split.prefix) > 0
@@ -211,6 +228,11 @@ def fit(
                     _set_modes(model, split, cfg.frozen_bn)
                 logits = split.suffix(h)
                 loss = F.cross_entropy(logits, y)
+                if not torch.isfinite(loss):
+                    raise UserError(
+                        f"training diverged: the loss became {loss.item()} in epoch {epoch} (learning rate "
+                        f"{opt.param_groups[0]['lr']:g}); lower --lr. The last saved state is kept in {run.root}"
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

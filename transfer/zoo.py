@@ -14,13 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from transfer.checkpoints import (
-    ParsedCheckpoint,
-    checkpoint_arch,
-    model_from_checkpoint,
-    parse_checkpoint,
-    read_checkpoint,
-)
+from transfer.checkpoints import ParsedCheckpoint, checkpoint_arch, load_checkpoint, model_from_checkpoint
 from transfer.errors import UserError
 from transfer.models import NormalizedModel, native_size
 
@@ -101,7 +95,7 @@ def verify_source_file(source: Source, path: Path) -> ParsedCheckpoint:
         raise UserError(
             f"{path} does not match the published SHA-256 prefix {source.sha256_prefix}; delete it and retry"
         )
-    parsed = parse_checkpoint(read_checkpoint(path))
+    parsed = load_checkpoint(path)
     model_from_checkpoint(parsed, source.arch)  # raises if the weights do not fit the architecture
     return parsed
 
@@ -168,12 +162,19 @@ def load_source(
     else:
         path = Path(spec_str)
         if path.is_dir():
+            if not (path / "model.pt").is_file() and (path / "config.json").exists():
+                raise UserError(f"{path} is a run that has not finished (no model.pt yet); continue it with --resume")
+            if not (path / "model.pt").is_file():
+                raise UserError(
+                    f"{path} is a directory without model.pt, not a run directory; "
+                    "give a finished run directory, a checkpoint file or a source name"
+                )
             path = path / "model.pt"
         if not path.exists():
             raise UserError(
                 f"{spec_str!r} is neither a source name ({', '.join(source_names())}) nor an existing file or run directory"
             )
-    parsed = parse_checkpoint(read_checkpoint(path))
+    parsed = load_checkpoint(path)
     arch = checkpoint_arch(parsed, arch)
     return LoadedSource(
         model_from_checkpoint(parsed, arch), arch, parsed.input_size or native_size(arch), spec_str, parsed.meta

@@ -31,7 +31,7 @@ def _one_line_error(capsys, argv, match):
         ),
         (
             ["finetune", "--source", "mnist5k-l2", "--target", "digits", "--subset", "99999", "--out", "{tmp}/e"],
-            "larger than the training set",
+            "larger than the split it is drawn from (1437 images)",
         ),
         (
             ["finetune", "--source", "mnist5k-l2", "--target", "digits", "--blocks", "9", "--out", "{tmp}/f"],

@@ -103,6 +103,8 @@ def test_existing_run_is_not_overwritten_and_resume_checks_settings(tmp_path, sm
     finetune(_cfg(small_checkpoint, epochs="1"), tmp_path / "r", progress=False)
     with pytest.raises(UserError, match="already holds a run"):
         finetune(_cfg(small_checkpoint, epochs="1"), tmp_path / "r", progress=False)
+    with pytest.raises(UserError, match=r"differ \(lr: recorded 0.1, asked 0.5\)"):  # a finished run is checked too
+        finetune(_cfg(small_checkpoint, epochs="1", lr=0.5), tmp_path / "r", resume=True, progress=False)
     (tmp_path / "r" / "summary.json").unlink()
-    with pytest.raises(UserError, match="differ in lr"):
+    with pytest.raises(UserError, match=r"differ \(lr: recorded 0.1, asked 0.5\)"):
         finetune(_cfg(small_checkpoint, epochs="1", lr=0.5), tmp_path / "r", resume=True, progress=False)

@@ -2,13 +2,12 @@
 
 Callable from Python with the same result as ``robust-transfer influence``::
 
-    from cli.influence_pipeline import InfluenceConfig, run_influence
+    from study.influence import InfluenceConfig, run_influence
     meta = run_influence(InfluenceConfig(run="runs/rob", out="influence/rob"))
 
-An influence directory holds ``influence_test.npy`` ``(n_test, n_train)``, ``influence_train.npy``
-``(n_train, n_train)``, ``y_test.npy``, ``y_train.npy``, ``idx_test.npy``, ``idx_train.npy``
-(indices into the dataset's test and train splits), ``hessian.npy``, ``spectrum.npy`` and
-``meta.json`` (sign convention, cut-off, rank kept, timings).
+The directory's files are described in :mod:`study.influence_dir`; ``meta.json`` records the sign
+convention, cut-off, rank kept and timings. Everything is checked (settings, the run, sizes, free
+disk space) before the directory is touched, and it is complete or refused by readers.
 """
 
 from __future__ import annotations
@@ -22,11 +21,14 @@ import torch
 from torch.utils.data import DataLoader
 
 import interp
-from interp.inverse import extreme_eigenvalues
+from interp.inverse import METHODS, extreme_eigenvalues
+from study.influence_dir import InfluenceDir
+from transfer import validation as v
 from transfer.datasets import Subset, Transformed, load_raw_splits
 from transfer.device import resolve_device
 from transfer.errors import UserError
-from transfer.runs import RunDir, atomic_write_json, read_json
+from transfer.files import read_json
+from transfer.runs import RunDir
 from transfer.subsets import class_covering_subset
 from transfer.transforms import build_transform
 from transfer.zoo import load_source
@@ -61,46 +63,105 @@ class InfluenceConfig:
     method: str = field(
         default="auto", metadata={"help": "auto, cholesky, eigh, svd, or cg (matrix-free, for large parameter sets)"}
     )
+    cg_tol: float = field(default=1e-10, metadata={"help": "cg: relative residual at which a solve stops"})
+    cg_max_iter: int = field(
+        default=1000, metadata={"help": "cg: iteration limit; a solve that reaches it unconverged is reported"}
+    )
     batch_size: int = field(default=256, metadata={"help": "batch size of the forward passes"})
     save_hessian: bool = field(
         default=True, metadata={"help": "write hessian.npy (P x P float64; 3.4 GB for a ResNet-50 head)"}
     )
     data_root: str | None = field(default=None, metadata={"help": "where torchvision datasets live"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+
+    def __post_init__(self):
+        """Every setting checked before the run is read or the output touched."""
+        if not [p for p in self.params.split(",") if p.strip()]:
+            raise UserError("--params must name at least one module, e.g. fc or layer4.2,fc")
+        v.count_or_word("test", self.test, ("all",))
+        if self.rcond is not None:
+            v.number("rcond", self.rcond, low=0, high=1, high_open=True)
+        v.number("damping", self.damping, low=0)
+        v.choice("method", self.method, (*METHODS, "cg"))
+        v.number("cg_tol", self.cg_tol, low=0, high=1, low_open=True, high_open=True)
+        v.integer("cg_max_iter", self.cg_max_iter, low=1)
+        v.integer("batch_size", self.batch_size, low=1)
+        v.device_name("device", self.device)
 
 
 def _load_run(cfg: InfluenceConfig):
     run = RunDir(cfg.run)
+    if not Path(cfg.run).is_dir():
+        raise UserError(f"--run {cfg.run} is not a directory; give a run directory from robust-transfer finetune")
+    settings = run.recorded()
+    if "target" not in settings or "resolved" not in settings:
+        raise UserError(
+            f"{cfg.run} is not a fine-tuning run (a pretrain run trains a source, it has no target); "
+            "give a run directory from robust-transfer finetune"
+        )
     if not run.finished():
-        raise UserError(f"{cfg.run} is not a finished fine-tuning run (no summary.json)")
-    settings = read_json(run.config)["settings"]
-    resolved = settings["resolved"]
-    indices = np.asarray(read_json(run.subset)["indices"], dtype=np.int64)
+        raise UserError(f"{cfg.run} has not finished (no summary.json); continue it with finetune --resume first")
+    try:
+        resolution = int(settings["resolved"]["resolution"])
+        indices = np.asarray(read_json(run.subset, "run directory")["indices"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{run.config} or {run.subset} lacks the resolution or the training indices") from None
     source = load_source(run.root)
     train_raw, test_raw = load_raw_splits(settings["target"], cfg.data_root)
+    if len(indices) == 0 or indices.min() < 0 or indices.max() >= len(train_raw):
+        raise UserError(f"{run.subset} holds indices outside the {len(train_raw)} training images of the target")
     if cfg.test == "all":
         idx_test = np.arange(len(test_raw))
     else:
-        try:
-            idx_test = class_covering_subset(test_raw.targets, int(cfg.test), seed=0)
-        except ValueError:
-            raise UserError(f"--test must be a number or all, got {cfg.test!r}") from None
-    t = build_transform(resolved["resolution"], train=False)
+        idx_test = class_covering_subset(test_raw.targets, int(cfg.test), seed=0, flag="--test")
+    t = build_transform(resolution, train=False)
     train = Transformed(Subset(train_raw, indices), t)
     test = Transformed(Subset(test_raw, idx_test), t)
     return settings, source.model, train, test, indices, idx_test
 
 
+def output_bytes(n_train: int, n_test: int) -> int:
+    """Bytes of the two float64 influence matrices and the label files, checked before anything is computed.
+
+    ``hessian.npy`` is left out: a disk that fills while it is written ends in a one-line error and
+    an incomplete directory, whereas the memory-mapped matrices are checked again by ``interp``
+    right before they are created.
+    """
+    return 8 * (n_test * n_train + n_train * n_train) + 8 * (2 * n_train + 2 * n_test)
+
+
 def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
-    """Compute and write both influence matrices of a fine-tuned run; return ``meta``."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Compute and write both influence matrices of a fine-tuned run; return ``meta``.
+
+    The directory is locked while written and complete only once ``meta.json`` exists.
+    """
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     settings, model, train, test, idx_train, idx_test = _load_run(cfg)
     model = model.to(device).eval()
+    names = _param_names(model, cfg.params)
+    out = InfluenceDir(cfg.out)
+    with out.writing(output_bytes(len(train), len(test))):
+        meta = _compute(cfg, out, settings, model, names, train, test, device, progress)
+        for name, arr in (("y_train", train.targets), ("y_test", test.targets), ("idx_train", idx_train),
+                          ("idx_test", idx_test)):  # fmt: skip
+            out.save(name, np.asarray(arr))
+        meta["timings"]["total_s"] = time.perf_counter() - t0
+        out.complete(meta)
+    return meta
+
+
+def _param_names(model, params: str) -> list[str]:
+    try:
+        return [
+            n for path in params.split(",") if path.strip() for n in interp.params.select_params(model, path.strip())
+        ]
+    except interp.InterpError as exc:
+        raise UserError(f"--params: {exc}") from None
+
+
+def _compute(cfg, out: InfluenceDir, settings, model, names, train, test, device, progress) -> dict:
     loader = lambda ds: DataLoader(ds, batch_size=cfg.batch_size)  # noqa: E731
-    y_train, y_test = np.asarray(train.targets), np.asarray(test.targets)
     meta = {
         "config": asdict(cfg),
         "sign_convention": SIGN_CONVENTION,
@@ -109,21 +170,12 @@ def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
         "n_test": len(test),
         "timings": {},
     }
-    try:
-        if cfg.params == "fc" and cfg.method != "cg":
-            meta |= _head(cfg, model, loader(train), loader(test), out, device, progress)
-        else:
-            meta |= _generic(cfg, model, loader(train), loader(test), out, progress)
-    except interp.InterpError as exc:
-        raise UserError(str(exc)) from None
-    for name, arr in (("y_train", y_train), ("y_test", y_test), ("idx_train", idx_train), ("idx_test", idx_test)):
-        np.save(out / f"{name}.npy", arr)
-    meta["timings"]["total_s"] = time.perf_counter() - t0
-    atomic_write_json(out / "meta.json", meta)
-    return meta
+    if cfg.params == "fc" and cfg.method != "cg":
+        return meta | _head(cfg, model, loader(train), loader(test), out, device, progress)
+    return meta | _generic(cfg, model, names, loader(train), loader(test), out, progress)
 
 
-def _head(cfg, model, train_loader, test_loader, out: Path, device, progress) -> dict:
+def _head(cfg, model, train_loader, test_loader, out: InfluenceDir, device, progress) -> dict:
     head = model.model.fc
     t = time.perf_counter()
     z_tr, logits_tr, y_tr = interp.head_features(
@@ -133,32 +185,33 @@ def _head(cfg, model, train_loader, test_loader, out: Path, device, progress) ->
         model, head, test_loader, device=device, progress=progress, desc="test features"
     )
     features_s = time.perf_counter() - t
-    res = interp.head_influence(
-        z_tr.double(),
-        logits_tr.double(),
-        y_tr,
-        z_te.double(),
-        logits_te.double(),
-        y_te,
-        rcond=cfg.rcond,
-        damping=cfg.damping,
-        method=cfg.method,
-        out_test=out / "influence_test.npy",
-        out_train=out / "influence_train.npy",
-        progress=progress,
-    )
+    with out.staged("influence_test") as path_test, out.staged("influence_train") as path_train:
+        res = interp.head_influence(
+            z_tr.double(),
+            logits_tr.double(),
+            y_tr,
+            z_te.double(),
+            logits_te.double(),
+            y_te,
+            rcond=cfg.rcond,
+            damping=cfg.damping,
+            method=cfg.method,
+            out_test=path_test,
+            out_train=path_train,
+            progress=progress,
+        )
     inv, h_r, q = res["inverse"], res["hessian_reduced"], res["basis"]
     t = time.perf_counter()
     spec = extreme_eigenvalues(h_r, inv, k=20) if inv.method == "cholesky" else {"all": inv.spectrum()}
     c, e = q.shape[0], z_tr.shape[1] + 1
     null_dim = e  # the 1_C kron u directions, exactly zero
-    np.save(out / "spectrum.npy", np.concatenate([np.zeros(null_dim), *[np.asarray(v) for v in spec.values()]]))
+    out.save("spectrum", np.concatenate([np.zeros(null_dim), *[np.asarray(v) for v in spec.values()]]))
     spectrum_s = time.perf_counter() - t
     if cfg.save_hessian:
         t = time.perf_counter()
         h4 = h_r.view(c - 1, e, c - 1, e)
         full = torch.einsum("ak,kxly,bl->axby", q, h4, q).reshape(c * e, c * e)
-        np.save(out / "hessian.npy", full.numpy())
+        out.save("hessian", full.numpy())
         del full
         hessian_save_s = time.perf_counter() - t
     info = inv.info()
@@ -186,9 +239,7 @@ def _head(cfg, model, train_loader, test_loader, out: Path, device, progress) ->
     }
 
 
-def _generic(cfg, model, train_loader, test_loader, out: Path, progress) -> dict:
-    params = [p.strip() for p in cfg.params.split(",") if p.strip()]
-    names = [n for path in params for n in interp.params.select_params(model, path)]
+def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, progress) -> dict:
     t = time.perf_counter()
     g_train = interp.per_example_grads(model, train_loader, names, progress=progress)
     g_test = interp.per_example_grads(model, test_loader, names, progress=progress)
@@ -196,23 +247,27 @@ def _generic(cfg, model, train_loader, test_loader, out: Path, progress) -> dict
     t = time.perf_counter()
     if cfg.method == "cg":
         matvec, _ = interp.hessian_vector_product(model, train_loader, names)
-        test, cg_info = interp.influence_matrix_cg(g_test, g_train, matvec, damping=cfg.damping, progress=progress)
-        train, _ = interp.influence_matrix_cg(g_train, g_train, matvec, damping=cfg.damping, progress=progress)
-        np.save(out / "influence_test.npy", test.numpy())
-        np.save(out / "influence_train.npy", train.numpy())
+        solve = {"damping": cfg.damping, "tol": cfg.cg_tol, "max_iter": cfg.cg_max_iter, "progress": progress}
+        test, cg_test = interp.influence_matrix_cg(g_test, g_train, matvec, **solve)
+        train, cg_train = interp.influence_matrix_cg(g_train, g_train, matvec, **solve)
+        out.save("influence_test", test.numpy())
+        out.save("influence_train", train.numpy())
         timings["influence_s"] = time.perf_counter() - t
-        return {"params": names, "path": "matrix-free conjugate gradient", "cg": cg_info, "timings": timings}
+        cg = {**cg_test, "max_relative_residual": max(cg_test["max_relative_residual"], cg_train["max_relative_residual"]),
+              "converged": cg_test["converged"] and cg_train["converged"]}  # fmt: skip
+        return {"params": names, "path": "matrix-free conjugate gradient", "cg": cg, "timings": timings}
     h = interp.hessian(model, train_loader, names, progress=progress)
     timings["hessian_s"] = time.perf_counter() - t
     if cfg.save_hessian:
-        np.save(out / "hessian.npy", h.numpy())
+        out.save("hessian", h.cpu().numpy())
     t = time.perf_counter()
     method = "eigh" if cfg.method == "auto" else cfg.method
     inv = interp.pseudo_inverse(h, rcond=cfg.rcond, damping=cfg.damping, method=method)
-    interp.influence_matrix(g_test, g_train, inv, out=out / "influence_test.npy", progress=progress)
-    interp.influence_matrix(g_train, g_train, inv, out=out / "influence_train.npy", progress=progress)
+    with out.staged("influence_test") as path_test, out.staged("influence_train") as path_train:
+        interp.influence_matrix(g_test, g_train, inv, out=path_test, progress=progress)
+        interp.influence_matrix(g_train, g_train, inv, out=path_train, progress=progress)
     if inv.method != "cholesky":
-        np.save(out / "spectrum.npy", inv.spectrum())
+        out.save("spectrum", inv.spectrum())
     timings["influence_s"] = time.perf_counter() - t
     info = inv.info()
     return {
