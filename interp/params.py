@@ -33,8 +33,9 @@ def select_params(model: nn.Module, params: ParamSpec = None) -> dict[str, nn.Pa
             raise InterpError(f"unknown parameter names {missing}; the model has e.g. {list(named)[-4:]}")
         chosen = [n for n in named if n in set(params)]
     if not chosen:
-        modules = sorted({n.rsplit(".", 1)[0] for n in named})
-        raise InterpError(f"no parameters match {params!r}; module paths with parameters: {', '.join(modules[-12:])}")
+        modules = list(dict.fromkeys(n.rsplit(".", 1)[0] for n in named))  # forward order: the head comes last
+        shown = ", ".join(modules[-12:])
+        raise InterpError(f"no parameters match {params!r}; module paths with parameters (the last 12): {shown}")
     return {n: named[n] for n in chosen}
 
 

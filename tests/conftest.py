@@ -13,3 +13,26 @@ def small_checkpoint(tmp_path_factory):
         torch.manual_seed(0)
         save_checkpoint(path, build_model("small_resnet", 10), "small_resnet", 28, {"note": "random"})
     return path
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """A finished fine-tuning run: the shipped robust source on 80 digits, head only, 2 epochs."""
+    from transfer.finetune import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("runs") / "rob"
+    cfg = FinetuneConfig(
+        source="mnist5k-l2", target="digits", blocks="0", subset="80", epochs="2", augment="none", device="cpu"
+    )
+    finetune(cfg, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def influence_out(finished_run, tmp_path_factory):
+    """A complete influence directory of :func:`finished_run` (30 test images)."""
+    from study.influence import InfluenceConfig, run_influence
+
+    out = tmp_path_factory.mktemp("influence") / "rob"
+    run_influence(InfluenceConfig(run=str(finished_run), out=str(out), test="30", device="cpu"), progress=False)
+    return out

@@ -58,6 +58,13 @@ def atomic_write(path: Path | str, write: Callable[[IO[bytes]], None], durable: 
             if durable:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is not None:
+            raise
+        # numpy's ``tofile`` reports a short write without errno or path: name both what and where
+        reason = exc.strerror or f"the write stopped short ({exc}): the disk is full or a file-size limit was reached"
+        raise OSError(exc.errno, reason, str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from transfer.errors import UserError
+
 Augment = Literal["paper", "none"]
 AUGMENTS: tuple[str, ...] = ("paper", "none")
 
@@ -33,7 +35,7 @@ def build_transform(resolution: int, *, train: bool, augment: Augment = "paper")
     ``TRAIN_TRANSFORMS_DEFAULT`` that the paper used.
     """
     if augment not in AUGMENTS:
-        raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        raise UserError(f"--augment must be one of {', '.join(AUGMENTS)}; got {augment!r}")
     steps: list[nn.Module] = [
         v2.ToDtype(torch.float32, scale=True),
         v2.Resize((resolution, resolution), interpolation=v2.InterpolationMode.BILINEAR, antialias=True),

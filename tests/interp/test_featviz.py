@@ -42,3 +42,33 @@ def test_unknown_layer_lists_valid_names(model):
 
 def test_total_variation_of_a_flat_image_is_zero():
     assert total_variation(torch.full((1, 3, 8, 8), 0.3)).item() == 0
+
+
+def test_the_callers_model_keeps_its_requires_grad_flags(model):
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    model.model.fc.weight.requires_grad_(False)
+    flags["model.fc.weight"] = False
+    visualize(model, noise_seeds(1, 28), [4], FeatVizConfig(iterations=2))
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    model.model.fc.weight.requires_grad_(True)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"iterations": -5}, "iterations must be an integer >= 1"),
+        ({"iterations": 0}, "iterations must be an integer >= 1"),
+        ({"step_size": float("nan")}, "step_size must be a finite number > 0"),
+        ({"eps": 0.0}, "eps must be a finite number > 0"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, match):
+    with pytest.raises(InterpError, match=match):
+        FeatVizConfig(**kwargs)
+
+
+def test_bad_features_and_seeds_are_refused(model):
+    with pytest.raises(InterpError, match="unit indices >= 0"):
+        visualize(model, noise_seeds(1, 28), [-1])
+    with pytest.raises(InterpError, match="n >= 1"):
+        noise_seeds(0, 28)

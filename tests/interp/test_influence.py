@@ -1,8 +1,10 @@
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 import interp
+from interp.errors import InterpError
 from interp.grads import folded_to_canonical, linear_head_grads
 from interp.influence import head_influence
 
@@ -92,6 +94,45 @@ def test_conjugate_gradient_matches_the_dense_path_on_a_hidden_layer():
     assert torch.allclose(matvec(torch.eye(p, dtype=torch.float64)), h, atol=1e-10)
     cg, info = interp.influence_matrix_cg(g_all[:10], g_all, matvec, damping=damping, tol=1e-12)
     assert torch.allclose(cg, dense, rtol=1e-6, atol=1e-8)
+    assert info["converged"] and info["max_relative_residual"] <= 1e-12
+
+
+def test_conjugate_gradient_that_stops_early_says_so_with_its_residual():
+    a = torch.diag(torch.logspace(0, 8, 40, dtype=torch.float64))  # condition number 1e8
+    b = torch.ones(40, 2, dtype=torch.float64)
+    x, iters, residual = interp.conjugate_gradient(lambda v: a @ v, b, tol=1e-10, max_iter=5)
+    true = torch.linalg.norm(b - a @ x, dim=0) / torch.linalg.norm(b, dim=0)
+    assert iters == 5 and residual > 1e-3
+    assert abs(residual - float(true.max())) < 1e-6 * residual  # the reported residual is the real one
+    g = torch.ones(3, 40, dtype=torch.float64)
+    with pytest.warns(UserWarning, match=r"CG did not converge: relative residual .* after 5 iterations"):
+        _, info = interp.influence_matrix_cg(g, g, lambda v: a @ v, max_iter=5)
+    assert not info["converged"] and info["max_relative_residual"] > 1e-3
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_are_refused_with_where(bad):
+    a = torch.eye(4, dtype=torch.float64)
+    g = torch.ones(2, 4, dtype=torch.float64)
+    with pytest.raises(InterpError, match="damping must be a finite number >= 0"):
+        interp.pseudo_inverse(a, damping=bad)
+    with pytest.raises(InterpError, match=r"rcond must be a finite number in \[0, 1\)"):
+        interp.pseudo_inverse(a, rcond=bad)
+    with pytest.raises(InterpError, match="non-finite values .* in the Hessian"):
+        interp.pseudo_inverse(a * bad)
+    with pytest.raises(InterpError, match="non-finite values .* in the test gradients"):
+        interp.influence_matrix(g * bad, g, a)
+    with pytest.raises(InterpError, match="non-finite values .* in the right-hand sides"):
+        interp.conjugate_gradient(lambda v: v, g.T * bad)
+    head, z_train, y_train, z_test, y_test = _head_problem()
+    logits = head(z_train).detach()
+    with pytest.raises(InterpError, match="non-finite values .* in the training features"):
+        head_influence(z_train * bad, logits, y_train, z_test, head(z_test).detach(), y_test)
+
+
+def test_a_negative_cut_off_is_refused():
+    with pytest.raises(InterpError, match="rcond must be"):
+        interp.pseudo_inverse(torch.eye(3, dtype=torch.float64), rcond=-1.0)
 
 
 def test_linear_head_gradients_reorder_to_the_canonical_layout():

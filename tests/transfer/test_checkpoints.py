@@ -79,3 +79,14 @@ def test_wrong_architecture_is_a_clear_error(tmp_path, resnet50):
         load_source(tmp_path / "tv.pth", arch="resnet18")
     with pytest.raises(UserError, match="neither a source name"):
         load_source(tmp_path / "missing.pt")
+
+
+def test_non_finite_weights_are_refused_with_their_names(tmp_path, small_checkpoint):
+    from transfer.checkpoints import load_checkpoint
+    from transfer.errors import UserError
+
+    ckpt = torch.load(small_checkpoint, weights_only=True)
+    ckpt["state_dict"]["model.fc.bias"][0] = float("inf")
+    torch.save(ckpt, tmp_path / "inf.pt")
+    with pytest.raises(UserError, match=r"inf.pt holds non-finite weights \(NaN or Inf in fc.bias\)"):
+        load_checkpoint(tmp_path / "inf.pt")

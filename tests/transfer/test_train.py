@@ -108,3 +108,11 @@ def test_existing_run_is_not_overwritten_and_resume_checks_settings(tmp_path, sm
     (tmp_path / "r" / "summary.json").unlink()
     with pytest.raises(UserError, match=r"differ \(lr: recorded 0.1, asked 0.5\)"):
         finetune(_cfg(small_checkpoint, epochs="1", lr=0.5), tmp_path / "r", resume=True, progress=False)
+
+
+def test_a_diverging_loss_stops_the_run_and_says_where(tmp_path, small_checkpoint):
+    from transfer.errors import UserError
+
+    with pytest.raises(UserError, match=r"training diverged: the loss became (nan|inf) in epoch 1 .*lower --lr"):
+        finetune(_cfg(small_checkpoint, epochs="2", lr=1e30, blocks="all"), tmp_path / "r", progress=False)
+    assert not RunDir(tmp_path / "r").finished()
