@@ -5,12 +5,14 @@ import torch
 
 from transfer.finetune import FinetuneConfig, finetune
 from transfer.runs import RunDir
-from transfer.train import eval_epochs, lr_milestones, paper_epochs
+from transfer.train import eval_epochs, lr_milestones, paper_epochs, paper_eval_every
 
 
 def test_schedule_rules():
     assert lr_milestones(150) == [50, 100] and lr_milestones(3) == [1, 2]
-    assert eval_epochs(100, 20) == {1, 20, 40, 60, 80, 100}
+    assert eval_epochs(100, 20) == {1, 21, 41, 61, 81, 100}  # the paper's appendix B, word for word
+    assert eval_epochs(150, 10) == {1, 11, 21, 31, 41, 51, 61, 71, 81, 91, 101, 111, 121, 131, 141, 150}
+    assert paper_eval_every(100) == 20 and paper_eval_every(150) == 10  # Table 2
     assert paper_epochs(1600) == 100 and paper_epochs(1601) == 150
 
 
