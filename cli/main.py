@@ -7,7 +7,7 @@ import errno
 import os
 import sys
 
-from cli import interp_commands, transfer_commands, viz_commands
+from cli import interp_commands, study_commands, transfer_commands, viz_commands
 
 PROG = "robust-transfer"
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     transfer_commands.register(sub)
     interp_commands.register(sub)
     viz_commands.register(sub)
+    study_commands.register(sub)
     return parser
 
 

@@ -300,6 +300,25 @@ _REGISTRY: dict[str, tuple[DatasetSpec, Callable]] = {
 }
 
 
+# (train, test) images of the splits this package uses, known without loading them (for planning sweeps)
+SPLIT_SIZES: dict[str, tuple[int, int]] = {
+    "mnist5k": (4000, 1000),
+    "digits": (1437, 360),
+    "cifar10": (50000, 10000),
+    "cifar100": (50000, 10000),
+    "svhn": (73257, 26032),
+    "mnist": (60000, 10000),
+    "fmnist": (60000, 10000),
+    "kmnist": (60000, 10000),
+}
+
+
+def split_sizes(name: str) -> tuple[int, int] | None:
+    """``(n_train, n_test)`` of ``name`` without loading it, where known; else None."""
+    dataset_spec(name)
+    return SPLIT_SIZES.get(name)
+
+
 def dataset_names() -> list[str]:
     return list(_REGISTRY)
 

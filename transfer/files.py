@@ -209,12 +209,13 @@ def _lock_fd(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def atomic_write_figure(path: Path | str, fig, dpi: int = 130) -> None:
-    """Save a matplotlib figure atomically, in the format its suffix names, and close it."""
+def atomic_write_figure(path: Path | str, fig, dpi: int = 130, close: bool = True) -> None:
+    """Save a matplotlib figure atomically, in the format its suffix names; close it unless told not to."""
     import matplotlib.pyplot as plt
 
     atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png"))
-    plt.close(fig)
+    if close:
+        plt.close(fig)
 
 
 def atomic_write_csv(path: Path | str, header: list[str], rows: Iterable[Iterable]) -> None:

@@ -41,7 +41,10 @@ class FinetuneConfig:
         default="auto", metadata={"help": "epochs, or auto: 100 up to 1,600 images, 150 above (paper's Table 2)"}
     )
     eval_every: str = field(
-        default="auto", metadata={"help": "epochs between test evaluations (after epoch 1, 1+k, 1+2k, ... and the last), or auto: the paper's Table 2, 20 in runs of up to 100 epochs, 10 in longer ones"}
+        default="auto",
+        metadata={
+            "help": "epochs between test evaluations (after epoch 1, 1+k, 1+2k, ... and the last), or auto: the paper's Table 2, 20 in runs of up to 100 epochs, 10 in longer ones"
+        },
     )
     arch: str | None = field(
         default=None, metadata={"help": "architecture of a checkpoint path (resnet50 if the file does not say)"}

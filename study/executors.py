@@ -1,0 +1,205 @@
+"""Executors: where a sweep's runs execute. One small interface, one class per engine.
+
+An executor takes a run (``submit``) and reports finished ones (``wait``); the coordinator owns
+the ledger and decides what to submit. Another engine (Dask, Slurm job arrays) is one more class
+with these three methods.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from multiprocessing.connection import wait as wait_ready
+from pathlib import Path
+
+from study.grid import RunSpec
+from transfer.errors import UserError
+from transfer.files import atomic_write_bytes
+
+
+@dataclass
+class Outcome:
+    """What became of one submitted run."""
+
+    key: str
+    summary: dict | None  # set when the run finished
+    error: str | None  # set when it failed (or its worker died)
+    lost: bool = False  # the worker died: the run itself may be fine, and is retried
+    device: str = ""
+    worker: str = ""
+
+
+class Executor(ABC):
+    """Runs sweep runs somewhere; ``slots`` of them at once."""
+
+    slots: int
+    description: str
+
+    @abstractmethod
+    def submit(self, spec: RunSpec, run_dir: Path) -> None:
+        """Start ``spec`` into ``run_dir``; at most ``slots`` runs are in flight."""
+
+    @abstractmethod
+    def wait(self, timeout: float) -> list[Outcome]:
+        """The runs that finished (or were lost) within ``timeout`` seconds; possibly none."""
+
+    @abstractmethod
+    def shutdown(self) -> None:
+        """Stop every worker; runs in flight are abandoned (the ledger requeues them next time)."""
+
+
+def default_local_workers(cuda_devices: int, cores: int) -> tuple[int, int]:
+    """``(workers, threads per worker)``: one worker per visible GPU, else workers x threads = cores."""
+    if cuda_devices:
+        return cuda_devices, max(1, cores // cuda_devices)
+    threads = 1 if cores <= 4 else 4
+    return max(1, cores // threads), threads
+
+
+class LocalExecutor(Executor):
+    """A pool of worker processes on this machine, each importing torch once and running runs in turn.
+
+    Workers are plain ``python -m study.worker`` processes that speak JSON lines over pipes (no
+    re-import of the caller's main module, as multiprocessing's spawn would do). A worker that dies
+    (killed, out of memory) is replaced and its run reported ``lost``. Workers exit by themselves
+    when the coordinator dies.
+    """
+
+    def __init__(self, workers: int, threads: int, gpus: int = 0):
+        if workers < 1 or threads < 1:
+            raise UserError(f"--workers and --threads must be >= 1, got {workers} and {threads}")
+        self.slots, self.threads, self._gpus = workers, threads, gpus
+        self._workers: list[dict] = [self._start(i) for i in range(workers)]
+        where = f"{gpus} GPU(s), one worker each" if gpus else f"CPU, {workers} worker(s) x {threads} thread(s)"
+        self.description = f"local: {where}"
+
+    def _start(self, slot: int) -> dict:
+        env = dict(os.environ)
+        if self._gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot % self._gpus)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "study.worker", str(self.threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1,
+        )  # fmt: skip
+        return {"proc": proc, "job": None, "slot": slot}
+
+    def submit(self, spec: RunSpec, run_dir: Path) -> None:
+        idle = next((w for w in self._workers if w["job"] is None), None)
+        if idle is None:
+            raise RuntimeError("submit called with every worker busy")
+        if idle["proc"].poll() is not None:  # died while idle
+            idle = self._workers[self._workers.index(idle)] = self._start(idle["slot"])
+        idle["job"] = spec.key
+        try:
+            idle["proc"].stdin.write(
+                json.dumps({"key": spec.key, "settings": spec.settings, "run_dir": str(run_dir)}) + "\n"
+            )
+            idle["proc"].stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # the worker died just now: wait() reports the run lost
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        busy = {w["proc"].stdout: w for w in self._workers if w["job"] is not None}
+        if not busy:
+            time.sleep(min(timeout, 0.05))
+            return []
+        outcomes = []
+        for ready in wait_ready(list(busy), timeout):
+            w = busy[ready]
+            name = f"local-{w['slot']}"
+            line = w["proc"].stdout.readline()
+            if line:
+                answer = json.loads(line)
+                result = answer["result"]
+                outcomes.append(
+                    Outcome(answer["key"], result["summary"], result["error"], device=result["device"], worker=name)
+                )
+            else:  # end of file: the worker died
+                code = w["proc"].wait()
+                outcomes.append(
+                    Outcome(w["job"], None, f"worker {name} died (exit code {code})", lost=True, worker=name)
+                )
+                self._workers[self._workers.index(w)] = self._start(w["slot"])
+            w["job"] = None
+        return outcomes
+
+    def shutdown(self) -> None:
+        for w in self._workers:
+            try:
+                w["proc"].stdin.close()  # an idle worker ends at end of input
+            except OSError:
+                pass
+        for w in self._workers:
+            try:
+                w["proc"].wait(timeout=2 if w["job"] is None else 0.01)
+            except subprocess.TimeoutExpired:
+                w["proc"].kill()
+                w["proc"].wait()
+            w["proc"].stdout.close()
+
+
+class RayExecutor(Executor):
+    """Runs as Ray tasks on an existing cluster (``address``) or a local Ray instance (``address=None``).
+
+    One GPU per task where the cluster has GPUs, else ``cpus_per_run`` CPUs. With ``shared_fs`` the
+    tasks write run directories on a path every node sees; without, they return the run's files
+    and the coordinator writes them.
+    """
+
+    def __init__(self, address: str | None = None, cpus_per_run: int = 1, shared_fs: bool = True,
+                 num_cpus: int | None = None):  # fmt: skip
+        try:
+            import ray
+        except ImportError:
+            raise UserError('--executor ray needs Ray: pip install "robust-transfer[ray]"') from None
+        from study.worker import ray_run
+
+        self._ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)  # fmt: skip
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": cpus_per_run}
+        self.slots = gpus or max(1, int(resources.get("CPU", 1)) // cpus_per_run)
+        self._task = ray.remote(max_retries=0, **options)(ray_run)
+        self._shared = shared_fs
+        self._refs: dict = {}
+        self.description = (
+            f"ray ({address or 'local instance'}): {self.slots} slot(s), "
+            + ("1 GPU per run" if gpus else f"{cpus_per_run} CPU(s) per run")
+            + ("" if shared_fs else ", results returned as payloads")
+        )
+
+    def submit(self, spec: RunSpec, run_dir: Path) -> None:
+        ref = self._task.remote(spec.settings, str(run_dir) if self._shared else None)
+        self._refs[ref] = (spec.key, run_dir)
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        if not self._refs:
+            time.sleep(min(timeout, 0.05))
+            return []
+        ready, _ = self._ray.wait(list(self._refs), num_returns=len(self._refs), timeout=timeout)
+        outcomes = []
+        for ref in ready:
+            key, run_dir = self._refs.pop(ref)
+            try:
+                result = self._ray.get(ref)
+            except self._ray.exceptions.RayError as exc:  # the task's worker or node died
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                outcomes.append(Outcome(key, None, f"ray task lost: {first}", lost=True, worker="ray"))
+                continue
+            for name, data in result.get("files", {}).items():
+                atomic_write_bytes(Path(run_dir) / name, data)
+            outcomes.append(Outcome(key, result["summary"], result["error"], device=result["device"], worker="ray"))
+        return outcomes
+
+    def shutdown(self) -> None:
+        for ref in list(self._refs):
+            self._ray.cancel(ref, force=True)
+        self._refs.clear()

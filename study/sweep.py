@@ -1,0 +1,167 @@
+"""A sweep: every run of a grid, recorded in a ledger, executed locally or on Ray, resumable at any moment.
+
+A sweep directory holds ``grid.toml`` (the grid it was made from), ``ledger.sqlite`` (one row per
+run: state, error, host, device, times, accuracies) and ``runs/<target>/<source>/b<blocks>/n<size>/s<seed>/``
+(ordinary run directories). The coordinator holds the directory's lock for its whole life, so the
+same command run again after any kill (the coordinator's or a worker's) continues: done runs are
+never redone, interrupted ones continue from their ``state.pt``, and a run is counted once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from study.executors import Executor, LocalExecutor, RayExecutor, default_local_workers
+from study.grid import Grid, read_grid
+from study.ledger import Ledger
+from transfer import validation as v
+from transfer.errors import UserError
+from transfer.files import LOCK_NAME, DirLock, atomic_write_text
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class SweepConfig:
+    """Settings of ``robust-transfer sweep``."""
+
+    grid: str = field(metadata={"help": "grid file (TOML): sources, targets, blocks, [seeds], [finetune]"})
+    out: str = field(metadata={"help": "sweep directory (ledger and run directories); the same command resumes it"})
+    executor: str = field(default="local", metadata={"help": "local (worker processes here) or ray"})
+    workers: int | None = field(
+        default=None, metadata={"help": "local: worker processes (default: one per GPU, else cores / threads)"}
+    )
+    threads: int | None = field(default=None, metadata={"help": "local, CPU: torch threads per worker"})
+    address: str | None = field(default=None, metadata={"help": "ray: cluster address (default: start a local Ray)"})
+    ray_cpus_per_run: int = field(default=1, metadata={"help": "ray, without GPUs: CPUs per task"})
+    ray_shared_fs: bool = field(
+        default=True,
+        metadata={"help": "ray: tasks write run directories under --out (a path every node sees); "
+                  "--no-ray-shared-fs returns results as payloads the coordinator writes"},
+    )  # fmt: skip
+    retry_failed: bool = field(default=False, metadata={"help": "run failed runs again"})
+    max_attempts: int = field(default=3, metadata={"help": "attempts per run when its worker dies"})
+
+    def __post_init__(self):
+        v.choice("executor", self.executor, EXECUTORS)
+        for name in ("workers", "threads"):
+            if getattr(self, name) is not None:
+                v.integer(name, getattr(self, name), low=1)
+        v.integer("ray_cpus_per_run", self.ray_cpus_per_run, low=1)
+        v.integer("max_attempts", self.max_attempts, low=1)
+
+
+class SweepDir:
+    """Paths of a sweep directory."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.grid = self.root / "grid.toml"
+        self.ledger = self.root / "ledger.sqlite"
+        self.runs = self.root / "runs"
+
+    def check_ours(self) -> None:
+        own = {"grid.toml", "ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "runs", "summary", "figures",
+               LOCK_NAME}  # fmt: skip
+        if self.root.is_dir():
+            foreign = sorted(p.name for p in self.root.iterdir() if p.name not in own and not p.name.startswith("."))
+            if foreign:
+                raise UserError(
+                    f"{self.root} holds files that are not a sweep's ({', '.join(foreign[:4])}); choose another --out"
+                )
+
+    def open_ledger(self) -> Ledger:
+        if not self.ledger.exists():
+            raise UserError(f"{self.root} is not a sweep directory (no ledger.sqlite)")
+        return Ledger(self.ledger)
+
+
+def make_executor(cfg: SweepConfig) -> Executor:
+    if cfg.executor == "ray":
+        return RayExecutor(cfg.address, cfg.ray_cpus_per_run, cfg.ray_shared_fs)
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    workers, threads = default_local_workers(gpus, os.cpu_count() or 1)
+    return LocalExecutor(cfg.workers or workers, cfg.threads or threads, gpus)
+
+
+def run_sweep(cfg: SweepConfig, progress: bool = True, executor: Executor | None = None) -> dict[str, int]:
+    """Run every pending run of ``cfg.grid`` in ``cfg.out``; return the ledger's counts at the end.
+
+    Safe to call again after any interruption: see the module docstring.
+    """
+    grid = read_grid(cfg.grid)
+    sweep = SweepDir(cfg.out)
+    sweep.check_ours()
+    with DirLock(sweep.root, "--out"), Ledger(sweep.ledger) as ledger:
+        ledger.bind_grid(grid.digest, grid.name)
+        if not sweep.grid.exists():
+            atomic_write_text(sweep.grid, grid.text)
+        ledger.add(grid.runs(), sweep.root)
+        ledger.requeue_interrupted()
+        if cfg.retry_failed:
+            ledger.retry_failed()
+        if ledger.counts()["pending"] == 0:
+            return ledger.counts()
+        executor = executor or make_executor(cfg)
+        try:
+            _drive(ledger, executor, cfg, progress)
+        finally:
+            executor.shutdown()
+        return ledger.counts()
+
+
+def _drive(ledger: Ledger, executor: Executor, cfg: SweepConfig, progress: bool) -> None:
+    """Keep every slot busy until no run is pending; record each outcome as it arrives."""
+    counts = ledger.counts()
+    bar = tqdm(total=sum(counts.values()), initial=counts["done"] + counts["failed"], disable=not progress,
+               desc=f"sweep [{executor.description}]", unit="run", dynamic_ncols=True)  # fmt: skip
+    in_flight: set[str] = set()
+
+    def show():
+        c = ledger.counts()
+        bar.set_postfix_str(f"done {c['done']}, running {len(in_flight)}, failed {c['failed']}, left {c['pending']}")
+
+    show()
+    while True:
+        claimed = ledger.claim(executor.slots - len(in_flight))
+        for spec, run_dir in claimed:
+            executor.submit(spec, run_dir)
+            in_flight.add(spec.key)
+        if claimed:
+            show()
+        if not in_flight:
+            break
+        for out in executor.wait(timeout=1.0):
+            in_flight.discard(out.key)
+            if out.summary is not None:
+                ledger.finish(out.key, out.summary, out.device, out.worker)
+                bar.update(1)
+            elif out.lost:
+                if ledger.lost(out.key, out.error, cfg.max_attempts) == "failed":
+                    bar.update(1)
+            else:
+                ledger.fail(out.key, out.error, out.device, out.worker)
+                bar.update(1)
+            show()
+    bar.close()
+
+
+def sweep_status(out: Path | str) -> dict:
+    """Counts per state, and the errors of failed runs (first five)."""
+    with SweepDir(out).open_ledger() as ledger:
+        failed = ledger.rows("failed")
+        return {**ledger.counts(), "failed_runs": [(r["key"], r["error"]) for r in failed[:5]]}
+
+
+def grid_of(out: Path | str) -> Grid:
+    """The grid a sweep directory was made from."""
+    sweep = SweepDir(out)
+    if not sweep.grid.exists():
+        raise UserError(f"{sweep.root} is not a sweep directory (no grid.toml)")
+    return read_grid(sweep.grid)

@@ -1,0 +1,96 @@
+"""What runs one sweep run, in a worker process of any executor (local process pool, Ray task).
+
+Kept free of heavy imports at module level: a local worker sets its thread count and visible
+GPU before torch is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from pathlib import Path
+
+
+def execute_run(settings: dict, run_dir: str | Path) -> dict:
+    """Fine-tune one run of a sweep into ``run_dir`` (continuing it if it was interrupted).
+
+    Returns ``{"summary": dict | None, "error": str | None, "device": str}``: a finished run's
+    summary, or the one-line reason it failed. A run that finished before returns its summary
+    at once, after its recorded settings were compared with ``settings``.
+    """
+    import torch
+
+    from transfer.device import resolve_device
+    from transfer.errors import UserError
+    from transfer.finetune import FinetuneConfig, finetune
+
+    device = ""
+    try:
+        cfg = FinetuneConfig(**settings)
+        dev = resolve_device(cfg.device)
+        device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+        summary = finetune(cfg, run_dir, resume=True, progress=False)
+        return {"summary": summary, "error": None, "device": device}
+    except UserError as exc:
+        return {"summary": None, "error": str(exc), "device": device}
+    except Exception as exc:  # a bug or a resource failure: keep the last frame for the ledger
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        return {"summary": None, "error": f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})",
+                "device": device}  # fmt: skip
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Kill this worker when its coordinator dies (kill -9 included), so no orphan keeps writing a run."""
+    while True:
+        if os.getppid() != parent:
+            os._exit(1)
+        time.sleep(0.5)
+
+
+def local_worker(threads: int) -> None:
+    """A local pool worker: one JSON job per line on stdin, one JSON answer per line on the protocol pipe.
+
+    A job is ``{"key", "settings", "run_dir"}``; the answer ``{"key", "result"}``. The process's own
+    stdout is pointed at stderr so that nothing a library prints can corrupt the protocol.
+    """
+    import json
+    import sys
+
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    import torch
+
+    torch.set_num_threads(threads)
+    for line in sys.stdin:
+        job = json.loads(line)
+        result = execute_run(job["settings"], job["run_dir"])
+        proto.write(json.dumps({"key": job["key"], "result": result}) + "\n")
+        proto.flush()
+
+
+def ray_run(settings: dict, run_dir: str | None) -> dict:
+    """A Ray task: with ``run_dir`` (a shared file system) write there; without, return the run's files.
+
+    In the second form the run is done in a temporary directory and its files (``config.json``,
+    ``subset.json``, ``metrics.jsonl``, ``summary.json``, ``model.pt``) come back as bytes for the
+    coordinator to write; an interrupted run then starts again instead of resuming.
+    """
+    if run_dir is not None:
+        return execute_run(settings, run_dir)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = execute_run(settings, Path(tmp) / "run")
+        files = {}
+        if result["summary"] is not None:
+            files = {p.name: p.read_bytes() for p in (Path(tmp) / "run").iterdir() if not p.name.startswith(".")}
+        return {**result, "files": files}
+
+
+if __name__ == "__main__":
+    import sys
+
+    local_worker(int(sys.argv[1]))

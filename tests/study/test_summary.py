@@ -1,0 +1,72 @@
+import math
+
+import pytest
+from scipy import stats
+
+from study.summary import Interval, accuracies, compare_with_paper, paired_differences, table5, write_summary
+
+
+def _row(source, seed, acc, target="cifar10", n=100, blocks="3", best=None):
+    return {"settings": {"source": source, "target": target, "blocks": blocks, "seed": seed}, "n_train": n,
+            "final_acc": acc, "best_acc": best if best is not None else acc}  # fmt: skip
+
+
+ROWS = [
+    _row("resnet50-natural", 20_000_000, 0.40),
+    _row("resnet50-natural", 20_100_000, 0.50),
+    _row("resnet50-natural", 20_200_000, 0.45),
+    _row("resnet50-l2-3", 20_000_000, 0.52),
+    _row("resnet50-l2-3", 20_100_000, 0.56),
+    _row("resnet50-l2-3", 20_200_000, 0.51, best=0.60),
+]
+
+
+def test_means_and_student_t_intervals_by_hand():
+    table = table5(accuracies(ROWS))
+    nat = table[("cifar10", 100, "3", "resnet50-natural")]
+    # mean 45, sample sd 5, t_{0.975, 2} = 4.302652729911275
+    assert nat.n == 3 and math.isclose(nat.mean, 45.0)
+    half = 4.302652729911275 * 5.0 / math.sqrt(3)
+    assert math.isclose(nat.low, 45 - half) and math.isclose(nat.high, 45 + half)
+    assert math.isclose(stats.t.ppf(0.975, 2), 4.302652729911275)
+
+
+def test_paired_differences_use_the_same_seeds():
+    paired = paired_differences(accuracies(ROWS), "resnet50-natural")
+    iv = paired[("cifar10", 100, "3", "resnet50-l2-3")]
+    diffs = [12.0, 6.0, 6.0]  # 52-40, 56-50, 51-45
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    assert iv.n == 3 and math.isclose(iv.mean, 8.0)
+    assert math.isclose(iv.high - iv.mean, stats.t.ppf(0.975, 2) * sd / math.sqrt(3))
+    unpaired = paired_differences(accuracies(ROWS[:2] + ROWS[3:4]), "resnet50-natural")
+    assert unpaired[("cifar10", 100, "3", "resnet50-l2-3")].n == 1  # only seed 20000000 is in both
+
+
+def test_best_epoch_accuracy_is_a_choice():
+    best = table5(accuracies(ROWS, "best"))[("cifar10", 100, "3", "resnet50-l2-3")]
+    assert math.isclose(best.mean, (52 + 56 + 60) / 3)
+
+
+def test_one_seed_has_no_interval():
+    iv = Interval.of([71.0])
+    assert iv.n == 1 and math.isnan(iv.low) and iv.text() == "71.00 (n=1)"
+
+
+def test_comparison_with_the_papers_table_5():
+    rows = compare_with_paper(table5(accuracies(ROWS)))
+    by_source = {r["source"]: r for r in rows}
+    assert by_source["resnet50-natural"]["paper"] == 48.49 and by_source["resnet50-l2-3"]["paper"] == 51.89
+    assert math.isclose(by_source["resnet50-l2-3"]["difference"], 53.0 - 51.89)
+    svhn = compare_with_paper(table5(accuracies([_row("resnet50-natural", 20_000_000, 0.9, target="svhn", n=73257)])))
+    assert svhn[0]["paper"] == 95.33  # the row the paper labels "MNIST"
+
+
+def test_written_tables_say_which_accuracy_and_interval(tmp_path):
+    texts = write_summary(ROWS, tmp_path, "final", compare=True)
+    assert "after the last epoch (the paper's choice)" in texts["table5"] and "Student t" in texts["table5"]
+    assert "resnet50-l2-3 - resnet50-natural | 3 | 8.00 [" in texts["paired"]
+    assert (tmp_path / "table5.csv").read_text().startswith("target,n_train,blocks,source,seeds,mean,ci_low,ci_high")
+    assert "51.89" in texts["compare"]
+    with pytest.raises(ValueError, match="--natural"):
+        write_summary([_row("a.pt", 1, 0.5), _row("b.pt", 1, 0.6)], tmp_path)

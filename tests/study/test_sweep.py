@@ -1,0 +1,128 @@
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from study.executors import LocalExecutor
+from study.grid import parse_grid
+from study.sweep import SweepConfig, run_sweep
+
+GRID = """
+sources = ["mnist5k-natural", "mnist5k-l2"]
+targets = ["digits"]
+blocks = [1]
+[seeds]
+100 = 3
+[finetune]
+epochs = 4
+eval_every = 2
+device = "cpu"
+save_every = 0
+"""
+
+
+def _results(out: Path) -> dict:
+    con = sqlite3.connect(out / "ledger.sqlite")
+    rows = con.execute("SELECT key, state, final_acc, best_acc, run_dir FROM runs ORDER BY key").fetchall()
+    con.close()
+    return {k: (state, final, best, (Path(d) / "metrics.jsonl").read_text()) for k, state, final, best, d in rows}
+
+
+def _counts(out: Path) -> dict:
+    try:
+        con = sqlite3.connect(out / "ledger.sqlite", timeout=1)
+        counts = dict(con.execute("SELECT state, COUNT(*) FROM runs GROUP BY state").fetchall())
+        con.close()
+        return counts
+    except sqlite3.Error:
+        return {}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    (root / "grid.toml").write_text(GRID)
+    counts = run_sweep(SweepConfig(str(root / "grid.toml"), str(root / "a"), workers=2, threads=1), progress=False)
+    assert counts == {"pending": 0, "running": 0, "done": 6, "failed": 0}
+    return root
+
+
+def test_a_killed_coordinator_resumes_to_the_same_results(uninterrupted, tmp_path):
+    grid, out = uninterrupted / "grid.toml", tmp_path / "b"
+    argv = [sys.executable, "-m", "cli.main", "sweep", str(grid), "--out", str(out), "--workers", "2", "--threads", "1",
+            "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (
+        _counts(out).get("done", 0) >= 1 and _counts(out).get("running", 0) >= 1
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # kill -9 of the coordinator, with runs in flight
+    proc.wait()
+    before = _counts(out)
+    assert before.get("done", 0) >= 1 and before.get("running", 0) >= 1, before
+    time.sleep(1.5)  # its workers notice and exit
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout.splitlines()[0]) == {"pending": 0, "running": 0, "done": 6, "failed": 0}
+    expected = {k.split("/", 1)[1]: v for k, v in _results(uninterrupted / "a").items()}
+    got = {k.split("/", 1)[1]: v for k, v in _results(out).items()}
+    assert got == expected  # every run once, same accuracies, same metrics, bit for bit
+
+
+def test_a_finished_sweep_is_not_redone(uninterrupted):
+    out = uninterrupted / "a"
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("runs/**/summary.json")}
+    counts = run_sweep(SweepConfig(str(uninterrupted / "grid.toml"), str(out), workers=1, threads=1), progress=False)
+    assert counts["done"] == 6 and {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+def test_a_killed_worker_is_replaced_and_its_run_reported_lost(tmp_path):
+    spec = parse_grid(GRID.replace("epochs = 4", "epochs = 12")).runs()[0]
+    ex = LocalExecutor(workers=1, threads=1)
+    try:
+        ex.submit(spec, tmp_path / "run")
+        assert ex.wait(timeout=2.0) == []  # still running
+        ex._workers[0]["proc"].kill()  # kill -9 of the worker (a plain subprocess.Popen)
+        (out,) = ex.wait(timeout=30.0)
+        assert out.lost and out.key == spec.key and "died" in out.error
+        ex.submit(spec, tmp_path / "run")  # a fresh worker continues the run
+        outcomes = []
+        while not outcomes:
+            outcomes = ex.wait(timeout=5.0)
+        assert outcomes[0].summary is not None and outcomes[0].summary["epochs"] == 12
+    finally:
+        ex.shutdown()
+
+
+def test_failed_runs_are_recorded_and_retried_on_request(tmp_path):
+    grid = tmp_path / "g.toml"
+    grid.write_text(GRID.replace("100 = 3", "100 = 1").replace("blocks = [1]", 'blocks = [1]\nname = "f"'))
+    out = tmp_path / "s"
+    (out / "runs/digits/mnist5k-l2/b1/n100/s20000000").mkdir(parents=True)
+    (out / "runs/digits/mnist5k-l2/b1/n100/s20000000/notes.txt").write_text("in the way")
+    counts = run_sweep(SweepConfig(str(grid), str(out), workers=1, threads=1), progress=False)
+    assert counts["failed"] == 1 and counts["done"] == 1
+    (out / "runs/digits/mnist5k-l2/b1/n100/s20000000/notes.txt").unlink()
+    assert run_sweep(SweepConfig(str(grid), str(out), workers=1, threads=1), progress=False)["failed"] == 1
+    counts = run_sweep(SweepConfig(str(grid), str(out), workers=1, threads=1, retry_failed=True), progress=False)
+    assert counts == {"pending": 0, "running": 0, "done": 2, "failed": 0}
+
+
+def test_the_ray_executor_fills_the_same_ledger(uninterrupted, tmp_path):
+    ray = pytest.importorskip("ray")
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        counts = run_sweep(
+            SweepConfig(str(uninterrupted / "grid.toml"), str(tmp_path / "r"), executor="ray"), progress=False
+        )
+    finally:
+        ray.shutdown()
+    assert counts == {"pending": 0, "running": 0, "done": 6, "failed": 0}
+    expected = {k.split("/", 1)[1]: v[:3] for k, v in _results(uninterrupted / "a").items()}
+    assert {k.split("/", 1)[1]: v[:3] for k, v in _results(tmp_path / "r").items()} == expected
