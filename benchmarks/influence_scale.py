@@ -27,9 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from interp.grads import folded_to_canonical, linear_head_grads
-from interp.hessian import linear_head_hessian
-from interp.influence import head_influence
+from interp.head import folded_to_canonical, head_influence, linear_head_grads, linear_head_hessian
 
 
 def peak_gib() -> float:

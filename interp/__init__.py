@@ -8,27 +8,34 @@ it does not depend on ``transfer``. Sign convention (Koh & Liang's ``I_up,loss``
 negative = helpful: up-weighting training point j lowers test point i's loss.
 """
 
+from interp.device import model_device
 from interp.errors import InterpError
 from interp.featviz import FeatVizConfig, FeatVizResult, noise_seeds, visualize
-from interp.grads import head_features, linear_head_grads, per_example_grads
-from interp.hessian import hessian, linear_head_hessian
-from interp.influence import (
+from interp.grads import per_example_grads
+from interp.head import head_features, head_influence, linear_head_grads, linear_head_hessian
+from interp.hessian import hessian
+from interp.influence import hessian_vector_product, influence_matrix
+from interp.inverse import (
+    CholeskyInverse,
+    ConjugateGradientInverse,
+    InverseOperator,
+    SpectralInverse,
     conjugate_gradient,
-    head_influence,
-    hessian_vector_product,
-    influence_matrix,
-    influence_matrix_cg,
+    pseudo_inverse,
+    resolve_rcond,
 )
-from interp.inverse import PseudoInverse, pseudo_inverse
 from interp.metrics import ClassMatch, class_match, most_helpful
 from interp.saliency import concentration, saliency_maps
 
 __all__ = [
+    "CholeskyInverse",
     "ClassMatch",
+    "ConjugateGradientInverse",
     "FeatVizConfig",
     "FeatVizResult",
     "InterpError",
-    "PseudoInverse",
+    "InverseOperator",
+    "SpectralInverse",
     "class_match",
     "concentration",
     "conjugate_gradient",
@@ -37,13 +44,14 @@ __all__ = [
     "hessian",
     "hessian_vector_product",
     "influence_matrix",
-    "influence_matrix_cg",
     "linear_head_grads",
     "linear_head_hessian",
+    "model_device",
     "most_helpful",
     "noise_seeds",
     "per_example_grads",
     "pseudo_inverse",
+    "resolve_rcond",
     "saliency_maps",
     "visualize",
 ]

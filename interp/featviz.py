@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from interp.device import model_device
 from interp.errors import InterpError
 
 
@@ -225,7 +226,7 @@ def visualize(
         raise InterpError(f"features must be a non-empty list of unit indices >= 0, got {features!r}")
     if seeds.dim() != 4 or len(seeds) == 0:
         raise InterpError(f"seeds must be a non-empty (S, 3, H, W) batch, got shape {tuple(seeds.shape)}")
-    device = next(model.parameters()).device
+    device = model_device(model)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model = _with_fake_relu(model) if cfg.fake_relu else model
     model.eval()
@@ -259,7 +260,7 @@ def visualize(
 def _pgd_ascent(objective, x0: torch.Tensor, idx: torch.Tensor, cfg: FeatVizConfig) -> torch.Tensor:
     """Normalised-gradient L2 ascent, projected on the eps-ball around ``x0`` and onto [0, 1]."""
     x = x0.clone()
-    best, best_val = x0.clone(), torch.full((len(x0),), -math.inf, device=x0.device)
+    best, best_val = x0.clone(), torch.full((len(x0),), -math.inf, dtype=x0.dtype, device=x0.device)
     for _ in range(cfg.iterations):
         x.requires_grad_(True)
         val = objective(x, idx)

@@ -1,18 +1,16 @@
-"""Exact Hessians of the mean training loss: generic (``torch.func``) and closed form for a linear head.
+"""Exact Hessians of the mean training loss: generic (``torch.func``), and the closed form of a linear head.
 
-For softmax cross-entropy on a linear head ``logits = W z + b`` with ``p_i = softmax(W z_i + b)``,
-in the folded layout ``[W | b]`` (see :mod:`interp.grads`):
-
-    H = 1/n sum_i (diag(p_i) - p_i p_i^T) kron z~_i z~_i^T,     z~_i = [z_i; 1].
-
-Block ``(c, c')`` of size ``(D+1, D+1)`` is ``Z~^T diag(a_{:, c, c'}) Z~ / n`` with
-``a_i = diag(p_i) - p_i p_i^T``: ``C (C+1) / 2`` weighted Gram matrices (DGEMM-bound).
+The closed form (see :mod:`interp.head`) is used when the parameters are exactly one ``nn.Linear``
+that produces the model's output under cross-entropy; every other selection goes through
+``torch.func.hessian`` batch by batch.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,66 +19,67 @@ from torch.func import functional_call
 from torch.func import hessian as func_hessian
 from tqdm.auto import tqdm
 
+from interp.device import resolve, to_device
 from interp.errors import InterpError
-from interp.grads import (
-    Loss,
-    _as_eval_copy,
-    folded_to_canonical,
-    head_features,
-    with_bias_column,
-)
+from interp.grads import Loss, as_eval_copy
+from interp.head import folded_to_canonical, head_features, linear_head_hessian
 from interp.params import ParamSpec, fixed_tensors, flat_size, select_params
 
 
-def softmax_curvature(logits: torch.Tensor) -> torch.Tensor:
-    """``diag(p_i) - p_i p_i^T`` for every example: the Hessian of cross-entropy in the logits, ``(n, C, C)``."""
-    p = torch.softmax(logits.to(torch.float64), dim=1)
-    return torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
-
-
-def kron_sum_hessian(z_tilde: torch.Tensor, a: torch.Tensor, *, progress: bool = False) -> torch.Tensor:
-    """``1/n sum_i a_i kron z~_i z~_i^T`` for symmetric ``a`` ``(n, K, K)`` and ``z~`` ``(n, E)``: ``(K E, K E)``.
-
-    Computes the ``K (K+1) / 2`` distinct blocks as weighted Gram matrices and mirrors the rest.
-    """
-    n, k, e = len(z_tilde), a.shape[1], z_tilde.shape[1]
-    z = z_tilde.to(torch.float64)
-    h = torch.empty(k * e, k * e, dtype=torch.float64)
-    pairs = [(c, d) for c in range(k) for d in range(c, k)]
-    for c, d in tqdm(pairs, desc="Hessian blocks", disable=not progress):
-        block = (z * a[:, c, d].unsqueeze(1)).T @ z
-        block /= n
-        h[c * e : (c + 1) * e, d * e : (d + 1) * e] = block
-        if c != d:
-            h[d * e : (d + 1) * e, c * e : (c + 1) * e] = block.T
-    return h
-
-
-def linear_head_hessian(z: torch.Tensor, logits: torch.Tensor, *, progress: bool = False) -> torch.Tensor:
-    """Closed-form Hessian of mean softmax cross-entropy over ``[W | b]`` (folded layout), ``(C(D+1), C(D+1))``."""
-    return kron_sum_hessian(with_bias_column(z.to(torch.float64)), softmax_curvature(logits), progress=progress)
-
-
 def available_bytes() -> int:
-    """Physical memory available now (Linux ``MemAvailable``), or total memory elsewhere."""
+    """Memory this process may still use: the least of physical memory available now (Linux
+    ``MemAvailable``; total memory elsewhere), the address-space limit (``RLIMIT_AS``) less what the
+    process has mapped, and the cgroup's ``memory.max`` less its ``memory.current``."""
+    free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    free = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        free = min(free, soft - _mapped_bytes())
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            free = min(free, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(free, 0)
 
 
-def check_dense_fits(p: int, copies: float = 3.0, max_bytes: int | None = None) -> None:
-    """Refuse a dense ``P x P`` float64 matrix (and ``copies`` working copies) that will not fit in memory."""
+def _mapped_bytes() -> int:
+    """The process's virtual size (``VmSize``), which ``RLIMIT_AS`` caps."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def device_free_bytes(device: torch.device | str | None) -> int:
+    """Bytes free where a matrix on ``device`` would live: GPU memory for CUDA, else physical memory."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return available_bytes()
+
+
+def check_dense_fits(
+    p: int, copies: float = 3.0, max_bytes: int | None = None, device: torch.device | str | None = None
+) -> None:
+    """Refuse a dense ``P x P`` float64 matrix (and ``copies`` working copies) that will not fit on ``device``."""
     need = copies * p * p * 8
-    limit = max_bytes if max_bytes is not None else available_bytes()
+    limit = max_bytes if max_bytes is not None else device_free_bytes(device)
     if need > limit:
+        where = "GPU memory" if device is not None and torch.device(device).type == "cuda" else "memory"
         raise InterpError(
             f"a dense {p} x {p} float64 Hessian needs about {need / 2**30:.1f} GiB with its working copies, "
-            f"more than the {limit / 2**30:.1f} GiB available; use the matrix-free path "
+            f"more than the {limit / 2**30:.1f} GiB of {where} available; use the matrix-free path "
             "(interp.influence_matrix_cg, or --method cg) or fewer parameters (--params fc)"
         )
 
@@ -107,8 +106,10 @@ def hessian(
     max_bytes: int | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Hessian ``(P, P)`` of the MEAN loss over ``loader`` with respect to ``params``.
+    """Hessian ``(P, P)`` of the MEAN loss over ``loader`` with respect to ``params``, on ``device``.
 
+    Computed on an eval-mode copy of the model in ``dtype`` on ``device`` (default: the model's),
+    so the caller's model is not changed.
     ``H = d^2/d theta^2 [1/n sum_i loss(f(x_i; theta), y_i)]`` in the model's eval mode, flattened
     like :func:`interp.grads.per_example_grads` (``named_parameters`` order). ``loss_fn`` returns
     the mean over a batch. ``method="auto"`` uses the closed form when ``params`` is exactly one
@@ -120,26 +121,27 @@ def hessian(
         raise InterpError(f"method must be auto, closed_form or func, got {method!r}")
     selected = select_params(model, params)
     p = flat_size(selected)
-    check_dense_fits(p, max_bytes=max_bytes)
+    device = resolve(model, device)
+    check_dense_fits(p, max_bytes=max_bytes, device=device)
     head = find_linear(model, list(selected)) if loss_fn is F.cross_entropy else None
     if method == "closed_form" and head is None:
         raise InterpError("the closed form needs params to be exactly one nn.Linear under cross-entropy")
     if head is not None and method != "func":
-        copy = _as_eval_copy(model, dtype, device)
+        copy = as_eval_copy(model, dtype, device)
         copy_head = find_linear(copy, list(selected))
         try:
-            z, logits, _ = head_features(copy, copy_head, _cast(loader, dtype), progress=progress)
+            z, logits, _ = head_features(copy, copy_head, _cast(loader, dtype), device=device, progress=progress)
         except InterpError:
             if method == "closed_form":
                 raise
         else:
             h = linear_head_hessian(z, logits, progress=progress)
             if copy_head.bias is None:  # drop the folded bias rows
-                keep = torch.tensor([i for i in range(h.shape[0]) if (i + 1) % (z.shape[1] + 1) != 0])
+                keep = torch.tensor([i for i in range(h.shape[0]) if (i + 1) % (z.shape[1] + 1) != 0], device=device)
                 return h[keep][:, keep]
-            perm = folded_to_canonical(logits.shape[1], z.shape[1])
+            perm = folded_to_canonical(logits.shape[1], z.shape[1]).to(device)
             return h[perm][:, perm]
-    return _func_hessian(model, loader, list(selected), loss_fn, dtype, device, progress)
+    return _func_hessian(model, loader, list(selected), loss_fn, dtype, device, progress, max_bytes)
 
 
 def _cast(loader: Iterable, dtype: torch.dtype):
@@ -147,8 +149,55 @@ def _cast(loader: Iterable, dtype: torch.dtype):
         yield x.to(dtype), y
 
 
-def _func_hessian(model, loader, names, loss_fn, dtype, device, progress) -> torch.Tensor:
-    model = _as_eval_copy(model, dtype, device)
+# Working memory of torch.func.hessian (forward-over-reverse) per example, in units of
+# P x (bytes of the activations from the first selected parameter on): measured 2.0 on a small
+# ResNet (P = 906, 0.23 GiB per 28 px image); 4 leaves room for the allocator and other models.
+WORK_PER_TANGENT = 4.0
+
+
+def downstream_activation_bytes(model: nn.Module, names: list[str], x1: torch.Tensor) -> int:
+    """Bytes of the outputs of every leaf module from the first one that owns a selected parameter on,
+    for the one-example batch ``x1``: what each of the ``P`` tangents of the Hessian carries."""
+    owners = {n.rsplit(".", 1)[0] if "." in n else "" for n in names}
+    sizes: list[tuple[str, int]] = []
+    hooks = [
+        module.register_forward_hook(
+            lambda m, i, o, name=name: sizes.append((name, o.numel() * o.element_size() if torch.is_tensor(o) else 0))
+        )
+        for name, module in model.named_modules()
+        if not list(module.children())
+    ]
+    try:
+        with torch.no_grad():
+            model(x1)
+    finally:
+        for h in hooks:
+            h.remove()
+    first = next((i for i, (name, _) in enumerate(sizes) if name in owners), 0)
+    return max(sum(b for _, b in sizes[first:]), x1.numel() * x1.element_size())
+
+
+def hessian_batch_size(per_example: int, p: int, dtype: torch.dtype, limit: int) -> int:
+    """Examples per ``torch.func.hessian`` call that fit in ``limit`` bytes beside the two ``P x P`` matrices.
+
+    Raises with the numbers when not even one example fits.
+    """
+    item = torch.empty((), dtype=dtype).element_size()
+    room = limit - 2 * p * p * item
+    if room < per_example:
+        raise InterpError(
+            f"the Hessian over {p} parameters needs about {per_example / 2**30:.2f} GiB of working memory per image "
+            f"plus {2 * p * p * item / 2**30:.2f} GiB for the matrix, more than the {limit / 2**30:.2f} GiB available; "
+            "select fewer parameters or use the matrix-free path (--method cg)"
+        )
+    return int(room // per_example)
+
+
+def _func_hessian(model, loader, names, loss_fn, dtype, device, progress, max_bytes=None) -> torch.Tensor:
+    """Sum of ``torch.func.hessian`` over batches re-cut to the size that fits in memory (see
+    :func:`hessian_batch_size`): a loader's batch of 256 would otherwise need P x 256 copies of the
+    activations and be killed by the kernel instead of refused."""
+    model = as_eval_copy(model, dtype, device)
     named = dict(model.named_parameters())
     shapes = [named[n].shape for n in names]
     sizes = [named[n].numel() for n in names]
@@ -159,9 +208,14 @@ def _func_hessian(model, loader, names, loss_fn, dtype, device, progress) -> tor
         parts = dict(zip(names, (t.view(s) for t, s in zip(flat.split(sizes), shapes, strict=True)), strict=True))
         return loss_fn(functional_call(model, {**fixed, **parts}, (x,)), y) * len(y)
 
-    h, n = torch.zeros(len(theta), len(theta), dtype=dtype, device=theta.device), 0
+    limit = max_bytes if max_bytes is not None else device_free_bytes(theta.device)  # before H is allocated
+    h, n, step = torch.zeros(len(theta), len(theta), dtype=dtype, device=theta.device), 0, None
     for x, y in tqdm(loader, desc="Hessian (torch.func)", disable=not progress):
-        x, y = x.to(theta.device, dtype), y.to(theta.device)
-        h += func_hessian(batch_loss_sum)(theta, x, y)
+        x, y = to_device(x, y, theta.device, dtype)
+        if step is None:
+            per_example = WORK_PER_TANGENT * len(theta) * downstream_activation_bytes(model, names, x[:1])
+            step = hessian_batch_size(int(per_example), len(theta), dtype, limit)
+        for start in range(0, len(y), step):
+            h += func_hessian(batch_loss_sum)(theta, x[start : start + step], y[start : start + step])
         n += len(y)
     return h / n

@@ -28,7 +28,8 @@ class ClassMatch:
 def most_helpful(influence: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
     """Indices ``(n_rows, k)`` of the ``k`` most negative entries of each row, most helpful first.
 
-    ``exclude_self`` drops the diagonal (a training image's influence on itself).
+    ``exclude_self`` drops the diagonal (a training image's influence on itself). Exact ties are
+    broken by the lower training index.
     """
     inf = np.asarray(influence, dtype=np.float64)
     if exclude_self:
@@ -37,9 +38,9 @@ def most_helpful(influence: np.ndarray, k: int, exclude_self: bool = False) -> n
         inf = inf.copy()
         np.fill_diagonal(inf, np.inf)
     k = min(k, inf.shape[1] - int(exclude_self))
-    part = np.argpartition(inf, k - 1, axis=1)[:, :k]
-    order = np.take_along_axis(inf, part, axis=1).argsort(axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    # a stable sort: exactly tied values (duplicate training images) come in index order, so the
+    # lists are reproducible; argpartition would pick among ties at the k-th place arbitrarily
+    return np.argsort(inf, axis=1, kind="stable")[:, :k]
 
 
 def class_match(

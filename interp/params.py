@@ -16,8 +16,10 @@ def select_params(model: nn.Module, params: ParamSpec = None) -> dict[str, nn.Pa
     """Resolve ``params`` to ``{name: parameter}`` in ``model.named_parameters()`` order.
 
     ``params`` may be ``None`` (every parameter with ``requires_grad``), a submodule of ``model``
-    (``model.fc``), a module path (``"fc"``, ``"model.fc"``: every parameter under it), or a list
-    of exact parameter names. Unknown names get the list of valid module paths.
+    (``model.fc``), a module path (``"fc"``, ``"model.fc"``, ``"layer4.2"``: every parameter under
+    that module), or a list of exact parameter names. A module path is matched at the end of the
+    full path (a full path itself always wins), and must name exactly one module: ``conv1`` in a ResNet (the stem's and every
+    block's) is an error that lists the matches. Unknown names get the list of valid module paths.
     """
     named = dict(model.named_parameters())
     if params is None:
@@ -26,7 +28,12 @@ def select_params(model: nn.Module, params: ParamSpec = None) -> dict[str, nn.Pa
         ids = {id(p) for p in params.parameters()}
         chosen = [n for n, p in named.items() if id(p) in ids]
     elif isinstance(params, str):
-        chosen = [n for n in named if _under(n, params)]
+        paths = [m for m, _ in model.named_modules() if m]
+        matches = [params] if params in paths else [m for m in paths if m.endswith("." + params)]
+        if len(matches) > 1:
+            shown = ", ".join(matches[:8]) + (f", ... ({len(matches)} in all)" if len(matches) > 8 else "")
+            raise InterpError(f"{params!r} matches {len(matches)} modules: {shown}; give the full path of one")
+        chosen = [n for n in named if matches and _under(n, matches[0])]
     else:
         missing = [n for n in params if n not in named]
         if missing:
@@ -39,10 +46,9 @@ def select_params(model: nn.Module, params: ParamSpec = None) -> dict[str, nn.Pa
     return {n: named[n] for n in chosen}
 
 
-def _under(name: str, path: str) -> bool:
-    """``name`` lies under module ``path``, matched at the end of the module path (``fc`` ~ ``model.fc``)."""
-    module = "." + name.rsplit(".", 1)[0] + "."
-    return name == path or f".{path}." in module
+def _under(name: str, module: str) -> bool:
+    """Parameter ``name`` belongs to module ``module`` (a full path) or to one of its submodules."""
+    return name.startswith(module + ".")
 
 
 def flat_size(params: dict[str, torch.Tensor]) -> int:

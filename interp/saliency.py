@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from interp.device import model_device, to_device
 from interp.errors import InterpError
 
 METHODS = ("saliency", "smoothgrad", "ig")
@@ -41,7 +42,8 @@ def saliency_maps(
     """Attributions ``(B, 3, H, W)`` of ``method`` for images ``x`` ``(B, 3, H, W)`` with labels ``y``.
 
     ``wrt="loss"`` differentiates the per-example cross-entropy (the Medium post's loss gradients);
-    ``wrt="logit"`` the logit of class ``y``.
+    ``wrt="logit"`` the logit of class ``y``. Runs on the model's device (``x`` and ``y`` are moved
+    there) in eval mode; the model's mode is restored after, and the maps are on the model's device.
     """
     from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
@@ -49,20 +51,27 @@ def saliency_maps(
         raise InterpError(f"method must be one of {METHODS}, got {method!r}")
     if wrt not in ("loss", "logit"):
         raise InterpError(f"wrt must be loss or logit, got {wrt!r}")
+    device = model_device(model)
+    x, y = to_device(x, y, device)
+    was_training = model.training
     model.eval()
     if wrt == "loss":
         forward, kwargs = _PerExampleLoss(model), {"additional_forward_args": (y,)}
     else:
         forward, kwargs = model, {"target": y}
     x = x.clone().requires_grad_(True)
-    if method == "saliency":
-        return Saliency(forward).attribute(x, abs=False, **kwargs).detach()
-    if method == "smoothgrad":
-        nt = NoiseTunnel(Saliency(forward))
-        return nt.attribute(
-            x, nt_type="smoothgrad", nt_samples=smoothgrad_samples, stdevs=smoothgrad_std, abs=False, **kwargs
-        ).detach()
-    return IntegratedGradients(forward).attribute(x, baselines=torch.zeros_like(x), n_steps=ig_steps, **kwargs).detach()
+    try:
+        if method == "saliency":
+            return Saliency(forward).attribute(x, abs=False, **kwargs).detach()
+        if method == "smoothgrad":
+            nt = NoiseTunnel(Saliency(forward))
+            return nt.attribute(
+                x, nt_type="smoothgrad", nt_samples=smoothgrad_samples, stdevs=smoothgrad_std, abs=False, **kwargs
+            ).detach()
+        base = torch.zeros_like(x)
+        return IntegratedGradients(forward).attribute(x, baselines=base, n_steps=ig_steps, **kwargs).detach()
+    finally:
+        model.train(was_training)
 
 
 def magnitude(attr: torch.Tensor) -> torch.Tensor:

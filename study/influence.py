@@ -12,6 +12,7 @@ disk space) before the directory is touched, and it is complete or refused by re
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import interp
-from interp.inverse import METHODS, extreme_eigenvalues
+from interp.head import reduced_to_folded
+from interp.inverse import METHODS, ConjugateGradientInverse, extreme_eigenvalues
 from study.influence_dir import InfluenceDir
 from transfer import validation as v
 from transfer.datasets import Subset, Transformed, load_raw_splits
@@ -68,6 +70,13 @@ class InfluenceConfig:
         default=1000, metadata={"help": "cg: iteration limit; a solve that reaches it unconverged is reported"}
     )
     batch_size: int = field(default=256, metadata={"help": "batch size of the forward passes"})
+    features_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "precision of the network's forward pass before the float64 algebra (fc path): float32 (as "
+            "trained; features differ from a float64 pass by ~1e-6 relative) or float64"
+        },
+    )
     save_hessian: bool = field(
         default=True, metadata={"help": "write hessian.npy (P x P float64; 3.4 GB for a ResNet-50 head)"}
     )
@@ -86,6 +95,7 @@ class InfluenceConfig:
         v.number("cg_tol", self.cg_tol, low=0, high=1, low_open=True, high_open=True)
         v.integer("cg_max_iter", self.cg_max_iter, low=1)
         v.integer("batch_size", self.batch_size, low=1)
+        v.choice("features_dtype", self.features_dtype, ("float32", "float64"))
         v.device_name("device", self.device)
 
 
@@ -172,17 +182,20 @@ def _compute(cfg, out: InfluenceDir, settings, model, names, train, test, device
     }
     if cfg.params == "fc" and cfg.method != "cg":
         return meta | _head(cfg, model, loader(train), loader(test), out, device, progress)
-    return meta | _generic(cfg, model, names, loader(train), loader(test), out, progress)
+    return meta | _generic(cfg, model, names, loader(train), loader(test), out, device, progress)
 
 
 def _head(cfg, model, train_loader, test_loader, out: InfluenceDir, device, progress) -> dict:
+    dtype = getattr(torch, cfg.features_dtype)
+    if dtype != torch.float32:
+        model = copy.deepcopy(model).to(dtype)  # the caller's model keeps its precision
     head = model.model.fc
     t = time.perf_counter()
     z_tr, logits_tr, y_tr = interp.head_features(
-        model, head, train_loader, device=device, progress=progress, desc="train features"
+        model, head, train_loader, device=device, dtype=dtype, progress=progress, desc="train features"
     )
     z_te, logits_te, y_te = interp.head_features(
-        model, head, test_loader, device=device, progress=progress, desc="test features"
+        model, head, test_loader, device=device, dtype=dtype, progress=progress, desc="test features"
     )
     features_s = time.perf_counter() - t
     with out.staged("influence_test") as path_test, out.staged("influence_train") as path_train:
@@ -198,37 +211,39 @@ def _head(cfg, model, train_loader, test_loader, out: InfluenceDir, device, prog
             method=cfg.method,
             out_test=path_test,
             out_train=path_train,
+            device=device,
             progress=progress,
         )
-    inv, h_r, q = res["inverse"], res["hessian_reduced"], res["basis"]
+    inv, h_r, q, live = res["inverse"], res["hessian_reduced"], res["basis"], res["live"]
     t = time.perf_counter()
     spec = extreme_eigenvalues(h_r, inv, k=20) if inv.method == "cholesky" else {"all": inv.spectrum()}
-    c, e = q.shape[0], z_tr.shape[1] + 1
-    null_dim = e  # the 1_C kron u directions, exactly zero
+    removed = res["removed"]
+    null_dim = removed["softmax_null_space"]["directions"] + removed["dead_features"]["directions"]
     out.save("spectrum", np.concatenate([np.zeros(null_dim), *[np.asarray(v) for v in spec.values()]]))
     spectrum_s = time.perf_counter() - t
     if cfg.save_hessian:
         t = time.perf_counter()
-        h4 = h_r.view(c - 1, e, c - 1, e)
-        full = torch.einsum("ak,kxly,bl->axby", q, h4, q).reshape(c * e, c * e)
-        out.save("hessian", full.numpy())
-        del full
+        out.save("hessian", reduced_to_folded(h_r, q, live).cpu().numpy())
         hessian_save_s = time.perf_counter() - t
     info = inv.info()
     return {
         "params": ["model.fc.weight", "model.fc.bias"],
         "path": "closed form on the softmax head, reduced to the complement of its exact null space",
+        "device": str(device),
+        "features_dtype": cfg.features_dtype,
         "hessian_layout": "folded [W | b] (C, D+1) row-major: index c*(D+1)+d; d = D is the bias",
         "null_space_dim_removed": null_dim,
+        "removed": removed,
         "rank_kept": info["rank_kept"],
         "inverse": info,
         "largest_eigenvalue": float(np.max(np.concatenate([np.asarray(v) for v in spec.values()]))),
         "smallest_kept_eigenvalue": float(np.min(np.concatenate([np.asarray(v) for v in spec.values()]))),
         "spectrum": (
-            "spectrum.npy: the D+1 exact zeros of the null space, then the 20 smallest and 20 largest eigenvalues "
-            "of the reduced Hessian (Lanczos)"
+            "spectrum.npy: the exact zeros of the removed null space (softmax and dead features), then the 20 "
+            "smallest and 20 largest eigenvalues of the reduced Hessian (Lanczos)"
             if inv.method == "cholesky"
-            else "spectrum.npy: the D+1 exact zeros of the null space, then every eigenvalue of the reduced Hessian"
+            else "spectrum.npy: the exact zeros of the removed null space (softmax and dead features), then every "
+            "eigenvalue of the reduced Hessian"
         ),
         "timings": {
             "features_s": features_s,
@@ -239,42 +254,41 @@ def _head(cfg, model, train_loader, test_loader, out: InfluenceDir, device, prog
     }
 
 
-def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, progress) -> dict:
+def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, device, progress) -> dict:
     t = time.perf_counter()
-    g_train = interp.per_example_grads(model, train_loader, names, progress=progress)
-    g_test = interp.per_example_grads(model, test_loader, names, progress=progress)
+    g_train = interp.per_example_grads(model, train_loader, names, device=device, progress=progress)
+    g_test = interp.per_example_grads(model, test_loader, names, device=device, progress=progress)
     timings = {"gradients_s": time.perf_counter() - t}
     t = time.perf_counter()
     if cfg.method == "cg":
-        matvec, _ = interp.hessian_vector_product(model, train_loader, names)
-        solve = {"damping": cfg.damping, "tol": cfg.cg_tol, "max_iter": cfg.cg_max_iter, "progress": progress}
-        test, cg_test = interp.influence_matrix_cg(g_test, g_train, matvec, **solve)
-        train, cg_train = interp.influence_matrix_cg(g_train, g_train, matvec, **solve)
-        out.save("influence_test", test.numpy())
-        out.save("influence_train", train.numpy())
-        timings["influence_s"] = time.perf_counter() - t
-        cg = {**cg_test, "max_relative_residual": max(cg_test["max_relative_residual"], cg_train["max_relative_residual"]),
-              "converged": cg_test["converged"] and cg_train["converged"]}  # fmt: skip
-        return {"params": names, "path": "matrix-free conjugate gradient", "cg": cg, "timings": timings}
-    h = interp.hessian(model, train_loader, names, progress=progress)
-    timings["hessian_s"] = time.perf_counter() - t
-    if cfg.save_hessian:
-        out.save("hessian", h.cpu().numpy())
-    t = time.perf_counter()
-    method = "eigh" if cfg.method == "auto" else cfg.method
-    inv = interp.pseudo_inverse(h, rcond=cfg.rcond, damping=cfg.damping, method=method)
+        matvec, size = interp.hessian_vector_product(model, train_loader, names, device=device)
+        inv = ConjugateGradientInverse(
+            matvec, size, damping=cfg.damping, tol=cfg.cg_tol, max_iter=cfg.cg_max_iter, on=device, progress=progress
+        )
+        path = "matrix-free conjugate gradient"
+    else:
+        h = interp.hessian(model, train_loader, names, device=device, progress=progress)
+        timings["hessian_s"] = time.perf_counter() - t
+        if cfg.save_hessian:
+            out.save("hessian", h.cpu().numpy())
+        t = time.perf_counter()
+        method = "eigh" if cfg.method == "auto" else cfg.method
+        inv = interp.pseudo_inverse(h, rcond=cfg.rcond, damping=cfg.damping, method=method)
+        path = "dense Hessian (torch.func)"
     with out.staged("influence_test") as path_test, out.staged("influence_train") as path_train:
         interp.influence_matrix(g_test, g_train, inv, out=path_test, progress=progress)
         interp.influence_matrix(g_train, g_train, inv, out=path_train, progress=progress)
-    if inv.method != "cholesky":
+    if isinstance(inv, interp.SpectralInverse):
         out.save("spectrum", inv.spectrum())
     timings["influence_s"] = time.perf_counter() - t
     info = inv.info()
     return {
         "params": names,
-        "path": "dense Hessian (torch.func)",
+        "path": path,
+        "device": str(device),
         "hessian_layout": "named_parameters order, each flattened",
-        "rank_kept": info["rank_kept"],
+        "rank_kept": info.get("rank_kept"),
         "inverse": info,
+        **({"cg": info} if cfg.method == "cg" else {}),
         "timings": timings,
     }

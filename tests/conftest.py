@@ -5,6 +5,16 @@ from transfer.checkpoints import save_checkpoint
 from transfer.models import build_model
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped where torch sees no CUDA device (CI never has one)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory):
     """A randomly initialised small ResNet saved in the robust-transfer format (28x28 inputs)."""

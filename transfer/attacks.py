@@ -8,6 +8,12 @@ For an input ``x0`` in [0, 1] and label ``y``, PGD ascends the cross-entropy los
 
 where ``g = dL/dx``, ``a = step_scale * eps / steps`` and ``Proj`` projects onto the ball and then
 clamps to [0, 1]. With ``keep_best`` the per-example iterate of highest loss is returned.
+
+Random start (``random_start``): Linf draws ``x0 + U[-eps, eps]^d``; L2 draws a Gaussian direction
+and puts it at radius ``eps`` (``random_start_radius="sphere"``, what ``robustness``'s
+``L2Step.random_perturb`` does and so what the paper's sources were trained with) or at a radius
+uniform in ``[0, eps]`` (``"ball"``, this project's default before 2026-11). Either is then projected
+onto [0, 1].
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from torch import nn
 from transfer import validation as v
 
 CONSTRAINTS = ("l2", "linf")
+START_RADII = ("sphere", "ball")
 
 
 @dataclass(frozen=True)
@@ -33,9 +40,11 @@ class PGDConfig:
     step_scale: float = 2.5  # step size = step_scale * eps / steps
     random_start: bool = False
     keep_best: bool = False
+    random_start_radius: str = "sphere"  # L2: "sphere" (radius eps, as robustness) or "ball" (uniform in [0, eps])
 
     def __post_init__(self):
         v.choice("attack", self.constraint, CONSTRAINTS)
+        v.choice("random_start_radius", self.random_start_radius, START_RADII)
         v.number("eps", self.eps, low=0)
         v.integer("attack_steps", self.steps, low=1)
         v.number("step_scale", self.step_scale, low=0, low_open=True)
@@ -65,11 +74,14 @@ def _step(x: torch.Tensor, grad: torch.Tensor, constraint: str, size: float) -> 
     return x + size * grad.sign()
 
 
-def _random_start(x0: torch.Tensor, constraint: str, eps: float) -> torch.Tensor:
+def _random_start(x0: torch.Tensor, constraint: str, eps: float, radius: str = "sphere") -> torch.Tensor:
     if constraint == "l2":
         noise = torch.randn_like(x0)
-        radius = eps * torch.rand(x0.shape[0], *([1] * (x0.dim() - 1)), device=x0.device)
-        return x0 + noise / (_per_example_norm(noise) + 1e-12) * radius
+        if radius == "sphere":
+            r = torch.full((x0.shape[0], *([1] * (x0.dim() - 1))), eps, dtype=x0.dtype, device=x0.device)
+        else:
+            r = eps * torch.rand(x0.shape[0], *([1] * (x0.dim() - 1)), dtype=x0.dtype, device=x0.device)
+        return x0 + noise / (_per_example_norm(noise) + 1e-12) * r
     return x0 + torch.empty_like(x0).uniform_(-eps, eps)
 
 
@@ -83,11 +95,12 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: PGDConfi
     if cfg.eps == 0:
         return x0.clone()
     adv = (
-        project(_random_start(x0, cfg.constraint, cfg.eps), x0, cfg.constraint, cfg.eps)
+        project(_random_start(x0, cfg.constraint, cfg.eps, cfg.random_start_radius), x0, cfg.constraint, cfg.eps)
         if cfg.random_start
         else x0.clone()
     )
-    best, best_loss = adv.clone(), torch.full((x0.shape[0],), -float("inf"), device=x0.device)
+    # the running best in the model's dtype (float64 models included), never the default dtype
+    best, best_loss = adv.clone(), torch.full((x0.shape[0],), -float("inf"), dtype=x0.dtype, device=x0.device)
     for _ in range(cfg.steps):
         adv.requires_grad_(True)
         loss = F.cross_entropy(model(adv), y, reduction="none")

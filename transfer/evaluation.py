@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from transfer import validation as v
-from transfer.attacks import CONSTRAINTS, PGDConfig, pgd_attack
+from transfer.attacks import CONSTRAINTS, START_RADII, PGDConfig, pgd_attack
 from transfer.datasets import Subset, Transformed, dataset_spec, load_raw_splits
 from transfer.device import resolve_device
 from transfer.errors import UserError
@@ -31,6 +31,11 @@ class EvaluateConfig:
     attack_steps: int = field(default=20, metadata={"help": "PGD steps"})
     step_scale: float = field(default=2.5, metadata={"help": "PGD step size = step_scale * eps / steps"})
     random_start: bool = field(default=False, metadata={"help": "start PGD from a random point of the ball"})
+    random_start_radius: str = field(
+        default="sphere",
+        metadata={"help": "L2 random start: sphere (radius eps, as robustness) or ball (radius uniform in [0, eps])"},
+    )
+    keep_best: bool = field(default=False, metadata={"help": "score each image at its PGD iterate of highest loss"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N images"})
     arch: str | None = field(default=None, metadata={"help": "architecture of a checkpoint path that does not say"})
     resolution: int | None = field(default=None, metadata={"help": "input size (default: the model's native size)"})
@@ -49,6 +54,7 @@ class EvaluateConfig:
             v.number("eps", self.eps, low=0)
         v.integer("attack_steps", self.attack_steps, low=1)
         v.number("step_scale", self.step_scale, low=0, low_open=True)
+        v.choice("random_start_radius", self.random_start_radius, START_RADII)
         if self.limit is not None:
             v.integer("limit", self.limit, low=1)
         if self.arch is not None:
@@ -69,7 +75,15 @@ def evaluate(cfg: EvaluateConfig, progress: bool = False) -> dict:
         raw = Subset(raw, range(min(cfg.limit, len(raw))))
     attack = None
     if cfg.attack != "none":
-        attack = PGDConfig(cfg.attack, cfg.eps, cfg.attack_steps, cfg.step_scale, cfg.random_start)
+        attack = PGDConfig(
+            cfg.attack,
+            cfg.eps,
+            cfg.attack_steps,
+            cfg.step_scale,
+            cfg.random_start,
+            cfg.keep_best,
+            cfg.random_start_radius,
+        )
     data = Transformed(raw, build_transform(cfg.resolution or src.input_size, train=False))
     result = evaluate_model(src.model.to(device), data, device, attack, cfg.batch_size, progress=progress)
     keys = ("model", "dataset", "split", "attack", "eps", "attack_steps")

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from transfer import validation as v
-from transfer.attacks import PGDConfig
+from transfer.attacks import START_RADII, PGDConfig
 from transfer.datasets import Transformed, dataset_spec, load_raw_splits
 from transfer.device import resolve_device
 from transfer.freezing import ALL_BLOCKS
@@ -32,6 +32,24 @@ class PretrainConfig:
     eps: float = field(default=1.0, metadata={"help": "attack radius in [0, 1] pixel units"})
     attack_steps: int = field(default=7, metadata={"help": "PGD steps per training batch"})
     step_scale: float = field(default=2.5, metadata={"help": "PGD step size = step_scale * eps / steps"})
+    random_start: bool = field(
+        default=True,
+        metadata={
+            "help": "start each training attack at a random point of the ball (robustness's default is off; on here "
+            "as in Madry et al.'s PGD training, so the attack does not start where the gradient may be masked)"
+        },
+    )
+    random_start_radius: str = field(
+        default="sphere",
+        metadata={"help": "L2 random start: sphere (radius eps, as robustness) or ball (radius uniform in [0, eps])"},
+    )
+    keep_best: bool = field(
+        default=False,
+        metadata={
+            "help": "train on each image's PGD iterate of highest loss (robustness's default is on; off here: it costs "
+            "one more forward pass per batch)"
+        },
+    )
     epochs: int = field(default=15, metadata={"help": "epochs"})
     batch_size: int = field(default=128, metadata={"help": "batch size"})
     lr: float = field(
@@ -62,6 +80,7 @@ class PretrainConfig:
         v.number("eps", self.eps, low=0, low_open=self.constraint != "none")
         v.integer("attack_steps", self.attack_steps, low=1)
         v.number("step_scale", self.step_scale, low=0, low_open=True)
+        v.choice("random_start_radius", self.random_start_radius, START_RADII)
         v.integer("epochs", self.epochs, low=1)
         v.integer("batch_size", self.batch_size, low=1)
         v.number("lr", self.lr, low=0, low_open=True)
@@ -78,7 +97,15 @@ class PretrainConfig:
     def attack(self) -> PGDConfig | None:
         if self.constraint == "none":
             return None
-        return PGDConfig(self.constraint, self.eps, self.attack_steps, self.step_scale, random_start=True)
+        return PGDConfig(
+            self.constraint,
+            self.eps,
+            self.attack_steps,
+            self.step_scale,
+            random_start=self.random_start,
+            keep_best=self.keep_best,
+            random_start_radius=self.random_start_radius,
+        )
 
 
 def pretrain(

@@ -270,8 +270,11 @@ def fit(
 def finish_run(
     run: RunDir, model: NormalizedModel, arch: str, input_size: int, history: list[dict], wall: float, meta: dict
 ) -> dict:
-    """Write ``model.pt`` and then ``summary.json`` (the run's mark of completion); drop ``state.pt``."""
-    save_checkpoint(run.model, model.cpu(), arch, input_size, meta)
+    """Write ``model.pt`` and then ``summary.json`` (the run's mark of completion); drop ``state.pt``.
+
+    The checkpoint holds CPU copies of the tensors; ``model`` stays on its device.
+    """
+    save_checkpoint(run.model, model, arch, input_size, meta)
     best = max(history, key=lambda r: r["test_acc"])
     summary = {
         "final_test_acc": history[-1]["test_acc"],

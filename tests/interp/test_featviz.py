@@ -72,3 +72,10 @@ def test_bad_features_and_seeds_are_refused(model):
         visualize(model, noise_seeds(1, 28), [-1])
     with pytest.raises(InterpError, match="n >= 1"):
         noise_seeds(0, 28)
+
+
+def test_keep_best_works_for_a_float64_model():
+    model = load_source("mnist5k-l2").model.double()
+    seeds = noise_seeds(2, 28, seed=0).double()
+    res = visualize(model, seeds, [1, 2], FeatVizConfig(iterations=3, keep_best=True))
+    assert res.images.dtype == torch.float64 and (res.end >= res.start - 1e-9).all()

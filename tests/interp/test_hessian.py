@@ -4,8 +4,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from interp.errors import InterpError
-from interp.grads import folded_to_canonical, linear_head_grads, per_example_grads
-from interp.hessian import check_dense_fits, hessian, linear_head_hessian
+from interp.grads import per_example_grads
+from interp.head import folded_to_canonical, linear_head_grads, linear_head_hessian
+from interp.hessian import check_dense_fits, hessian
 
 
 def _problem(n=40, d=5, c=4, seed=0):
@@ -76,3 +77,49 @@ def test_size_guard_refuses_and_names_the_alternative():
     with pytest.raises(InterpError, match="matrix-free"):
         check_dense_fits(20_490 * 10, max_bytes=24 * 2**30)
     check_dense_fits(20_490, max_bytes=24 * 2**30)
+
+
+_CAPPED = """
+import resource, sys, torch
+from pathlib import Path
+from interp.hessian import hessian
+from interp.errors import InterpError
+from transfer.zoo import load_source
+
+vm = int([l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmSize:")][0].split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + int(float(sys.argv[1]) * 2**30), resource.RLIM_INFINITY))
+model = load_source("mnist5k-l2").model
+g = torch.Generator().manual_seed(0)
+x, y = torch.rand(12, 3, 28, 28, generator=g), torch.randint(0, 10, (12,), generator=g)
+names = ["model.layer3.1.bn1.weight", "model.layer3.1.bn1.bias", "model.layer3.1.bn2.weight",
+         "model.layer3.1.bn2.bias", "model.fc.weight", "model.fc.bias"]
+try:
+    h = hessian(model, [(x, y)], names, method="func")  # one batch of 12: about 3 GiB if done at once
+except InterpError as exc:
+    print("refused:", exc)
+    sys.exit(3)
+torch.save(h, sys.argv[2])
+"""
+
+
+def test_the_generic_hessian_fits_its_batches_under_an_address_space_cap(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "h.pt"
+    ok = subprocess.run([sys.executable, "-c", _CAPPED, "1.2", str(out)], capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    from transfer.zoo import load_source
+
+    model = load_source("mnist5k-l2").model
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(12, 3, 28, 28, generator=g), torch.randint(0, 10, (12,), generator=g)
+    names = ["model.layer3.1.bn1.weight", "model.layer3.1.bn1.bias", "model.layer3.1.bn2.weight",
+             "model.layer3.1.bn2.bias", "model.fc.weight", "model.fc.bias"]  # fmt: skip
+    ref = hessian(model, [(x[i : i + 3], y[i : i + 3]) for i in range(0, 12, 3)], names, method="func")
+    assert torch.allclose(torch.load(out), ref, rtol=1e-10, atol=1e-12)
+    tight = subprocess.run(
+        [sys.executable, "-c", _CAPPED, "0.1", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert tight.returncode == 3, tight.stderr[-2000:]
+    assert "GiB of working memory per image" in tight.stdout and "--method cg" in tight.stdout

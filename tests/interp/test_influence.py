@@ -5,8 +5,7 @@ from torch import nn
 
 import interp
 from interp.errors import InterpError
-from interp.grads import folded_to_canonical, linear_head_grads
-from interp.influence import head_influence
+from interp.head import folded_to_canonical, head_influence, linear_head_grads
 
 
 def _head_problem(n_train=60, n_test=25, d=6, c=4, seed=0):
@@ -92,9 +91,11 @@ def test_conjugate_gradient_matches_the_dense_path_on_a_hidden_layer():
     dense = interp.influence_matrix(g_all[:10], g_all, h, damping=damping, method="eigh")
     matvec, p = interp.hessian_vector_product(model, loader, params)
     assert torch.allclose(matvec(torch.eye(p, dtype=torch.float64)), h, atol=1e-10)
-    cg, info = interp.influence_matrix_cg(g_all[:10], g_all, matvec, damping=damping, tol=1e-12)
+    inv = interp.ConjugateGradientInverse(matvec, p, damping=damping, tol=1e-12)
+    cg = interp.influence_matrix(g_all[:10], g_all, inv)
     assert torch.allclose(cg, dense, rtol=1e-6, atol=1e-8)
-    assert info["converged"] and info["max_relative_residual"] <= 1e-12
+    info = inv.info()
+    assert info["converged"] and info["max_relative_residual"] <= 1e-12 and info["solves"] == len(g_all)
 
 
 def test_conjugate_gradient_that_stops_early_says_so_with_its_residual():
@@ -106,7 +107,9 @@ def test_conjugate_gradient_that_stops_early_says_so_with_its_residual():
     assert abs(residual - float(true.max())) < 1e-6 * residual  # the reported residual is the real one
     g = torch.ones(3, 40, dtype=torch.float64)
     with pytest.warns(UserWarning, match=r"CG did not converge: relative residual .* after 5 iterations"):
-        _, info = interp.influence_matrix_cg(g, g, lambda v: a @ v, max_iter=5)
+        inv = interp.ConjugateGradientInverse(lambda v: a @ v, 40, max_iter=5)
+        interp.influence_matrix(g, g, inv)
+    info = inv.info()
     assert not info["converged"] and info["max_relative_residual"] > 1e-3
 
 

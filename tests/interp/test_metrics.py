@@ -38,3 +38,17 @@ def test_exclude_self_drops_the_diagonal():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(InterpError):
         class_match(np.zeros((2, 3)), np.zeros(2), np.zeros(4))
+
+
+def test_exact_ties_are_broken_by_index_whatever_the_order_of_the_data():
+    rng = np.random.default_rng(0)
+    row = rng.normal(size=200)
+    row[[150, 3, 77, 120]] = -10.0  # four duplicates of one training image, all most helpful
+    row[[10, 190]] = -5.0
+    inf = np.stack([row, row[::-1].copy()])
+    top = most_helpful(inf, 6)
+    assert top[0].tolist() == [3, 77, 120, 150, 10, 190]
+    assert top[1].tolist() == [49, 79, 122, 196, 9, 189]
+    # the same answer at every k: the k-th place among ties is not picked arbitrarily
+    for k in (1, 2, 3, 5):
+        assert most_helpful(inf, k).tolist() == top[:, :k].tolist()

@@ -19,14 +19,14 @@ _KILL_MIDWAY = """
 import sys, time
 import interp.influence as inf
 from cli.main import main
-original = inf._blocked_product
+original = inf.blocked_product
 def slow(left, right_t, out, block, progress, desc):
     result = original(left, right_t, out, block, progress, desc)
     if desc == "influence test":  # the new test matrix is written, the train matrix not yet
         print("midway", flush=True)
         time.sleep(60)
     return result
-inf._blocked_product = slow
+inf.blocked_product = slow
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -119,7 +119,7 @@ def test_the_memory_map_is_checked_for_space_right_before_it_is_created(tmp_path
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 100, 100))
     with pytest.raises(InterpError, match="needs 0.00 GB"):
-        inf._output((100, 100), tmp_path / "m.npy")
+        inf.output_array((100, 100), tmp_path / "m.npy")
     assert not (tmp_path / "m.npy").exists()
 
 

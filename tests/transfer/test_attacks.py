@@ -53,3 +53,36 @@ def test_step_size_rule():
     assert PGDConfig("linf", 0.1, steps=10, step_scale=2.5).step_size == pytest.approx(0.025)
     with pytest.raises(ValueError):
         PGDConfig("l1", 0.1)
+
+
+def test_the_l2_random_start_lies_on_the_sphere_as_in_robustness():
+    from transfer.attacks import _random_start
+
+    torch.manual_seed(0)
+    x0 = torch.full((2000, 3, 8, 8), 0.5)
+    eps = 0.3  # small enough that no start is clamped to [0, 1]
+
+    def radii(kind):
+        return (_random_start(x0, "l2", eps, kind) - x0).flatten(1).norm(dim=1)
+
+    sphere, ball = radii("sphere"), radii("ball")
+    # robustness's L2Step.random_perturb: x + eps * r / ||r||, every start at radius eps
+    assert torch.allclose(sphere, torch.full_like(sphere, eps), rtol=1e-5)
+    assert PGDConfig("l2", eps).random_start_radius == "sphere"
+    # the other option, by name: radius uniform in [0, eps] (mean eps / 2, quartiles eps / 4, 3 eps / 4)
+    q = torch.quantile(ball, torch.tensor([0.25, 0.5, 0.75]))
+    assert torch.allclose(q, torch.tensor([0.25, 0.5, 0.75]) * eps, atol=0.03 * eps)
+    with pytest.raises(ValueError, match="random-start-radius must be one of sphere, ball"):
+        PGDConfig("l2", eps, random_start_radius="shell")
+
+
+def test_keep_best_works_for_a_float64_model():
+    from transfer.zoo import load_source
+
+    model = load_source("mnist5k-l2").model.double().eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 28, 28, generator=g, dtype=torch.float64)
+    y = torch.tensor([1, 7])
+    adv = pgd_attack(model, x, y, PGDConfig("l2", 1.0, 2, keep_best=True, random_start=True))
+    assert adv.dtype == torch.float64 and adv.shape == x.shape
+    assert float((adv - x).flatten(1).norm(dim=1).max()) <= 1.0 + 1e-9

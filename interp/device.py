@@ -1,0 +1,41 @@
+"""The one device rule of ``interp``.
+
+Every function that touches a model takes ``device`` (``None``: the device of the model's first
+parameter or buffer, the CPU for a model without tensors) and moves each batch there with
+:func:`to_device`. Matrices it returns are on the device of their inputs unless the docstring says
+otherwise; arrays handed to numpy or written to disk go through :func:`to_numpy`, which moves them
+to the CPU first, so nothing calls ``.numpy()`` on a tensor it did not move itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` lives: the device of its first parameter (or buffer); the CPU when it has none."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def resolve(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """``device`` as a ``torch.device``, or the model's when it is ``None``."""
+    return model_device(model) if device is None else torch.device(device)
+
+
+def to_device(
+    x: torch.Tensor, y: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ``(x, y)`` batch on ``device``, ``x`` cast to ``dtype`` when given (labels keep theirs)."""
+    x = x.to(device=device, dtype=dtype) if dtype is not None else x.to(device)
+    return x, y.to(device)
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU numpy array of ``t`` (detached), wherever ``t`` lives."""
+    return t.detach().cpu().numpy()

@@ -1,0 +1,136 @@
+"""The inverse protocol: every method against numpy/scipy, the auto switch, re-use of one factorisation."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+import interp
+from interp.errors import InterpError
+from interp.head import head_influence, linear_head_grads, linear_head_hessian, reduced_to_folded
+from interp.inverse import PAPER_RCOND, spectral_inverse
+
+
+def _psd(p=30, rank=20, seed=0, negative_noise=0.0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(p, rank, generator=g, dtype=torch.float64)
+    h = a @ a.T / rank
+    if negative_noise:  # a few tiny negative eigenvalues, as round-off leaves in a singular Hessian
+        v = torch.linalg.qr(torch.randn(p, p, generator=g, dtype=torch.float64))[0]
+        w, _ = torch.linalg.eigh(h)
+        w = torch.where(w.abs() < 1e-8, -negative_noise * torch.rand(p, generator=g, dtype=torch.float64), w)
+        h = v @ torch.diag(w) @ v.T
+    return (h + h.T) / 2
+
+
+@pytest.mark.parametrize("method", ["eigh", "svd"])
+@pytest.mark.parametrize("rcond", [None, 1e-3, PAPER_RCOND])
+def test_spectral_inverses_equal_scipy_pinv(method, rcond):
+    h = _psd(negative_noise=1e-3)
+    b = torch.randn(30, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    inv = interp.pseudo_inverse(h, rcond=rcond, method=method)
+    rtol = 30 * np.finfo(np.float64).eps if rcond is None else rcond
+    ref = scipy.linalg.pinv(h.numpy(), rtol=rtol) @ b.numpy()
+    assert isinstance(inv, interp.SpectralInverse) and inv.method == method
+    assert np.allclose(inv.apply(b).numpy(), ref, rtol=1e-9, atol=1e-9)
+    assert inv.info()["rank_kept"] == np.linalg.matrix_rank(h.numpy(), tol=rtol * np.abs(np.linalg.eigvalsh(h)).max())
+
+
+def test_the_paper_cut_off_is_scipy_pinv_with_rtol_five_percent():
+    h = _psd(p=40, rank=40, seed=2)
+    inv = interp.pseudo_inverse(h, rcond="paper", method="svd")
+    assert inv.rcond == 0.05
+    ref = scipy.linalg.pinv(h.numpy(), rtol=0.05)
+    assert np.allclose(inv.apply(torch.eye(40, dtype=torch.float64)).numpy(), ref, rtol=1e-9, atol=1e-12)
+    assert interp.resolve_rcond("exact", 40) == 40 * np.finfo(np.float64).eps
+    with pytest.raises(InterpError, match="'paper' or 'exact'"):
+        interp.resolve_rcond("papre", 40)
+
+
+def test_cholesky_equals_the_inverse_and_auto_switches_to_eigh_only_when_something_is_cut():
+    full = _psd(rank=60)  # positive definite, well conditioned
+    b = torch.randn(30, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    chol = interp.pseudo_inverse(full, method="cholesky")
+    assert isinstance(chol, interp.CholeskyInverse)
+    assert np.allclose(chol.apply(b).numpy(), np.linalg.solve(full.numpy(), b.numpy()), rtol=1e-10)
+    assert isinstance(interp.pseudo_inverse(full), interp.CholeskyInverse)  # auto: nothing would be cut
+    assert isinstance(interp.pseudo_inverse(full, rcond=0.5), interp.SpectralInverse)  # the cut-off bites
+    singular = _psd(rank=10)
+    assert isinstance(interp.pseudo_inverse(singular), interp.SpectralInverse)
+    with pytest.raises(InterpError, match="not positive definite"):
+        interp.pseudo_inverse(singular, method="cholesky")
+    damped = interp.pseudo_inverse(singular, damping=0.5)
+    assert isinstance(damped, interp.CholeskyInverse)
+    assert np.allclose(damped.apply(b).numpy(), np.linalg.solve(singular.numpy() + 0.5 * np.eye(30), b.numpy()))
+
+
+def test_one_eigendecomposition_serves_every_cut_off_and_damping():
+    h = _psd(negative_noise=1e-4)
+    b = torch.randn(30, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    base = spectral_inverse(h, rcond=None)
+    for rcond in ("paper", 1e-2, 1e-6, "exact"):
+        for damping in (0.0, 1e-3, 0.1):
+            again = interp.pseudo_inverse(h, rcond=rcond, damping=damping, method="eigh")
+            reused = base.with_settings(rcond=rcond, damping=damping)
+            assert np.allclose(reused.apply(b).numpy(), again.apply(b).numpy(), rtol=1e-10, atol=1e-12)
+            assert reused.info() == again.info()
+
+
+def test_the_report_says_what_was_dropped_and_the_norm_share_it_carried():
+    h = _psd(rank=10)
+    inv = interp.pseudo_inverse(h, method="eigh")
+    info = inv.info()
+    assert info["rank_kept"] == 10 and info["n_dropped"] == 20 and info["dropped_eigenvalues_max_abs"] < 1e-12
+    assert len(inv.spectrum()) == 30 and np.all(np.diff(inv.spectrum()) >= 0)
+    w, v = np.linalg.eigh(h.numpy())
+    g = torch.randn(7, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    dropped = v[:, np.abs(w) <= info["cutoff"]]
+    expected = float(((g.numpy() @ dropped) ** 2).sum() / (g.numpy() ** 2).sum())
+    assert inv.dropped_norm_share(g) == pytest.approx(expected, rel=1e-10)
+    in_range = g @ h  # rows in the range of H: nothing of them is dropped
+    assert inv.dropped_norm_share(in_range) < 1e-12
+
+
+def test_every_operator_serves_influence_matrix_with_the_same_numbers():
+    h = _psd(rank=60) + 0.0
+    gen = torch.Generator().manual_seed(8)
+    g_te, g_tr = (
+        torch.randn(5, 30, dtype=torch.float64, generator=gen),
+        torch.randn(12, 30, dtype=torch.float64, generator=gen),
+    )
+    ref = -(g_te.numpy() @ np.linalg.inv(h.numpy()) @ g_tr.numpy().T)
+    ops = [
+        interp.pseudo_inverse(h, method="cholesky"),
+        interp.pseudo_inverse(h, method="eigh"),
+        interp.pseudo_inverse(h, method="svd"),
+        interp.ConjugateGradientInverse(lambda v: h @ v, 30, tol=1e-13, chunk=5),
+    ]
+    for op in ops:
+        got = interp.influence_matrix(g_te, g_tr, op)
+        assert np.allclose(got.numpy(), ref, rtol=1e-8, atol=1e-10), op.method
+        assert {"method", "size"} <= set(op.info())
+    with pytest.raises(InterpError, match="30 x 30; got a right-hand side"):
+        ops[0].apply(torch.ones(29))
+
+
+def test_dead_features_are_removed_exactly_and_reported():
+    g = torch.Generator().manual_seed(4)
+    n, d, c = 80, 9, 4
+    z = torch.relu(torch.randn(n, d, generator=g, dtype=torch.float64))
+    z[:, [2, 5]] = 0  # dead on the training set
+    zt = torch.relu(torch.randn(20, d, generator=g, dtype=torch.float64))  # but alive on test images
+    w = torch.randn(c, d, generator=g, dtype=torch.float64)
+    y, yt = torch.randint(0, c, (n,), generator=g), torch.randint(0, c, (20,), generator=g)
+    res = head_influence(z, z @ w.T, y, zt, zt @ w.T, yt)
+    assert res["removed"]["dead_features"]["indices"] == [2, 5]
+    assert res["removed"]["dead_features"]["directions"] == 2 * (c - 1)
+    assert res["inverse"].method == "cholesky" and res["inverse"].size == (c - 1) * (d - 2 + 1)
+    h = linear_head_hessian(z, z @ w.T).numpy()
+    g_tr, g_te = linear_head_grads(z, z @ w.T, y).numpy(), linear_head_grads(zt, zt @ w.T, yt).numpy()
+    ref = -(g_te @ np.linalg.pinv(h, hermitian=True) @ g_tr.T)
+    assert np.allclose(np.asarray(res["test"]), ref, rtol=1e-8, atol=1e-12)
+    back = reduced_to_folded(res["hessian_reduced"], res["basis"], res["live"]).numpy()
+    assert np.allclose(back, h, atol=1e-13)  # the saved hessian.npy is the full one, zeros included
+    damped = head_influence(z, z @ w.T, y, zt, zt @ w.T, yt, damping=0.1)
+    ref_damped = -(g_te @ np.linalg.inv(h + 0.1 * np.eye(len(h))) @ g_tr.T)
+    assert np.allclose(np.asarray(damped["test"]), ref_damped, rtol=1e-8, atol=1e-12)
