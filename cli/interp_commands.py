@@ -23,7 +23,31 @@ def _influence(args) -> None:
             f"(tol {cg['tol']:g}); the influence values are approximate",
             file=sys.stderr,
         )
+    for st in meta.get("settings", []):
+        print(
+            f"{st['label']:<32} kept {st['rank_kept']} of {st['size']} directions; the dropped ones carried "
+            f"{st['dropped_gradient_norm_share']:.1%} of the training gradients' squared norm"
+            if st.get("rank_kept") is not None
+            else st["label"]
+        )
     print(json.dumps({k: meta[k] for k in ("n_train", "n_test", "rank_kept", "cg", "timings") if k in meta}, indent=2))
+
+
+def _validate(args) -> None:
+    from study.validate import ValidateConfig, validate_influence
+
+    report = validate_influence(dataclass_from_args(ValidateConfig, args), progress=not args.no_progress)
+    fit = report["refit"]
+    print(
+        f"head refitted to the optimum of the regularised objective: gradient norm {fit['grad_norm_before']:.2e} -> "
+        f"{fit['grad_norm']:.2e}, moved {fit['relative_move']:.1%} of its norm"
+    )
+    for st in report["settings"]:
+        print(
+            f"{st['setting']:<32} kept {st['rank_kept']}/{st['size']}: Pearson {st['pearson']:.4f}, "
+            f"Spearman {st['spearman']:.4f} over {st['n_pairs']} removals"
+        )
+    print(f"wrote {args.out}/validate.json, validate.csv, validate.png")
 
 
 def _read_all(outs: list[str]):
@@ -33,34 +57,47 @@ def _read_all(outs: list[str]):
 
 
 def _class_match(args) -> None:
-    from interp.metrics import class_match
-    from interp.plots import class_match_figure
+    from interp.plots import class_match_figure, sensitivity_figure
+    from study.class_match import LEVEL, class_match_report
     from transfer.files import atomic_write_csv, atomic_write_figure
 
-    if args.k < 1:
-        raise UserError(f"--k must be an integer >= 1, got {args.k}")
-    curves, rows = {}, []
-    for res in _read_all(args.outs):
-        y_train, y_test = res["y_train"], res["y_test"]
-        curves[res.label] = {
-            "test": class_match(res["influence_test"], y_test, y_train, k=args.k),
-            "train": class_match(res["influence_train"], y_train, y_train, k=args.k, exclude_self=args.exclude_self),
-        }
-        for target, cm in curves[res.label].items():
-            for r in range(cm.k):
-                rows.append(
-                    [str(res.root), res.label, target, r + 1, cm.per_rank[r], cm.cumulative[r], cm.at_least_3_of_5]
-                )
+    report = class_match_report(args.outs, k=args.k, exclude_self=args.exclude_self)
+    for (label, setting), per_target in report.curves.items():
+        for target, cm in per_target.items():
+            ci = cm.intervals(LEVEL)
             print(
-                f"{res.label:<40} {target:<5} top-1 {cm.per_rank[0]:.3f}  top-{cm.k} cumulative {cm.cumulative[-1]:.3f}  "
-                f">=3 of top 5 {cm.at_least_3_of_5:.3f}"
+                f"{label:<32} {setting:<28} {target:<5} top-1 {cm.per_rank[0]:.3f} [{ci['top1'][0]:.3f}, "
+                f"{ci['top1'][1]:.3f}]  >=3 of top 5 {cm.at_least_3_of_5:.3f} [{ci['at_least_3_of_5'][0]:.3f}, "
+                f"{ci['at_least_3_of_5'][1]:.3f}]  top-{cm.k} cumulative {cm.cumulative[-1]:.3f}"
             )
+    for (setting, target), stats in report.paired.items():
+        d, lo, hi = stats["top1"]
+        first, second = report.results[0].label, report.results[1].label
+        print(f"paired {first} - {second} ({setting}, {target}): top-1 {d:+.3f} [{lo:+.3f}, {hi:+.3f}] (95% bootstrap)")
     csv_path = Path(args.csv or Path(args.outs[0]) / "class_match.csv")
     png = Path(args.png or csv_path.with_suffix(".png"))
-    header = ["influence_dir", "run", "target", "rank", "match_rate", "cumulative_rate", "at_least_3_of_5"]
-    atomic_write_csv(csv_path, header, rows)
-    atomic_write_figure(png, class_match_figure(curves))
-    print(f"wrote {csv_path} and {png}")
+    atomic_write_csv(csv_path, *report.csv_rows())
+    written = [csv_path, png]
+    described = {r.label: r.describe() for r in report.results}
+    main_curves = {
+        f"{label} [{described[label]}]": per_target
+        for (label, setting), per_target in report.curves.items()
+        if setting == next(r for r in report.results if r.label == label).settings[0]["label"]
+    }
+    atomic_write_figure(png, class_match_figure(main_curves))
+    if report.paired:
+        paired_csv = csv_path.with_name(csv_path.stem + "_paired.csv")
+        atomic_write_csv(paired_csv, *report.paired_rows())
+        written.append(paired_csv)
+    if any(len(r.settings) > 1 for r in report.results):
+        sens = csv_path.with_name(csv_path.stem + "_sensitivity.png")
+        series = {
+            r.label: [(st["label"], report.curves[(r.label, st["label"])]["test"]) for st in r.settings]
+            for r in report.results
+        }
+        atomic_write_figure(sens, sensitivity_figure(series))
+        written.append(sens)
+    print("wrote " + ", ".join(map(str, written)))
 
 
 def _plot_influence(args) -> None:
@@ -71,7 +108,9 @@ def _plot_influence(args) -> None:
     if args.top < 1:
         raise UserError(f"--top must be an integer >= 1, got {args.top}")
     results = _read_all(args.outs)
-    panels = [(r.label, np.asarray(r["influence_test"]), r["y_test"], r["y_train"]) for r in results]
+    panels = [
+        (f"{r.label}\n{r.describe()}", np.asarray(r["influence_test"]), r["y_test"], r["y_train"]) for r in results
+    ]
     dest = Path(args.png_dir or results[0].root)
     atomic_write_figure(dest / "influence_heatmap.png", heatmap_figure(panels))
     written = [dest / "influence_heatmap.png"]
@@ -119,6 +158,15 @@ def register(sub) -> None:
     p.add_argument("--csv", default=None, help="CSV path (default: class_match.csv in the first directory)")
     p.add_argument("--png", default=None, help="PNG path (default: beside the CSV)")
     p.set_defaults(func=_class_match)
+
+    from study.validate import ValidateConfig
+
+    p = sub.add_parser(
+        "validate-influence", help="predicted vs retrained leave-one-out on a run's refitted head, per cut-off"
+    )
+    add_dataclass_arguments(p, ValidateConfig)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_validate)
 
     p = sub.add_parser("plot-influence", help="class-sorted heatmaps and grids of the most helpful training images")
     p.add_argument("outs", nargs="+", help="influence directories, shown side by side")

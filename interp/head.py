@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -184,7 +185,26 @@ def head_features(
     return torch.cat(zs), torch.cat(logits), torch.cat(ys)
 
 
-def head_influence(
+@dataclass
+class ReducedHead:
+    """A softmax head's influence problem with its exact null space removed (see the module docstring).
+
+    ``g_train`` ``(n_train, P_r)`` and ``g_test`` ``(n_test, P_r)`` are the reduced gradients,
+    ``hessian`` is ``H_r`` ``(P_r, P_r)``, all float64 on one device; ``grad_norms`` are the norms of
+    the full gradients (dead features included), ``||g_i|| = ||p_i - e_{y_i}|| ||z~_i||``.
+    """
+
+    g_train: torch.Tensor
+    g_test: torch.Tensor
+    hessian: torch.Tensor
+    basis: torch.Tensor
+    live: torch.Tensor
+    grad_norms: tuple[torch.Tensor, torch.Tensor]
+    removed: dict
+    hessian_s: float
+
+
+def reduce_head(
     z_train: torch.Tensor,
     logits_train: torch.Tensor,
     y_train: torch.Tensor,
@@ -192,29 +212,11 @@ def head_influence(
     logits_test: torch.Tensor,
     y_test: torch.Tensor,
     *,
-    rcond: float | str | None = None,
-    damping: float = 0.0,
-    method: str = "auto",
-    block_size: int = 2048,
-    out_test: str | Path | None = None,
-    out_train: str | Path | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
-) -> dict:
-    """Both influence matrices of a softmax linear head, exactly, at the paper's scale.
-
-    Inputs are the head's inputs ``z`` ``(n, D)``, the logits ``(n, C)`` and labels ``(n,)`` of the
-    training set (which defines the Hessian of the mean training loss) and of the test set. The
-    Hessian, its factorisation and the solves run on ``device`` (default: that of ``z_train``), in
-    float64; the matrices are returned on the CPU (or streamed to the ``.npy`` paths).
-    Returns ``{"test": (n_test, n_train), "train": (n_train, n_train), "inverse": InverseOperator,
-    "hessian_reduced": H_r, "basis": Q, "live": (D,) mask, "removed": {...}, "timings": {...}}``;
-    see the module docstring for the reductions, which are exact. ``method="auto"`` factorises
-    ``H_r`` by Cholesky when it is positive definite and well conditioned for ``rcond``, else by eigh
-    with the cut-off.
-    """
+) -> ReducedHead:
+    """Reduced gradients and Hessian of a softmax head, on ``device`` (default: that of ``z_train``)."""
     from interp.hessian import check_dense_fits
-    from interp.influence import blocked_product, output_array
 
     for t, what in ((z_train, "the training features"), (logits_train, "the training logits"),
                     (z_test, "the test features"), (logits_test, "the test logits")):  # fmt: skip
@@ -222,33 +224,21 @@ def head_influence(
     dev = torch.device(device) if device is not None else z_train.device
     z_train, logits_train, y_train = (t.to(dev) for t in (z_train, logits_train, y_train))
     z_test, logits_test, y_test = (t.to(dev) for t in (z_test, logits_test, y_test))
+    norms = tuple(
+        torch.linalg.vector_norm(softmax_residuals(lg.to(torch.float64), y), dim=1)
+        * torch.linalg.vector_norm(with_bias_column(z.to(torch.float64)), dim=1)
+        for z, lg, y in ((z_test, logits_test, y_test), (z_train, logits_train, y_train))
+    )
     c, d = logits_train.shape[1], z_train.shape[1]
     live = live_features(z_train)
     n_live = int(live.sum())
     if n_live < d:
         z_train, z_test = z_train[:, live], z_test[:, live]
-    p_r = (c - 1) * (n_live + 1)
-    check_dense_fits(p_r, copies=2.5, device=dev)
+    check_dense_fits((c - 1) * (n_live + 1), copies=2.5, device=dev)
     q = class_contrast_basis(c, device=dev)
-    timings = {}
     t = time.perf_counter()
     h_r = reduced_head_hessian(z_train, logits_train, q, progress=progress)
-    timings["hessian_s"] = _synced(t, dev)
-    t = time.perf_counter()
-    inv = pseudo_inverse(h_r, rcond=rcond, damping=damping, method=method)
-    timings["factorise_s"] = _synced(t, dev)
-    t = time.perf_counter()
-    g_train = reduce_head_grads(z_train, logits_train, y_train, q)
-    solved = inv.apply(g_train.T)  # (P_r, n_train)
-    timings["solve_s"] = _synced(t, dev)
-    t = time.perf_counter()
-    g_test = reduce_head_grads(z_test, logits_test, y_test, q)
-    test = blocked_product(g_test, solved, output_array((len(g_test), len(g_train)), out_test), block_size, progress,
-                           "influence test")  # fmt: skip
-    del g_test
-    train = blocked_product(g_train, solved, output_array((len(g_train), len(g_train)), out_train), block_size,
-                            progress, "influence train")  # fmt: skip
-    timings["influence_s"] = _synced(t, dev)
+    hessian_s = _synced(t, dev)
     dead = torch.nonzero(~live).flatten().tolist()
     removed = {
         "softmax_null_space": {
@@ -264,14 +254,79 @@ def head_influence(
             "zero, so removing them changes no influence value",
         },
     }
+    return ReducedHead(
+        reduce_head_grads(z_train, logits_train, y_train, q),
+        reduce_head_grads(z_test, logits_test, y_test, q),
+        h_r,
+        q,
+        live,
+        norms,
+        removed,
+        hessian_s,
+    )
+
+
+def head_influence(
+    z_train: torch.Tensor,
+    logits_train: torch.Tensor,
+    y_train: torch.Tensor,
+    z_test: torch.Tensor,
+    logits_test: torch.Tensor,
+    y_test: torch.Tensor,
+    *,
+    rcond: float | str | None = None,
+    damping: float = 0.0,
+    method: str = "auto",
+    normalize: str = "none",
+    block_size: int = 2048,
+    out_test: str | Path | None = None,
+    out_train: str | Path | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> dict:
+    """Both influence matrices of a softmax linear head, exactly, at the paper's scale.
+
+    Inputs are the head's inputs ``z`` ``(n, D)``, the logits ``(n, C)`` and labels ``(n,)`` of the
+    training set (which defines the Hessian of the mean training loss) and of the test set. The
+    Hessian, its factorisation and the solves run on ``device`` (default: that of ``z_train``), in
+    float64; the matrices are returned on the CPU (or streamed to the ``.npy`` paths).
+    ``normalize`` is ``none``, ``relatif`` or ``cosine`` (:func:`interp.influence.influence_pair`).
+    Returns ``{"test": (n_test, n_train), "train": (n_train, n_train), "inverse": InverseOperator,
+    "hessian_reduced": H_r, "basis": Q, "live": (D,) mask, "removed": {...}, "reduced": ReducedHead,
+    "timings": {...}}``; see the module docstring for the reductions, which are exact.
+    ``method="auto"`` factorises ``H_r`` by Cholesky when it is positive definite and well
+    conditioned for ``rcond``, else by eigh with the cut-off.
+    """
+    from interp.influence import influence_pair
+
+    red = reduce_head(z_train, logits_train, y_train, z_test, logits_test, y_test, device=device, progress=progress)
+    dev = red.hessian.device
+    timings = {"hessian_s": red.hessian_s}
+    t = time.perf_counter()
+    inv = pseudo_inverse(red.hessian, rcond=rcond, damping=damping, method=method)
+    timings["factorise_s"] = _synced(t, dev)
+    t = time.perf_counter()
+    test, train = influence_pair(
+        red.g_test,
+        red.g_train,
+        inv,
+        normalize=normalize,
+        grad_norms=red.grad_norms,
+        block_size=block_size,
+        out_test=out_test,
+        out_train=out_train,
+        progress=progress,
+    )
+    timings["influence_s"] = _synced(t, dev)
     return {
         "test": test,
         "train": train,
         "inverse": inv,
-        "hessian_reduced": h_r,
-        "basis": q,
-        "live": live,
-        "removed": removed,
+        "hessian_reduced": red.hessian,
+        "basis": red.basis,
+        "live": red.live,
+        "removed": red.removed,
+        "reduced": red,
         "timings": timings,
     }
 

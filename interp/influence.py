@@ -46,17 +46,93 @@ def output_array(shape: tuple[int, int], out: str | Path | None):
     return np.lib.format.open_memmap(str(out), mode="w+", dtype=np.float64, shape=shape)
 
 
-def blocked_product(left: torch.Tensor, right_t: torch.Tensor, out, block: int, progress: bool, desc: str):
-    """``out = -(left @ right_t)`` in row blocks of ``block`` rows: ``left`` ``(m, P)``, ``right_t`` ``(P, n)``.
+def blocked_product(
+    left: torch.Tensor,
+    right_t: torch.Tensor,
+    out,
+    block: int,
+    progress: bool,
+    desc: str,
+    row_scale: torch.Tensor | None = None,
+    col_scale: torch.Tensor | None = None,
+):
+    """``out = -diag(row_scale) (left @ right_t) diag(col_scale)`` in row blocks of ``block`` rows.
 
-    Each block is computed on ``right_t``'s device and copied to ``out`` (a CPU tensor or a memmap).
+    ``left`` ``(m, P)``, ``right_t`` ``(P, n)``; each block is computed on ``right_t``'s device and
+    copied to ``out`` (a CPU tensor or a memmap).
     """
+    dev = right_t.device
+    col = col_scale.to(dev, torch.float64).unsqueeze(0) if col_scale is not None else None
     for start in tqdm(range(0, len(left), block), desc=desc, disable=not progress):
-        rows = -(left[start : start + block].to(right_t.device, torch.float64) @ right_t)
+        rows = -(left[start : start + block].to(dev, torch.float64) @ right_t)
+        if row_scale is not None:
+            rows *= row_scale[start : start + block].to(dev, torch.float64).unsqueeze(1)
+        if col is not None:
+            rows *= col
         out[start : start + block] = rows.cpu() if isinstance(out, torch.Tensor) else to_numpy(rows)
     if not isinstance(out, torch.Tensor):
         out.flush()
     return out
+
+
+NORMALIZE = ("none", "relatif", "cosine")
+NORMALIZE_HELP = {
+    "none": "I[i, j] = -g_test_i^T (H + damping I)^+ g_train_j",
+    "relatif": "RelatIF (Barshan et al. 2020): I[i, j] / ||(H + damping I)^+ g_train_j||",
+    "cosine": "-cos(g_test_i, g_train_j): gradient similarity, no Hessian",
+}
+
+
+def _inverse_norms(norms: torch.Tensor) -> torch.Tensor:
+    """``1 / norms``, with 0 where a norm is 0 (a zero gradient influences nothing)."""
+    return torch.where(norms > 0, 1.0 / norms.clamp_min(1e-300), torch.zeros_like(norms))
+
+
+def influence_pair(
+    g_test: torch.Tensor,
+    g_train: torch.Tensor,
+    inv: InverseOperator | None,
+    *,
+    normalize: str = "none",
+    grad_norms: tuple[torch.Tensor, torch.Tensor] | None = None,
+    block_size: int = 2048,
+    out_test: str | Path | None = None,
+    out_train: str | Path | None = None,
+    progress: bool = False,
+) -> tuple:
+    """Test x train and train x train matrices for one inverse, in one of :data:`NORMALIZE`'s forms.
+
+    Signs follow the module's convention everywhere (negative = helpful):
+
+    * ``none``: ``I[i, j] = -g_test_i^T (H + damping I)^+ g_train_j``;
+    * ``relatif``: ``I[i, j] / ||(H + damping I)^+ g_train_j||`` (Barshan et al., 2020: the training
+      point's own inverse-Hessian-weighted gradient norm, so that a few training images with large
+      gradients do not top every list);
+    * ``cosine``: ``-g_test_i^T g_train_j / (||g_test_i|| ||g_train_j||)`` (``inv`` is not used).
+
+    ``grad_norms`` ``(||g_test_i||, ||g_train_j||)`` replace the norms of the given rows where those
+    are reduced coordinates (the softmax head with dead features: see :mod:`interp.head`).
+    Returns ``(test, train)``: CPU float64 tensors, or memmaps where ``out_*`` paths are given.
+    """
+    if normalize not in NORMALIZE:
+        raise InterpError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+    row_test = row_train = col = None
+    if normalize == "cosine":
+        right = g_train.T.to(torch.float64)
+        n_test, n_train = grad_norms or (torch.linalg.vector_norm(g_test.to(torch.float64), dim=1),
+                                         torch.linalg.vector_norm(right, dim=0))  # fmt: skip
+        row_test, row_train, col = _inverse_norms(n_test), _inverse_norms(n_train), _inverse_norms(n_train)
+    else:
+        if inv is None:
+            raise InterpError(f"normalize={normalize!r} needs an inverse")
+        right = inv.apply(g_train.T)  # (P, n_train) = H^+ G_train^T, on the operator's device
+        if normalize == "relatif":
+            col = _inverse_norms(torch.linalg.vector_norm(right, dim=0))
+    test = blocked_product(g_test, right, output_array((len(g_test), len(g_train)), out_test), block_size, progress,
+                           "influence test", row_test, col)  # fmt: skip
+    train = blocked_product(g_train, right, output_array((len(g_train), len(g_train)), out_train), block_size,
+                            progress, "influence train", row_train, col)  # fmt: skip
+    return test, train
 
 
 def influence_matrix(
@@ -67,6 +143,7 @@ def influence_matrix(
     rcond: float | str | None = None,
     damping: float = 0.0,
     method: str = "eigh",
+    normalize: str = "none",
     block_size: int = 2048,
     out: str | Path | None = None,
     progress: bool = False,
@@ -77,19 +154,30 @@ def influence_matrix(
     layout as ``h``: a dense ``(P, P)`` Hessian, factorised here by
     :func:`interp.inverse.pseudo_inverse` with ``rcond``, ``damping`` and ``method`` (default ``eigh``,
     a true pseudo-inverse with cut-off ``rcond * lambda_max``), or any :class:`InverseOperator`
-    (Cholesky, spectral, conjugate gradient, ...), whose own settings then apply. The solves run on
-    the operator's device; rows are computed ``block_size`` at a time and gathered on the CPU, or
-    with ``out`` (a ``.npy`` path) streamed to a memory-mapped file, so the matrix may exceed memory.
+    (Cholesky, spectral, conjugate gradient, ...), whose own settings then apply. ``normalize``:
+    ``none``, ``relatif`` or ``cosine`` (see :func:`influence_pair`). The solves run on the
+    operator's device; rows are computed ``block_size`` at a time and gathered on the CPU, or with
+    ``out`` (a ``.npy`` path) streamed to a memory-mapped file, so the matrix may exceed memory.
     Returns a float64 CPU tensor, or the ``np.memmap`` when ``out`` is given.
     """
     require_finite(g_test, "the test gradients")
     require_finite(g_train, "the training gradients")
+    if normalize not in NORMALIZE:
+        raise InterpError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
     inv = h if isinstance(h, InverseOperator) else pseudo_inverse(h, rcond=rcond, damping=damping, method=method)
     if g_test.shape[1] != inv.size or g_train.shape[1] != inv.size:
         raise InterpError(f"gradients have {g_test.shape[1]} / {g_train.shape[1]} columns, the Hessian {inv.size}")
-    solved = inv.apply(g_train.T)  # (P, n_train) = H^+ G_train^T, on the operator's device
+    row = col = None
+    if normalize == "cosine":
+        right = g_train.T.to(inv.device, torch.float64)
+        row = _inverse_norms(torch.linalg.vector_norm(g_test.to(torch.float64), dim=1))
+        col = _inverse_norms(torch.linalg.vector_norm(right, dim=0))
+    else:
+        right = inv.apply(g_train.T)  # (P, n_train) = H^+ G_train^T, on the operator's device
+        if normalize == "relatif":
+            col = _inverse_norms(torch.linalg.vector_norm(right, dim=0))
     return blocked_product(
-        g_test, solved, output_array((len(g_test), len(g_train)), out), block_size, progress, "influence"
+        g_test, right, output_array((len(g_test), len(g_train)), out), block_size, progress, "influence", row, col
     )
 
 

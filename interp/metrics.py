@@ -23,6 +23,11 @@ class ClassMatch:
     at_least_3_of_5: float
     k: int
     n_rows: int
+    rows: dict[str, np.ndarray] | None = None  # per-row indicators: top1, at_least_3_of_5, cumulative_k
+
+    def intervals(self, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict[str, tuple[float, float]]:
+        """Bootstrap intervals (percentile, over the rows) of top-1, >=3 of top 5 and the top-k cumulative rate."""
+        return {name: bootstrap_interval(v, level, n_boot, seed) for name, v in (self.rows or {}).items()}
 
 
 def most_helpful(influence: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
@@ -56,4 +61,43 @@ def class_match(
     match = y_train[top] == y_test[:, None]
     cumulative = np.cumsum(match, axis=1) / np.arange(1, match.shape[1] + 1)
     five = match[:, :5].sum(axis=1) >= 3 if match.shape[1] >= 5 else np.zeros(len(match), dtype=bool)
-    return ClassMatch(match.mean(0), cumulative.mean(0), float(five.mean()), match.shape[1], len(match))
+    rows = {"top1": match[:, 0].astype(float), "at_least_3_of_5": five.astype(float), "cumulative_k": cumulative[:, -1]}
+    return ClassMatch(match.mean(0), cumulative.mean(0), float(five.mean()), match.shape[1], len(match), rows)
+
+
+def _bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Means of ``n_boot`` resamples (with replacement) of ``values`` ``(n,)``."""
+    rng = np.random.default_rng(seed)
+    n = len(values)
+    out = np.empty(n_boot)
+    for start in range(0, n_boot, 256):  # bounded memory: 256 resamples of n indices at a time
+        idx = rng.integers(0, n, size=(min(256, n_boot - start), n))
+        out[start : start + len(idx)] = values[idx].mean(axis=1)
+    return out
+
+
+def bootstrap_interval(
+    values: np.ndarray, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (one number per test image)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        raise InterpError("no rows to bootstrap")
+    means = _bootstrap_means(values, n_boot, seed)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def paired_difference(a: ClassMatch, b: ClassMatch, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict:
+    """``a - b`` for each per-row rate, with a paired bootstrap interval over the (same) rows.
+
+    Both must be computed over the same test images in the same order (e.g. robust and natural
+    runs of one target with the same ``--test`` selection); returns ``{stat: (diff, low, high)}``.
+    """
+    if a.rows is None or b.rows is None or a.n_rows != b.n_rows:
+        raise InterpError(f"a paired difference needs the same rows; got {a.n_rows} and {b.n_rows}")
+    out = {}
+    for name in a.rows:
+        diff = a.rows[name] - b.rows[name]
+        out[name] = (float(diff.mean()), *bootstrap_interval(diff, level, n_boot, seed))
+    return out

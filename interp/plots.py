@@ -168,3 +168,27 @@ def saliency_figure(images, maps: dict, titles: Sequence[str]):
             axes[r, c].axis("off")
     fig.tight_layout()
     return fig
+
+
+def sensitivity_figure(series: dict[str, list[tuple[str, ClassMatch]]], level: float = 0.95):
+    """Top-1 and >=3-of-5 class match (test images) against the setting (cut-off / damping), one line
+    per run with its bootstrap interval: where a natural-vs-robust gap holds and where it flips."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for run, points in series.items():
+        labels = [label for label, _ in points]
+        x = np.arange(len(points))
+        for ax, stat, name in ((axes[0], "top1", "top-1"), (axes[1], "at_least_3_of_5", ">= 3 of top 5")):
+            mids = [cm.rows[stat].mean() for _, cm in points]
+            ci = np.array([cm.intervals(level)[stat] for _, cm in points])
+            line = ax.plot(x, mids, marker="o", label=run)[0]
+            ax.fill_between(x, ci[:, 0], ci[:, 1], color=line.get_color(), alpha=0.2)
+            ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+            ax.set_ylabel(f"{name} class match (test)")
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+    axes[0].set_title(f"top-1 vs setting ({int(level * 100)}% bootstrap band)")
+    axes[1].set_title(f">= 3 of top 5 vs setting ({int(level * 100)}% bootstrap band)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -13,6 +13,7 @@ disk space) before the directory is touched, and it is complete or refused by re
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,8 +23,17 @@ import torch
 from torch.utils.data import DataLoader
 
 import interp
+import interp.head
 from interp.head import reduced_to_folded
-from interp.inverse import METHODS, ConjugateGradientInverse, extreme_eigenvalues
+from interp.influence import NORMALIZE, NORMALIZE_HELP, influence_pair
+from interp.inverse import (
+    METHODS,
+    NAMED_RCOND,
+    ConjugateGradientInverse,
+    SpectralInverse,
+    extreme_eigenvalues,
+    spectral_inverse,
+)
 from study.influence_dir import InfluenceDir
 from transfer import validation as v
 from transfer.datasets import Subset, Transformed, load_raw_splits
@@ -55,13 +65,25 @@ class InfluenceConfig:
     test: str = field(
         default="all", metadata={"help": "test images: all, or N (a class-covering random subset, seed 0)"}
     )
-    rcond: float | None = field(
-        default=None,
+    rcond: str = field(
+        default="paper",
         metadata={
-            "help": "pseudo-inverse cut-off relative to the largest eigenvalue (default P * eps, as numpy/scipy pinv)"
+            "help": "pseudo-inverse cut-off relative to the largest eigenvalue: paper (0.05, as the paper's code, "
+            "scipy pinv2 rcond=5e-2), exact (P * eps, numpy/scipy pinv's default) or a number in [0, 1); a "
+            "comma-separated list (paper,1e-2,1e-4,exact) factorises once and writes one matrix pair per setting"
         },
     )
-    damping: float = field(default=0.0, metadata={"help": "added to the Hessian's diagonal"})
+    damping: str = field(
+        default="0",
+        metadata={"help": "added to the Hessian's diagonal; a comma-separated list gives one matrix pair per value"},
+    )
+    normalize: str = field(
+        default="none",
+        metadata={
+            "help": "none (I_up,loss), relatif (divided by ||H^+ g_train||, Barshan et al. 2020) or cosine (-cos of "
+            "the gradients, no Hessian)"
+        },
+    )
     method: str = field(
         default="auto", metadata={"help": "auto, cholesky, eigh, svd, or cg (matrix-free, for large parameter sets)"}
     )
@@ -83,20 +105,54 @@ class InfluenceConfig:
     data_root: str | None = field(default=None, metadata={"help": "where torchvision datasets live"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
 
+    def rconds(self) -> list[float | str]:
+        """The cut-offs asked for: ``paper``, ``exact`` or numbers in [0, 1), in the order given."""
+        return [_setting_value("rcond", item, ("paper", "exact"), high=1) for item in _items("rcond", self.rcond)]
+
+    def dampings(self) -> list[float]:
+        return [_setting_value("damping", item, (), high=None) for item in _items("damping", self.damping)]
+
+    def settings(self) -> list[dict]:
+        """Every (cut-off, damping) pair, the first being the directory's main matrices."""
+        return [{"rcond": r, "damping": d} for r in self.rconds() for d in self.dampings()]
+
     def __post_init__(self):
         """Every setting checked before the run is read or the output touched."""
         if not [p for p in self.params.split(",") if p.strip()]:
             raise UserError("--params must name at least one module, e.g. fc or layer4.2,fc")
         v.count_or_word("test", self.test, ("all",))
-        if self.rcond is not None:
-            v.number("rcond", self.rcond, low=0, high=1, high_open=True)
-        v.number("damping", self.damping, low=0)
+        self.rcond = "exact" if self.rcond is None else str(self.rcond)
+        self.damping = str(self.damping)
+        rconds, dampings = self.rconds(), self.dampings()
         v.choice("method", self.method, (*METHODS, "cg"))
+        v.choice("normalize", self.normalize, NORMALIZE)
+        if self.method == "cg" and (len(rconds) > 1 or self.rcond not in ("paper", "exact")):
+            raise UserError("--rcond does not apply to --method cg (it solves without a cut-off); drop it")
+        if len(rconds) * len(dampings) > 20:
+            raise UserError(f"--rcond x --damping asks for {len(rconds) * len(dampings)} settings; at most 20")
         v.number("cg_tol", self.cg_tol, low=0, high=1, low_open=True, high_open=True)
         v.integer("cg_max_iter", self.cg_max_iter, low=1)
         v.integer("batch_size", self.batch_size, low=1)
         v.choice("features_dtype", self.features_dtype, ("float32", "float64"))
         v.device_name("device", self.device)
+
+
+def _items(name: str, text: str) -> list[str]:
+    items = [t.strip() for t in str(text).split(",")]
+    if not items or any(not t for t in items):
+        raise UserError(f"--{name} must be a value or a comma-separated list of values, got {text!r}")
+    return items
+
+
+def _setting_value(name: str, item: str, words: tuple[str, ...], high: float | None):
+    if item in words:
+        return item
+    try:
+        x = float(item)
+    except ValueError:
+        allowed = f"{', '.join(words)} or a number" if words else "a number"
+        raise UserError(f"--{name} must be {allowed}, got {item!r}") from None
+    return v.number(name, x, low=0, high=high, high_open=high is not None)
 
 
 def _load_run(cfg: InfluenceConfig):
@@ -151,7 +207,7 @@ def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
     model = model.to(device).eval()
     names = _param_names(model, cfg.params)
     out = InfluenceDir(cfg.out)
-    with out.writing(output_bytes(len(train), len(test))):
+    with out.writing(len(cfg.settings()) * output_bytes(len(train), len(test))):
         meta = _compute(cfg, out, settings, model, names, train, test, device, progress)
         for name, arr in (("y_train", train.targets), ("y_test", test.targets), ("idx_train", idx_train),
                           ("idx_test", idx_test)):  # fmt: skip
@@ -185,6 +241,50 @@ def _compute(cfg, out: InfluenceDir, settings, model, names, train, test, device
     return meta | _generic(cfg, model, names, loader(train), loader(test), out, device, progress)
 
 
+def _inverses(h: torch.Tensor, cfg: InfluenceConfig):
+    """One operator per setting, lazily; several settings share one eigendecomposition (eigh or svd)."""
+    settings = cfg.settings()
+    if len(settings) == 1 or cfg.method == "cholesky":
+        for st in settings:
+            yield st, interp.pseudo_inverse(h, rcond=st["rcond"], damping=st["damping"], method=cfg.method)
+        return
+    base = spectral_inverse(h, rcond=settings[0]["rcond"], method="svd" if cfg.method == "svd" else "eigh")
+    for st in settings:
+        yield st, base.with_settings(rcond=st["rcond"], damping=st["damping"])
+
+
+def _setting_label(st: dict) -> str:
+    return f"rcond={st['rcond']} damping={st['damping']:g}"
+
+
+def _write_settings(cfg, out: InfluenceDir, g_test, g_train, operators, grad_norms, progress) -> list[dict]:
+    """Both matrices for every (cut-off, damping) setting: the first as ``influence_{test,train}.npy``,
+    the others as ``influence_{test,train}.s<i>.npy``. Returns what each setting kept and dropped."""
+    written = []
+    for i, (st, inv) in enumerate(operators):
+        names = ("influence_test", "influence_train") if i == 0 else (f"influence_test.s{i}", f"influence_train.s{i}")
+        with out.staged(names[0]) as path_test, out.staged(names[1]) as path_train:
+            influence_pair(g_test, g_train, inv, normalize=cfg.normalize, grad_norms=grad_norms,
+                           out_test=path_test, out_train=path_train, progress=progress)  # fmt: skip
+        info = inv.info()
+        share = inv.dropped_norm_share(g_train) if isinstance(inv, SpectralInverse) else 0.0
+        written.append(
+            {
+                "index": i,
+                "label": _setting_label(st),
+                "files": [f"{n}.npy" for n in names],
+                "rcond_name": st["rcond"] if isinstance(st["rcond"], str) else None,
+                "rcond_meaning": NAMED_RCOND.get(st["rcond"], "a number: that fraction of the largest eigenvalue"),
+                **{k: info.get(k) for k in ("method", "rcond", "damping", "cutoff", "rank_kept", "size", "n_dropped")},
+                "dropped_gradient_norm_share": share,
+                "inverse": info,
+            }
+        )
+        if i == 0:
+            first = inv
+    return written, first
+
+
 def _head(cfg, model, train_loader, test_loader, out: InfluenceDir, device, progress) -> dict:
     dtype = getattr(torch, cfg.features_dtype)
     if dtype != torch.float32:
@@ -198,26 +298,19 @@ def _head(cfg, model, train_loader, test_loader, out: InfluenceDir, device, prog
         model, head, test_loader, device=device, dtype=dtype, progress=progress, desc="test features"
     )
     features_s = time.perf_counter() - t
-    with out.staged("influence_test") as path_test, out.staged("influence_train") as path_train:
-        res = interp.head_influence(
-            z_tr.double(),
-            logits_tr.double(),
-            y_tr,
-            z_te.double(),
-            logits_te.double(),
-            y_te,
-            rcond=cfg.rcond,
-            damping=cfg.damping,
-            method=cfg.method,
-            out_test=path_test,
-            out_train=path_train,
-            device=device,
-            progress=progress,
-        )
-    inv, h_r, q, live = res["inverse"], res["hessian_reduced"], res["basis"], res["live"]
+    red = interp.head.reduce_head(
+        z_tr.double(), logits_tr.double(), y_tr, z_te.double(), logits_te.double(), y_te, device=device,
+        progress=progress,
+    )  # fmt: skip
+    t = time.perf_counter()
+    written, inv = _write_settings(
+        cfg, out, red.g_test, red.g_train, _inverses(red.hessian, cfg), red.grad_norms, progress
+    )
+    influence_s = time.perf_counter() - t
+    h_r, q, live = red.hessian, red.basis, red.live
     t = time.perf_counter()
     spec = extreme_eigenvalues(h_r, inv, k=20) if inv.method == "cholesky" else {"all": inv.spectrum()}
-    removed = res["removed"]
+    removed = red.removed
     null_dim = removed["softmax_null_space"]["directions"] + removed["dead_features"]["directions"]
     out.save("spectrum", np.concatenate([np.zeros(null_dim), *[np.asarray(v) for v in spec.values()]]))
     spectrum_s = time.perf_counter() - t
@@ -231,6 +324,9 @@ def _head(cfg, model, train_loader, test_loader, out: InfluenceDir, device, prog
         "path": "closed form on the softmax head, reduced to the complement of its exact null space",
         "device": str(device),
         "features_dtype": cfg.features_dtype,
+        "normalize": cfg.normalize,
+        "normalize_meaning": NORMALIZE_HELP[cfg.normalize],
+        "settings": written,
         "hessian_layout": "folded [W | b] (C, D+1) row-major: index c*(D+1)+d; d = D is the bias",
         "null_space_dim_removed": null_dim,
         "removed": removed,
@@ -247,7 +343,8 @@ def _head(cfg, model, train_loader, test_loader, out: InfluenceDir, device, prog
         ),
         "timings": {
             "features_s": features_s,
-            **res["timings"],
+            "hessian_s": red.hessian_s,
+            "influence_s": influence_s,
             "spectrum_s": spectrum_s,
             **({"hessian_save_s": hessian_save_s} if cfg.save_hessian else {}),
         },
@@ -262,9 +359,21 @@ def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, de
     t = time.perf_counter()
     if cfg.method == "cg":
         matvec, size = interp.hessian_vector_product(model, train_loader, names, device=device)
-        inv = ConjugateGradientInverse(
-            matvec, size, damping=cfg.damping, tol=cfg.cg_tol, max_iter=cfg.cg_max_iter, on=device, progress=progress
-        )
+        operators = [
+            (
+                st,
+                ConjugateGradientInverse(
+                    matvec,
+                    size,
+                    damping=st["damping"],
+                    tol=cfg.cg_tol,
+                    max_iter=cfg.cg_max_iter,
+                    on=device,
+                    progress=progress,
+                ),
+            )  # fmt: skip
+            for st in cfg.settings()
+        ]
         path = "matrix-free conjugate gradient"
     else:
         h = interp.hessian(model, train_loader, names, device=device, progress=progress)
@@ -272,20 +381,26 @@ def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, de
         if cfg.save_hessian:
             out.save("hessian", h.cpu().numpy())
         t = time.perf_counter()
-        method = "eigh" if cfg.method == "auto" else cfg.method
-        inv = interp.pseudo_inverse(h, rcond=cfg.rcond, damping=cfg.damping, method=method)
+        if cfg.method == "auto":  # the generic Hessian is rarely positive definite: go straight to eigh
+            cfg = dataclasses.replace(cfg, method="eigh")
+        operators = _inverses(h, cfg)
         path = "dense Hessian (torch.func)"
-    with out.staged("influence_test") as path_test, out.staged("influence_train") as path_train:
-        interp.influence_matrix(g_test, g_train, inv, out=path_test, progress=progress)
-        interp.influence_matrix(g_train, g_train, inv, out=path_train, progress=progress)
-    if isinstance(inv, interp.SpectralInverse):
+    written, inv = _write_settings(cfg, out, g_test, g_train, operators, None, progress)
+    if isinstance(inv, SpectralInverse):
         out.save("spectrum", inv.spectrum())
     timings["influence_s"] = time.perf_counter() - t
     info = inv.info()
+    if cfg.method == "cg":  # the worst over every setting's solves
+        infos = [w["inverse"] for w in written]
+        info = infos[0] | {"max_relative_residual": max(i["max_relative_residual"] for i in infos),
+                           "converged": all(i["converged"] for i in infos)}  # fmt: skip
     return {
         "params": names,
         "path": path,
         "device": str(device),
+        "normalize": cfg.normalize,
+        "normalize_meaning": NORMALIZE_HELP[cfg.normalize],
+        "settings": written,
         "hessian_layout": "named_parameters order, each flattened",
         "rank_kept": info.get("rank_kept"),
         "inverse": info,

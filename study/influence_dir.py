@@ -4,6 +4,8 @@ An influence directory holds ``influence_test.npy`` ``(n_test, n_train)``, ``inf
 ``(n_train, n_train)``, ``y_test.npy``, ``y_train.npy``, ``idx_test.npy``, ``idx_train.npy`` (indices
 into the dataset's test and train splits), optionally ``hessian.npy`` and ``spectrum.npy``, and
 ``meta.json``, written last: it carries :data:`FORMAT` and is the directory's mark of completion.
+A sensitivity run (several cut-offs or dampings) adds ``influence_test.s<i>.npy`` and
+``influence_train.s<i>.npy`` for its settings after the first; ``meta["settings"]`` lists them all.
 
 Writing (:meth:`InfluenceDir.writing`) holds the directory's lock, first removes ``meta.json`` and
 every output derived from the old contents (class-match tables, plots), so a run killed half-way
@@ -39,6 +41,7 @@ OPTIONAL_ARRAYS = ("hessian", "spectrum")
 META = "meta.json"
 # outputs of class-match and plot-influence that may sit in the directory; stale once it is rewritten
 DERIVED = ("class_match*.csv", "class_match*.png", "influence_heatmap.png", "influence_grid_*.png")
+SETTING_ARRAYS = ("influence_test.s*.npy", "influence_train.s*.npy")
 
 
 @dataclass
@@ -51,6 +54,23 @@ class InfluenceResult:
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.arrays[name]
+
+    @property
+    def settings(self) -> list[dict]:
+        """The (cut-off, damping) settings written, the first being the main matrices."""
+        return self.meta.get("settings") or [{"index": 0, "label": "as computed"}]
+
+    def setting(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(influence_test, influence_train)`` of setting ``index`` (memory-mapped)."""
+        if index == 0:
+            return self.arrays["influence_test"], self.arrays["influence_train"]
+        return self.arrays[f"influence_test.s{index}"], self.arrays[f"influence_train.s{index}"]
+
+    def describe(self, index: int = 0) -> str:
+        """The choices behind setting ``index``, for plot titles: cut-off, directions kept, normalisation."""
+        st = self.settings[index]
+        kept = f", kept {st['rank_kept']}/{st['size']}" if st.get("rank_kept") is not None else ""
+        return f"{st['label']}{kept}, normalize {self.meta.get('normalize', 'none')}"
 
     @property
     def label(self) -> str:
@@ -72,7 +92,7 @@ class InfluenceDir:
 
     def _ours(self, name: str) -> bool:
         known = {f"{a}.npy" for a in ARRAYS + OPTIONAL_ARRAYS} | {META, LOCK_NAME}
-        return name in known or any(fnmatch(name, pattern) for pattern in DERIVED)
+        return name in known or any(fnmatch(name, pattern) for pattern in DERIVED + SETTING_ARRAYS)
 
     @contextmanager
     def writing(self, nbytes: int = 0) -> Iterator[InfluenceDir]:
@@ -125,7 +145,10 @@ class InfluenceDir:
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise UserError(f"{self.meta} is not an influence directory's meta.json (no format {FORMAT!r})")
         arrays = {}
-        for name in ARRAYS:
+        extra = [
+            f"influence_{kind}.s{st['index']}" for st in meta.get("settings", [])[1:] for kind in ("test", "train")
+        ]
+        for name in (*ARRAYS, *extra):
             if not self.path(name).is_file():
                 raise UserError(
                     f"{self.path(name)} is missing; the influence directory is damaged: run influence again"
@@ -135,7 +158,9 @@ class InfluenceDir:
             except (ValueError, OSError) as exc:
                 raise UserError(f"{self.path(name)} is damaged ({exc}); run influence again") from None
         n_test, n_train = len(arrays["y_test"]), len(arrays["y_train"])
-        expected = {"influence_test": (n_test, n_train), "influence_train": (n_train, n_train)}
+        expected = {
+            name: (n_test if "test" in name else n_train, n_train) for name in arrays if name.startswith("influence")
+        }
         for name, shape in expected.items():
             if arrays[name].shape != shape:
                 raise UserError(

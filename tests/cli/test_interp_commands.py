@@ -107,3 +107,28 @@ def test_generic_parameters_and_the_size_guard(runs, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "matrix-free" in err and len(err.strip().splitlines()) == 1
+
+
+def test_sensitivity_class_match_with_intervals_and_a_paired_difference(runs, tmp_path, capsys):
+    outs = []
+    for source in ("mnist5k-l2", "mnist5k-natural"):
+        out = tmp_path / f"sens-{source}"
+        argv = ["influence", "--run", str(runs / source), "--out", str(out), "--test", "30",
+                "--rcond", "paper,1e-3,exact", "--normalize", "relatif", "--no-progress"]  # fmt: skip
+        assert main(argv) == 0
+        outs.append(out)
+    meta = json.loads((outs[0] / "meta.json").read_text())
+    assert meta["normalize"] == "relatif" and [s["rcond_name"] for s in meta["settings"]] == ["paper", None, "exact"]
+    capsys.readouterr()
+    assert main(["class-match", *map(str, outs), "--k", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "rcond=paper damping=0" in printed and "paired" in printed and "(95% bootstrap)" in printed
+    rows = list(csv.DictReader(open(outs[0] / "class_match.csv")))
+    assert len(rows) == 2 * 3 * 2 * 5  # dirs x settings x targets x ranks
+    for r in rows:
+        assert float(r["top1_low"]) <= float(r["match_rate"]) <= float(r["top1_high"]) or r["rank"] != "1"
+    paired = list(csv.DictReader(open(outs[0] / "class_match_paired.csv")))
+    assert {p["setting"] for p in paired} == {s["label"] for s in meta["settings"]}
+    for p in paired:
+        assert float(p["low"]) <= float(p["difference"]) <= float(p["high"])
+    assert (outs[0] / "class_match_sensitivity.png").stat().st_size > 10_000

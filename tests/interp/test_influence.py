@@ -144,3 +144,27 @@ def test_linear_head_gradients_reorder_to_the_canonical_layout():
         folded = linear_head_grads(z_train, head(z_train), y_train)
     generic = interp.per_example_grads(head, [(z_train, y_train)], head)
     assert torch.allclose(folded[:, folded_to_canonical(4, 6)], generic, atol=1e-12)
+
+
+def test_relatif_and_cosine_equal_direct_numpy_computations():
+    head, z_train, y_train, z_test, y_test = _head_problem()
+    loader = [(z_train, y_train)]
+    h = interp.hessian(head, loader, head)
+    g_tr = interp.per_example_grads(head, loader, head)
+    g_te = interp.per_example_grads(head, [(z_test, y_test)], head)
+    gtr, gte, hp = g_tr.numpy(), g_te.numpy(), np.linalg.pinv(h.numpy(), hermitian=True)
+    solved = hp @ gtr.T
+    relatif = -(gte @ solved) / np.linalg.norm(solved, axis=0)
+    cosine = -(gte @ gtr.T) / np.outer(np.linalg.norm(gte, axis=1), np.linalg.norm(gtr, axis=1))
+    got_r = interp.influence_matrix(g_te, g_tr, h, normalize="relatif")
+    got_c = interp.influence_matrix(g_te, g_tr, h, normalize="cosine")
+    assert np.allclose(got_r.numpy(), relatif, rtol=1e-8, atol=1e-10)
+    assert np.allclose(got_c.numpy(), cosine, rtol=1e-10, atol=1e-12)
+    # the softmax head's reduced path (null space and norms handled in reduced coordinates) agrees
+    with torch.no_grad():
+        for normalize, ref in (("relatif", relatif), ("cosine", cosine)):
+            res = head_influence(z_train, head(z_train), y_train, z_test, head(z_test), y_test, normalize=normalize)
+            perm_ref = ref  # influence values do not depend on the parameter layout
+            assert np.allclose(np.asarray(res["test"]), perm_ref, rtol=1e-8, atol=1e-10), normalize
+    with pytest.raises(InterpError, match="normalize must be one of"):
+        interp.influence_matrix(g_te, g_tr, h, normalize="l2")

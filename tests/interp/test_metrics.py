@@ -52,3 +52,25 @@ def test_exact_ties_are_broken_by_index_whatever_the_order_of_the_data():
     # the same answer at every k: the k-th place among ties is not picked arbitrarily
     for k in (1, 2, 3, 5):
         assert most_helpful(inf, k).tolist() == top[:, :k].tolist()
+
+
+def test_bootstrap_intervals_cover_the_rate_and_the_paired_difference_is_paired():
+    from interp.metrics import bootstrap_interval, paired_difference
+
+    rng = np.random.default_rng(1)
+    values = (rng.random(400) < 0.3).astype(float)
+    lo, hi = bootstrap_interval(values, n_boot=4000)
+    se = values.std() / np.sqrt(len(values))
+    assert lo < values.mean() < hi and abs((hi - lo) - 2 * 1.96 * se) < 0.2 * (hi - lo)  # the normal-theory width
+    y_train = np.repeat(np.arange(4), 10)
+    y_test = rng.integers(0, 4, 200)
+    inf_a = rng.normal(size=(200, 40))
+    inf_b = inf_a.copy()
+    inf_b[:50] = rng.normal(size=(50, 40))  # b differs from a on a quarter of the rows only
+    a, b = class_match(inf_a, y_test, y_train, k=5), class_match(inf_b, y_test, y_train, k=5)
+    diff, low, high = paired_difference(a, b)["top1"]
+    assert diff == pytest.approx(a.per_rank[0] - b.per_rank[0])
+    assert low <= diff <= high
+    # pairing: identical rows contribute zero variance, so the paired interval is narrower than the unpaired one
+    unpaired = np.sqrt(a.rows["top1"].var() / 200 + b.rows["top1"].var() / 200) * 2 * 1.96
+    assert high - low < unpaired

@@ -20,8 +20,8 @@ import sys, time
 import interp.influence as inf
 from cli.main import main
 original = inf.blocked_product
-def slow(left, right_t, out, block, progress, desc):
-    result = original(left, right_t, out, block, progress, desc)
+def slow(left, right_t, out, block, progress, desc, *scales):
+    result = original(left, right_t, out, block, progress, desc, *scales)
     if desc == "influence test":  # the new test matrix is written, the train matrix not yet
         print("midway", flush=True)
         time.sleep(60)
@@ -73,7 +73,7 @@ def test_a_rerun_killed_midway_is_refused_then_redone(finished_run, influence_ou
     assert main(argv) == 0
     assert not list(out.glob(".*.tmp"))
     res = InfluenceDir(out).read()
-    assert res.meta["config"]["damping"] == 0.01
+    assert res.meta["settings"][0]["damping"] == 0.01
     assert not np.allclose(res["influence_test"], old_test)  # damping changed the numbers
     assert main(["class-match", str(out), "--k", "5"]) == 0
 

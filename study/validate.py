@@ -1,0 +1,137 @@
+"""Does influence predict anything here? Leave-one-out on a fine-tuned run's head.
+
+On the run's frozen features, the head is refitted to the optimum of the regularised objective
+(weight decay as an explicit L2 term, float64, L-BFGS; see :mod:`interp.loo`), influence is
+computed there with ``damping = weight decay`` for each cut-off asked for, and for a few test
+images the most influential training images (plus random ones) are removed one at a time and the
+head refitted: predicted ``-I/n`` against the actual change of test loss, Pearson and Spearman.
+
+    from study.validate import ValidateConfig, validate_influence
+    report = validate_influence(ValidateConfig(run="runs/rob", out="validate/rob"))
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import pearsonr, spearmanr
+from torch.utils.data import DataLoader
+
+import interp
+from interp.loo import leave_one_out, refit_head
+from study.influence import InfluenceConfig, _load_run
+from transfer import validation as v
+from transfer.errors import UserError
+from transfer.files import DirLock, atomic_write_csv, atomic_write_figure, atomic_write_json
+
+
+@dataclass
+class ValidateConfig:
+    """Settings of ``robust-transfer validate-influence``."""
+
+    run: str = field(metadata={"help": "run directory from robust-transfer finetune"})
+    out: str = field(metadata={"help": "directory for validate.json, validate.csv and validate.png"})
+    tests: int = field(default=3, metadata={"help": "test images (the highest-loss ones after the refit)"})
+    removals: int = field(default=10, metadata={"help": "most influential training images removed per test image"})
+    random: int = field(default=5, metadata={"help": "random training images removed per test image"})
+    rcond: str = field(default="exact,paper", metadata={"help": "cut-offs to compare (as influence --rcond)"})
+    test: str = field(default="200", metadata={"help": "test images the candidates are drawn from: all or N"})
+    seed: int = field(default=0, metadata={"help": "seed of the random removals"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda or cuda:N"})
+
+    def __post_init__(self):
+        for name in ("tests", "removals"):
+            v.integer(name, getattr(self, name), low=1)
+        v.integer("random", self.random, low=0)
+        v.integer("seed", self.seed, low=0)
+        InfluenceConfig(run=self.run, out=self.out, rcond=self.rcond, test=self.test, device=self.device)
+
+
+def validate_influence(cfg: ValidateConfig, progress: bool = True) -> dict:
+    """Refit, predict, retrain; write ``validate.json``, ``validate.csv``, ``validate.png``; return the report."""
+    icfg = InfluenceConfig(run=cfg.run, out=cfg.out, rcond=cfg.rcond, test=cfg.test, device=cfg.device)
+    settings, model, train, test, _, _ = _load_run(icfg)
+    lam = float(settings.get("weight_decay", 0.0))
+    model = model.to(cfg.device).eval()
+    head = model.model.fc
+    z_tr, _, y_tr = interp.head_features(model, head, DataLoader(train, batch_size=256), progress=progress)
+    z_te, _, y_te = interp.head_features(model, head, DataLoader(test, batch_size=256), progress=progress)
+    z_tr, z_te = z_tr.double(), z_te.double()
+    w, b, fit = refit_head(z_tr, y_tr, head.weight, head.bias, lam)
+    if fit["grad_norm"] > 1e-6:
+        raise UserError(f"the head refit stopped at gradient norm {fit['grad_norm']:.2e}; the optimum was not reached")
+    logits_tr, logits_te = z_tr @ w.T + b, z_te @ w.T + b
+    losses = torch.nn.functional.cross_entropy(logits_te, y_te, reduction="none")
+    tests = losses.argsort(descending=True)[: cfg.tests].tolist()
+    n = len(y_tr)
+    rng = np.random.default_rng(cfg.seed)
+    results, rows = [], []
+    actual_cache: dict[tuple[int, int], float] = {}
+    for rcond in icfg.rconds():
+        res = interp.head_influence(z_tr, logits_tr, y_tr, z_te[tests], logits_te[tests], y_te[tests],
+                                    rcond=rcond, damping=lam, method="eigh")  # fmt: skip
+        inf = np.asarray(res["test"])
+        pairs = []
+        for row, t in enumerate(tests):
+            top = np.argsort(-np.abs(inf[row]), kind="stable")[: cfg.removals].tolist()
+            rest = [j for j in range(n) if j not in set(top)]
+            pairs += [(row, t, j, "top") for j in top]
+            pairs += [
+                (row, t, int(j), "random") for j in rng.choice(rest, size=min(cfg.random, len(rest)), replace=False)
+            ]
+        todo = [(t, j) for _, t, j, _ in pairs if (t, j) not in actual_cache]
+        for (t, j), delta in zip(todo, leave_one_out(z_tr, y_tr, z_te, y_te, w, b, lam, todo), strict=True):
+            actual_cache[(t, j)] = float(delta)
+        predicted = np.array([-inf[row, j] / n for row, _, j, _ in pairs])
+        actual = np.array([actual_cache[(t, j)] for _, t, j, _ in pairs])
+        label = f"rcond={rcond} damping={lam:g}"
+        results.append({
+            "setting": label, "rank_kept": res["inverse"].rank, "size": res["inverse"].size,
+            "pearson": float(pearsonr(predicted, actual)[0]), "spearman": float(spearmanr(predicted, actual)[0]),
+            "n_pairs": len(pairs),
+        })  # fmt: skip
+        rows += [[label, t, j, kind, p, a] for (_, t, j, kind), p, a in zip(pairs, predicted, actual, strict=True)]
+    report = {
+        "run": cfg.run,
+        "config": asdict(cfg),
+        "weight_decay_as_l2": lam,
+        "refit": fit,
+        "objective": "1/n sum CE + weight_decay/2 ||[W, b]||^2 (float64, L-BFGS)",
+        "prediction": "-I[t, j] / n with damping = weight decay",
+        "settings": results,
+    }
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with DirLock(out, "--out"):
+        atomic_write_csv(
+            out / "validate.csv", ["setting", "test_index", "train_index", "kind", "predicted", "actual"], rows
+        )
+        atomic_write_figure(out / "validate.png", _figure(rows, results))
+        atomic_write_json(out / "validate.json", report)
+    return report
+
+
+def _figure(rows, results):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4), squeeze=False)
+    for ax, res in zip(axes[0], results, strict=True):
+        mine = [r for r in rows if r[0] == res["setting"]]
+        for kind, color in (("top", "C0"), ("random", "C1")):
+            pts = np.array([[r[5], r[4]] for r in mine if r[3] == kind]).reshape(-1, 2)
+            ax.scatter(pts[:, 0], pts[:, 1], s=10, color=color, label=f"{kind} removals")
+        lim = max(1e-12, np.abs(np.array([[r[4], r[5]] for r in mine])).max() * 1.1)
+        ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.5)
+        ax.set_xlabel("actual change in test loss (refit without j)")
+        ax.set_ylabel("predicted -I / n")
+        ax.set_title(f"{res['setting']}, kept {res['rank_kept']}/{res['size']}\n"
+                     f"Pearson {res['pearson']:.3f}, Spearman {res['spearman']:.3f}", fontsize=9)  # fmt: skip
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
