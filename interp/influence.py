@@ -88,6 +88,23 @@ def _inverse_norms(norms: torch.Tensor) -> torch.Tensor:
     return torch.where(norms > 0, 1.0 / norms.clamp_min(1e-300), torch.zeros_like(norms))
 
 
+def _normalised_right(g_test, g_train, inv, normalize: str, grad_norms):
+    """``(right, row scale of test rows, row scale of train rows, column scale)`` for :func:`blocked_product`:
+    ``right = (H + damping I)^+ G_train^T`` (or ``G_train^T`` for ``cosine``) and the norms that normalise."""
+    if normalize not in NORMALIZE:
+        raise InterpError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+    if normalize == "cosine":
+        right = g_train.T.to(inv.device if inv is not None else g_train.device, torch.float64)
+        n_test, n_train = grad_norms or (torch.linalg.vector_norm(g_test.to(torch.float64), dim=1),
+                                         torch.linalg.vector_norm(right, dim=0))  # fmt: skip
+        return right, _inverse_norms(n_test), _inverse_norms(n_train), _inverse_norms(n_train)
+    if inv is None:
+        raise InterpError(f"normalize={normalize!r} needs an inverse")
+    right = inv.apply(g_train.T)  # (P, n_train) = H^+ G_train^T, on the operator's device
+    col = _inverse_norms(torch.linalg.vector_norm(right, dim=0)) if normalize == "relatif" else None
+    return right, None, None, col
+
+
 def influence_pair(
     g_test: torch.Tensor,
     g_train: torch.Tensor,
@@ -114,20 +131,7 @@ def influence_pair(
     are reduced coordinates (the softmax head with dead features: see :mod:`interp.head`).
     Returns ``(test, train)``: CPU float64 tensors, or memmaps where ``out_*`` paths are given.
     """
-    if normalize not in NORMALIZE:
-        raise InterpError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
-    row_test = row_train = col = None
-    if normalize == "cosine":
-        right = g_train.T.to(torch.float64)
-        n_test, n_train = grad_norms or (torch.linalg.vector_norm(g_test.to(torch.float64), dim=1),
-                                         torch.linalg.vector_norm(right, dim=0))  # fmt: skip
-        row_test, row_train, col = _inverse_norms(n_test), _inverse_norms(n_train), _inverse_norms(n_train)
-    else:
-        if inv is None:
-            raise InterpError(f"normalize={normalize!r} needs an inverse")
-        right = inv.apply(g_train.T)  # (P, n_train) = H^+ G_train^T, on the operator's device
-        if normalize == "relatif":
-            col = _inverse_norms(torch.linalg.vector_norm(right, dim=0))
+    right, row_test, row_train, col = _normalised_right(g_test, g_train, inv, normalize, grad_norms)
     test = blocked_product(g_test, right, output_array((len(g_test), len(g_train)), out_test), block_size, progress,
                            "influence test", row_test, col)  # fmt: skip
     train = blocked_product(g_train, right, output_array((len(g_train), len(g_train)), out_train), block_size,
@@ -167,15 +171,7 @@ def influence_matrix(
     inv = h if isinstance(h, InverseOperator) else pseudo_inverse(h, rcond=rcond, damping=damping, method=method)
     if g_test.shape[1] != inv.size or g_train.shape[1] != inv.size:
         raise InterpError(f"gradients have {g_test.shape[1]} / {g_train.shape[1]} columns, the Hessian {inv.size}")
-    row = col = None
-    if normalize == "cosine":
-        right = g_train.T.to(inv.device, torch.float64)
-        row = _inverse_norms(torch.linalg.vector_norm(g_test.to(torch.float64), dim=1))
-        col = _inverse_norms(torch.linalg.vector_norm(right, dim=0))
-    else:
-        right = inv.apply(g_train.T)  # (P, n_train) = H^+ G_train^T, on the operator's device
-        if normalize == "relatif":
-            col = _inverse_norms(torch.linalg.vector_norm(right, dim=0))
+    right, row, _, col = _normalised_right(g_test, g_train, inv, normalize, None)
     return blocked_product(
         g_test, right, output_array((len(g_test), len(g_train)), out), block_size, progress, "influence", row, col
     )
