@@ -155,7 +155,7 @@ def _setting_value(name: str, item: str, words: tuple[str, ...], high: float | N
     return v.number(name, x, low=0, high=high, high_open=high is not None)
 
 
-def _load_run(cfg: InfluenceConfig):
+def load_run(cfg: InfluenceConfig):
     run = RunDir(cfg.run)
     if not Path(cfg.run).is_dir():
         raise UserError(f"--run {cfg.run} is not a directory; give a run directory from robust-transfer finetune")
@@ -203,7 +203,7 @@ def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
     """
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
-    settings, model, train, test, idx_train, idx_test = _load_run(cfg)
+    settings, model, train, test, idx_train, idx_test = load_run(cfg)
     model = model.to(device).eval()
     names = _param_names(model, cfg.params)
     out = InfluenceDir(cfg.out)

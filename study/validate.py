@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 import interp
 from interp.loo import leave_one_out, refit_head
-from study.influence import InfluenceConfig, _load_run
+from study.influence import InfluenceConfig, load_run
 from transfer import validation as v
 from transfer.errors import UserError
 from transfer.files import DirLock, atomic_write_csv, atomic_write_figure, atomic_write_json
@@ -53,7 +53,7 @@ class ValidateConfig:
 def validate_influence(cfg: ValidateConfig, progress: bool = True) -> dict:
     """Refit, predict, retrain; write ``validate.json``, ``validate.csv``, ``validate.png``; return the report."""
     icfg = InfluenceConfig(run=cfg.run, out=cfg.out, rcond=cfg.rcond, test=cfg.test, device=cfg.device)
-    settings, model, train, test, _, _ = _load_run(icfg)
+    settings, model, train, test, _, _ = load_run(icfg)
     lam = float(settings.get("weight_decay", 0.0))
     model = model.to(cfg.device).eval()
     head = model.model.fc
