@@ -287,7 +287,16 @@ def conjugate_gradient(
         active = rs > target  # converged columns stop moving
         hp = matvec(p) + damping * p
         require_finite(hp, "a Hessian-vector product")
-        alpha = torch.where(active, rs / (p * hp).sum(0).clamp_min(1e-300), torch.zeros_like(rs))
+        curvature = (p * hp).sum(0)
+        bad = active & (curvature <= 0)
+        if bool(bad.any()):
+            worst = float((curvature[bad] / (p[:, bad] * p[:, bad]).sum(0)).min())
+            raise InterpError(
+                f"H + damping I is not positive definite: curvature {worst:.3g} along a CG direction at iteration "
+                f"{it}; CG needs a positive definite system (a hidden layer's Hessian can be indefinite): raise "
+                "--damping above minus its most negative eigenvalue, or use a dense method (eigh)"
+            )
+        alpha = torch.where(active, rs / curvature.clamp_min(1e-300), torch.zeros_like(rs))
         x += alpha * p
         r -= alpha * hp
         rs_new = (r * r).sum(0)

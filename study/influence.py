@@ -274,7 +274,11 @@ def _write_settings(cfg, out: InfluenceDir, g_test, g_train, operators, grad_nor
                 "label": _setting_label(st),
                 "files": [f"{n}.npy" for n in names],
                 "rcond_name": st["rcond"] if isinstance(st["rcond"], str) else None,
-                "rcond_meaning": NAMED_RCOND.get(st["rcond"], "a number: that fraction of the largest eigenvalue"),
+                "rcond_meaning": (
+                    "no cut-off: conjugate gradient converges to the minimum-norm solution"
+                    if inv.method == "cg"
+                    else NAMED_RCOND.get(st["rcond"], "a number: that fraction of the largest eigenvalue")
+                ),
                 **{k: info.get(k) for k in ("method", "rcond", "damping", "cutoff", "rank_kept", "size", "n_dropped")},
                 "dropped_gradient_norm_share": share,
                 "inverse": info,
@@ -372,7 +376,7 @@ def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, de
                     progress=progress,
                 ),
             )  # fmt: skip
-            for st in cfg.settings()
+            for st in ({"rcond": "none", "damping": d} for d in cfg.dampings())
         ]
         path = "matrix-free conjugate gradient"
     else:

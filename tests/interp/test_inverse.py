@@ -134,3 +134,13 @@ def test_dead_features_are_removed_exactly_and_reported():
     damped = head_influence(z, z @ w.T, y, zt, zt @ w.T, yt, damping=0.1)
     ref_damped = -(g_te @ np.linalg.inv(h + 0.1 * np.eye(len(h))) @ g_tr.T)
     assert np.allclose(np.asarray(damped["test"]), ref_damped, rtol=1e-8, atol=1e-12)
+
+
+def test_conjugate_gradient_on_an_indefinite_system_says_so():
+    a = torch.diag(torch.tensor([2.0, 1.0, -0.5], dtype=torch.float64))
+    with pytest.raises(InterpError, match="not positive definite: curvature .* raise --damping"):
+        interp.conjugate_gradient(lambda v: a @ v, torch.ones(3, 2, dtype=torch.float64))
+    x, _, residual = interp.conjugate_gradient(lambda v: a @ v, torch.ones(3, 2, dtype=torch.float64), damping=1.0)
+    assert residual < 1e-10 and torch.allclose(
+        (a + torch.eye(3, dtype=torch.float64)) @ x, torch.ones(3, 2, dtype=torch.float64)
+    )
