@@ -78,11 +78,8 @@ def _class_match(args) -> None:
     png = Path(args.png or csv_path.with_suffix(".png"))
     atomic_write_csv(csv_path, *report.csv_rows())
     written = [csv_path, png]
-    described = {r.label: r.describe() for r in report.results}
     main_curves = {
-        f"{label} [{described[label]}]": per_target
-        for (label, setting), per_target in report.curves.items()
-        if setting == next(r for r in report.results if r.label == label).settings[0]["label"]
+        f"{r.label} [{r.describe()}]": report.curves[(r.label, r.settings[0]["label"])] for r in report.results
     }
     atomic_write_figure(png, class_match_figure(main_curves))
     if report.paired:

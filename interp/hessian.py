@@ -130,7 +130,7 @@ def hessian(
         copy = as_eval_copy(model, dtype, device)
         copy_head = find_linear(copy, list(selected))
         try:
-            z, logits, _ = head_features(copy, copy_head, _cast(loader, dtype), device=device, progress=progress)
+            z, logits, _ = head_features(copy, copy_head, loader, device=device, dtype=dtype, progress=progress)
         except InterpError:
             if method == "closed_form":
                 raise
@@ -142,11 +142,6 @@ def hessian(
             perm = folded_to_canonical(logits.shape[1], z.shape[1]).to(device)
             return h[perm][:, perm]
     return _func_hessian(model, loader, list(selected), loss_fn, dtype, device, progress, max_bytes)
-
-
-def _cast(loader: Iterable, dtype: torch.dtype):
-    for x, y in loader:
-        yield x.to(dtype), y
 
 
 # Working memory of torch.func.hessian (forward-over-reverse) per example, in units of

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,10 +24,18 @@ class ClassMatch:
     k: int
     n_rows: int
     rows: dict[str, np.ndarray] | None = None  # per-row indicators: top1, at_least_3_of_5, cumulative_k
+    _intervals: dict = field(default_factory=dict, repr=False, compare=False)
 
     def intervals(self, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict[str, tuple[float, float]]:
-        """Bootstrap intervals (percentile, over the rows) of top-1, >=3 of top 5 and the top-k cumulative rate."""
-        return {name: bootstrap_interval(v, level, n_boot, seed) for name, v in (self.rows or {}).items()}
+        """Bootstrap intervals (percentile, over the rows) of top-1, >=3 of top 5 and the top-k cumulative rate.
+
+        Computed once per ``(level, n_boot, seed)``: the CSV, the printout and the plots share them."""
+        key = (level, n_boot, seed)
+        if key not in self._intervals:
+            self._intervals[key] = {
+                name: bootstrap_interval(v, level, n_boot, seed) for name, v in (self.rows or {}).items()
+            }
+        return self._intervals[key]
 
 
 def most_helpful(influence: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:

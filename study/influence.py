@@ -12,7 +12,6 @@ disk space) before the directory is touched, and it is complete or refused by re
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader
 
 import interp
 import interp.head
+from interp.grads import as_eval_copy
 from interp.head import reduced_to_folded
 from interp.influence import NORMALIZE, NORMALIZE_HELP, influence_pair
 from interp.inverse import (
@@ -292,7 +292,7 @@ def _write_settings(cfg, out: InfluenceDir, g_test, g_train, operators, grad_nor
 def _head(cfg, model, train_loader, test_loader, out: InfluenceDir, device, progress) -> dict:
     dtype = getattr(torch, cfg.features_dtype)
     if dtype != torch.float32:
-        model = copy.deepcopy(model).to(dtype)  # the caller's model keeps its precision
+        model = as_eval_copy(model, dtype, device)  # the caller's model keeps its precision
     head = model.model.fc
     t = time.perf_counter()
     z_tr, logits_tr, y_tr = interp.head_features(

@@ -77,7 +77,8 @@ def validate_influence(cfg: ValidateConfig, progress: bool = True) -> dict:
         pairs = []
         for row, t in enumerate(tests):
             top = np.argsort(-np.abs(inf[row]), kind="stable")[: cfg.removals].tolist()
-            rest = [j for j in range(n) if j not in set(top)]
+            chosen = set(top)
+            rest = [j for j in range(n) if j not in chosen]
             pairs += [(row, t, j, "top") for j in top]
             pairs += [
                 (row, t, int(j), "random") for j in rng.choice(rest, size=min(cfg.random, len(rest)), replace=False)
