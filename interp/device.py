@@ -9,6 +9,8 @@ to the CPU first, so nothing calls ``.numpy()`` on a tensor it did not move itse
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from torch import nn
@@ -39,3 +41,20 @@ def to_device(
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     """A CPU numpy array of ``t`` (detached), wherever ``t`` lives."""
     return t.detach().cpu().numpy()
+
+
+@contextmanager
+def ieee_float32():
+    """Within it, float32 convolutions and matmuls on CUDA run in IEEE float32, not TF32.
+
+    PyTorch lets cuDNN convolutions use TF32 by default (10-bit mantissa): features computed on a GPU
+    then differ from the CPU's at about 1e-3 relative, which an influence matrix inherits. Every
+    ``interp`` function that runs a model for gradients or features uses this; the previous setting
+    is restored on exit. It changes nothing on the CPU.
+    """
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul

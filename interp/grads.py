@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
-from interp.device import resolve, to_device
+from interp.device import ieee_float32, resolve, to_device
 from interp.params import ParamSpec, fixed_tensors, select_params
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -32,6 +32,7 @@ def _functional_loss(model: nn.Module, names: list[str], loss_fn: Loss):
     return loss
 
 
+@ieee_float32()
 def per_example_grads(
     model: nn.Module,
     loader: Iterable,

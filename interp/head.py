@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from interp.device import resolve, to_device
+from interp.device import ieee_float32, resolve, to_device
 from interp.errors import InterpError, require_finite
 from interp.inverse import pseudo_inverse
 
@@ -135,7 +135,8 @@ def reduced_to_folded(h_r: torch.Tensor, q: torch.Tensor, live: torch.Tensor) ->
     ``H = (Q kron P) H_r (Q kron P)^T`` with ``P`` the embedding of the live features (and the bias).
     """
     c, d = q.shape[0], len(live)
-    cols = torch.cat([torch.nonzero(live).flatten(), torch.tensor([d])]).to(h_r.device)
+    live = live.to(h_r.device)
+    cols = torch.cat([torch.nonzero(live).flatten(), torch.tensor([d], device=h_r.device)])
     e = len(cols)
     h4 = torch.einsum("ak,kxly,bl->axby", q, h_r.view(c - 1, e, c - 1, e), q)
     part = torch.zeros(c, d + 1, c, e, dtype=h_r.dtype, device=h_r.device).index_copy_(1, cols, h4)
@@ -144,6 +145,7 @@ def reduced_to_folded(h_r: torch.Tensor, q: torch.Tensor, live: torch.Tensor) ->
 
 
 @torch.no_grad()
+@ieee_float32()
 def head_features(
     model: nn.Module,
     head: nn.Linear,

@@ -19,7 +19,7 @@ from torch.func import functional_call
 from torch.func import hessian as func_hessian
 from tqdm.auto import tqdm
 
-from interp.device import resolve, to_device
+from interp.device import ieee_float32, resolve, to_device
 from interp.errors import InterpError
 from interp.grads import Loss, as_eval_copy
 from interp.head import folded_to_canonical, head_features, linear_head_hessian
@@ -188,6 +188,7 @@ def hessian_batch_size(per_example: int, p: int, dtype: torch.dtype, limit: int)
     return int(room // per_example)
 
 
+@ieee_float32()
 def _func_hessian(model, loader, names, loss_fn, dtype, device, progress, max_bytes=None) -> torch.Tensor:
     """Sum of ``torch.func.hessian`` over batches re-cut to the size that fits in memory (see
     :func:`hessian_batch_size`): a loader's batch of 256 would otherwise need P x 256 copies of the

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from interp.device import resolve, to_device, to_numpy
+from interp.device import ieee_float32, resolve, to_device, to_numpy
 from interp.errors import InterpError, require_finite
 from interp.inverse import InverseOperator, pseudo_inverse
 
@@ -219,4 +219,9 @@ def hessian_vector_product(
         return torch.cat([hv[k].flatten() for k in names])
 
     batched = vmap(hvp_one, in_dims=1, out_dims=1)
-    return (lambda v: batched(v.to(dev, dtype))), sum(sizes)
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        with ieee_float32():
+            return batched(v.to(dev, dtype))
+
+    return matvec, sum(sizes)

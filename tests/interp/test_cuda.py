@@ -91,3 +91,14 @@ def test_featviz_and_saliency_run_on_cuda_and_leave_the_model_alone():
     x = torch.rand(2, 3, 28, 28, device="cuda")
     maps = interp.saliency_maps(model, x, torch.tensor([1, 2], device="cuda"), method="saliency")
     assert maps.shape == x.shape
+
+
+def test_features_on_cuda_are_ieee_float32_and_the_tf32_setting_is_restored():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 5), torch.nn.Flatten(), torch.nn.Linear(64 * 28 * 28, 10))
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    cpu = interp.head_features(model, model[2], [(x, y)])[0]
+    torch.backends.cudnn.allow_tf32 = True
+    gpu = interp.head_features(model.cuda(), model[2], [(x, y)])[0].cpu()
+    assert torch.backends.cudnn.allow_tf32 is True
+    assert torch.allclose(gpu, cpu, rtol=1e-5, atol=1e-5)
