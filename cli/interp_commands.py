@@ -23,6 +23,19 @@ def _influence(args) -> None:
             f"(tol {cg['tol']:g}); the influence values are approximate",
             file=sys.stderr,
         )
+    stat = meta.get("stationarity")
+    if stat and stat["refit"]:
+        fit = stat["refit"]
+        print(
+            f"head refitted to the optimum of the regularised objective: gradient norm {fit['grad_norm_before']:.2e} "
+            f"-> {fit['grad_norm']:.2e}, moved {fit['relative_move']:.1%} of its norm"
+        )
+    elif stat:
+        g = stat["grad_norm_used"]
+        print(
+            f"gradient norm of the regularised objective at the fine-tuned head: {g:.2e}"
+            + (" (not a stationary point, where influence assumes one: consider --refit-head)" if g > 1e-4 else "")
+        )
     for st in meta.get("settings", []):
         print(
             f"{st['label']:<32} kept {st['rank_kept']} of {st['size']} directions; the dropped ones carried "

@@ -29,6 +29,14 @@ def objective(w: torch.Tensor, b: torch.Tensor, z, y, lam: float, weights=None) 
     return losses.sum() / len(y) + lam / 2 * ((w**2).sum() + (b**2).sum())
 
 
+def gradient_norm(w: torch.Tensor, b: torch.Tensor, z, y, lam: float, weights=None) -> float:
+    """``||grad R(theta)||`` at ``theta = (w, b)`` in float64: zero at a stationary point, where influence applies."""
+    w = w.detach().to(torch.float64).requires_grad_(True)
+    b = b.detach().to(torch.float64).requires_grad_(True)
+    gw, gb = torch.autograd.grad(objective(w, b, z.to(torch.float64), y.to(z.device), lam, weights), (w, b))
+    return float(torch.sqrt((gw**2).sum() + (gb**2).sum()))
+
+
 def refit_head(
     z: torch.Tensor,
     y: torch.Tensor,
@@ -50,8 +58,7 @@ def refit_head(
     w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
 
     def grad_norm() -> float:
-        gw, gb = torch.autograd.grad(objective(w, b, z, y, lam, weights), (w, b))
-        return float(torch.sqrt((gw**2).sum() + (gb**2).sum()))
+        return gradient_norm(w, b, z, y, lam, weights)
 
     before = grad_norm()
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=500, tolerance_grad=tol / 10, tolerance_change=1e-16,

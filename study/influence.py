@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 import interp
 import interp.head
+from interp.device import to_numpy
 from interp.grads import as_eval_copy
 from interp.head import reduced_to_folded
 from interp.influence import NORMALIZE, NORMALIZE_HELP, influence_pair
@@ -34,6 +35,7 @@ from interp.inverse import (
     extreme_eigenvalues,
     spectral_inverse,
 )
+from interp.loo import gradient_norm, refit_head
 from study.influence_dir import InfluenceDir
 from transfer import validation as v
 from transfer.datasets import Subset, Transformed, load_raw_splits
@@ -75,7 +77,18 @@ class InfluenceConfig:
     )
     damping: str = field(
         default="0",
-        metadata={"help": "added to the Hessian's diagonal; a comma-separated list gives one matrix pair per value"},
+        metadata={
+            "help": "added to the Hessian's diagonal: a number, or wd (the run's weight decay, which makes H + damping "
+            "I the Hessian of the regularised objective); a comma-separated list gives one matrix pair per value"
+        },
+    )
+    refit_head: bool = field(
+        default=False,
+        metadata={
+            "help": "fc path: first move the head, on the run's frozen features, to the optimum of mean loss + "
+            "weight_decay/2 ||[W, b]||^2 (float64, L-BFGS), where influence's first-order model holds; meta.json "
+            "says how far it moved (without it, meta.json still reports how far from stationary the head is)"
+        },
     )
     normalize: str = field(
         default="none",
@@ -109,8 +122,14 @@ class InfluenceConfig:
         """The cut-offs asked for: ``paper``, ``exact`` or numbers in [0, 1), in the order given."""
         return [_setting_value("rcond", item, ("paper", "exact"), high=1) for item in _items("rcond", self.rcond)]
 
-    def dampings(self) -> list[float]:
-        return [_setting_value("damping", item, (), high=None) for item in _items("damping", self.damping)]
+    def dampings(self) -> list[float | str]:
+        """The dampings asked for: numbers >= 0, or ``wd`` (resolved by :func:`with_weight_decay`)."""
+        return [_setting_value("damping", item, ("wd",), high=None) for item in _items("damping", self.damping)]
+
+    def with_weight_decay(self, weight_decay: float) -> InfluenceConfig:
+        """This config with ``wd`` in ``--damping`` replaced by the run's weight decay."""
+        values = [weight_decay if d == "wd" else d for d in self.dampings()]
+        return dataclasses.replace(self, damping=",".join(repr(float(d)) for d in values))
 
     def settings(self) -> list[dict]:
         """Every (cut-off, damping) pair, the first being the directory's main matrices."""
@@ -126,6 +145,8 @@ class InfluenceConfig:
         rconds, dampings = self.rconds(), self.dampings()
         v.choice("method", self.method, (*METHODS, "cg"))
         v.choice("normalize", self.normalize, NORMALIZE)
+        if self.refit_head and (self.params != "fc" or self.method == "cg"):
+            raise UserError("--refit-head applies to the head alone (--params fc, not --method cg)")
         if self.method == "cg" and (len(rconds) > 1 or self.rcond not in ("paper", "exact")):
             raise UserError("--rcond does not apply to --method cg (it solves without a cut-off); drop it")
         if len(rconds) * len(dampings) > 20:
@@ -186,6 +207,16 @@ def load_run(cfg: InfluenceConfig):
     return settings, source.model, train, test, indices, idx_test
 
 
+def run_weight_decay(settings: dict) -> float:
+    """The weight decay a run was fine-tuned with (its L2 strength on every parameter, the head's bias too)."""
+    try:
+        return float(settings.get("weight_decay", 0.0))
+    except (TypeError, ValueError):
+        raise UserError(
+            f"the run's config.json holds a weight_decay that is not a number: {settings['weight_decay']!r}"
+        ) from None
+
+
 def output_bytes(n_train: int, n_test: int) -> int:
     """Bytes of the two float64 influence matrices and the label files, checked before anything is computed.
 
@@ -204,6 +235,7 @@ def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     settings, model, train, test, idx_train, idx_test = load_run(cfg)
+    cfg = cfg.with_weight_decay(run_weight_decay(settings))
     model = model.to(device).eval()
     names = _param_names(model, cfg.params)
     out = InfluenceDir(cfg.out)
@@ -237,7 +269,8 @@ def _compute(cfg, out: InfluenceDir, settings, model, names, train, test, device
         "timings": {},
     }
     if cfg.params == "fc" and cfg.method != "cg":
-        return meta | _head(cfg, model, loader(train), loader(test), out, device, progress)
+        lam = run_weight_decay(settings)
+        return meta | _head(cfg, model, loader(train), loader(test), out, device, lam, progress)
     return meta | _generic(cfg, model, names, loader(train), loader(test), out, device, progress)
 
 
@@ -289,7 +322,34 @@ def _write_settings(cfg, out: InfluenceDir, g_test, g_train, operators, grad_nor
     return written, first
 
 
-def _head(cfg, model, train_loader, test_loader, out: InfluenceDir, device, progress) -> dict:
+def _stationary_head(cfg, head, z_tr, logits_tr, y_tr, z_te, logits_te, lam: float, out: InfluenceDir):
+    """The head influence is computed at, its logits, and the meta entry that says how stationary it is.
+
+    Influence is a first-order model around a minimum of the training objective; a fine-tune stopped
+    after a few epochs is not at one. ``--refit-head`` moves the head there (frozen features).
+    """
+    z_tr, z_te = z_tr.double(), z_te.double()
+    w, b = head.weight.detach().double(), head.bias.detach().double()
+    entry = {
+        "objective": "mean cross-entropy + weight_decay/2 ||[W, b]||^2 on the run's frozen features (float64)",
+        "weight_decay_as_l2": lam,
+        "grad_norm_of_fine_tuned_head": gradient_norm(w, b, z_tr, y_tr, lam),
+        "refit": None,
+    }
+    if not cfg.refit_head:
+        entry["grad_norm_used"] = entry["grad_norm_of_fine_tuned_head"]
+        return logits_tr.double(), logits_te.double(), entry
+    w, b, fit = refit_head(z_tr, y_tr, w, b, lam)
+    out.save("head_refit_weight", to_numpy(w))
+    out.save("head_refit_bias", to_numpy(b))
+    entry |= {
+        "refit": fit | {"files": ["head_refit_weight.npy", "head_refit_bias.npy"]},
+        "grad_norm_used": fit["grad_norm"],
+    }
+    return z_tr @ w.T + b, z_te @ w.T + b, entry
+
+
+def _head(cfg, model, train_loader, test_loader, out: InfluenceDir, device, lam: float, progress) -> dict:
     dtype = getattr(torch, cfg.features_dtype)
     if dtype != torch.float32:
         model = as_eval_copy(model, dtype, device)  # the caller's model keeps its precision
@@ -302,10 +362,12 @@ def _head(cfg, model, train_loader, test_loader, out: InfluenceDir, device, prog
         model, head, test_loader, device=device, dtype=dtype, progress=progress, desc="test features"
     )
     features_s = time.perf_counter() - t
+    t = time.perf_counter()
+    logits_tr, logits_te, stationarity = _stationary_head(cfg, head, z_tr, logits_tr, y_tr, z_te, logits_te, lam, out)
+    stationarity_s = time.perf_counter() - t
     red = interp.head.reduce_head(
-        z_tr.double(), logits_tr.double(), y_tr, z_te.double(), logits_te.double(), y_te, device=device,
-        progress=progress,
-    )  # fmt: skip
+        z_tr.double(), logits_tr, y_tr, z_te.double(), logits_te, y_te, device=device, progress=progress
+    )
     t = time.perf_counter()
     written, inv = _write_settings(
         cfg, out, red.g_test, red.g_train, _inverses(red.hessian, cfg), red.grad_norms, progress
@@ -328,6 +390,7 @@ def _head(cfg, model, train_loader, test_loader, out: InfluenceDir, device, prog
         "path": "closed form on the softmax head, reduced to the complement of its exact null space",
         "device": str(device),
         "features_dtype": cfg.features_dtype,
+        "stationarity": stationarity,
         "normalize": cfg.normalize,
         "normalize_meaning": NORMALIZE_HELP[cfg.normalize],
         "settings": written,
@@ -347,6 +410,7 @@ def _head(cfg, model, train_loader, test_loader, out: InfluenceDir, device, prog
         ),
         "timings": {
             "features_s": features_s,
+            "stationarity_s": stationarity_s,
             "hessian_s": red.hessian_s,
             "influence_s": influence_s,
             "spectrum_s": spectrum_s,

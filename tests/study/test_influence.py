@@ -95,3 +95,44 @@ def test_leave_one_out_validation_on_a_refitted_head(finished_run, tmp_path):
     assert paper["rank_kept"] < paper["size"] and paper["pearson"] < exact["pearson"]
     for name in ("validate.json", "validate.csv", "validate.png"):
         assert (tmp_path / "val" / name).stat().st_size > 0
+
+
+def test_meta_says_how_far_from_stationary_the_fine_tuned_head_is(influence_out):
+    stat = json.loads((influence_out / "meta.json").read_text())["stationarity"]
+    assert stat["refit"] is None and stat["weight_decay_as_l2"] == 5e-4
+    assert stat["grad_norm_used"] == stat["grad_norm_of_fine_tuned_head"] > 1e-3  # 2 epochs: far from the optimum
+
+
+def test_refit_head_moves_to_the_optimum_and_influence_is_taken_there(finished_run, tmp_path):
+    import interp
+    from interp.loo import gradient_norm
+    from study.influence import load_run
+
+    out = tmp_path / "refit"
+    cfg = InfluenceConfig(
+        run=str(finished_run), out=str(out), test="20", rcond="exact", damping="wd", refit_head=True, device="cpu"
+    )
+    meta = run_influence(cfg, progress=False)
+    stat = meta["stationarity"]
+    assert stat["refit"]["grad_norm"] < 1e-6 < stat["refit"]["grad_norm_before"]
+    assert meta["settings"][0]["damping"] == 5e-4 and meta["settings"][0]["label"] == "rcond=exact damping=0.0005"
+    w, b = (torch.from_numpy(np.load(out / f"head_refit_{n}.npy")) for n in ("weight", "bias"))
+    # the same numbers from the API alone: features of the run, the refitted head, the exact inverse
+    _, model, train, test, _, _ = load_run(cfg)
+    head = model.model.fc
+    z_tr, _, y_tr = interp.head_features(model, head, [(torch.stack([x for x, _ in train]), torch.tensor(train.targets))])
+    z_te, _, y_te = interp.head_features(model, head, [(torch.stack([x for x, _ in test]), torch.tensor(test.targets))])
+    z_tr, z_te = z_tr.double(), z_te.double()
+    assert gradient_norm(w, b, z_tr, y_tr, 5e-4) < 1e-6
+    ref = interp.head_influence(z_tr, z_tr @ w.T + b, y_tr, z_te, z_te @ w.T + b, y_te, rcond="exact", damping=5e-4)
+    got = np.load(out / "influence_test.npy")
+    assert np.allclose(got, ref["test"].numpy(), rtol=1e-5, atol=1e-8 * np.abs(got).max())
+
+
+def test_refit_head_is_refused_off_the_head(finished_run, tmp_path):
+    import pytest
+
+    from transfer.errors import UserError
+
+    with pytest.raises(UserError, match="--refit-head applies to the head alone"):
+        InfluenceConfig(run=str(finished_run), out=str(tmp_path / "x"), params="layer3.1.bn2,fc", refit_head=True)
