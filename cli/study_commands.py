@@ -40,6 +40,16 @@ def _sweep(args) -> None:
         )
 
 
+def _influence_study(args) -> None:
+    from study.influence_study import InfluenceStudyConfig, run_influence_study
+
+    report = run_influence_study(dataclass_from_args(InfluenceStudyConfig, args), progress=not args.no_progress)
+    print(f"{report['cell']} over seeds {report['seeds']}:")
+    for line in report["reading"]:
+        print("  " + line)
+    print(f"wrote {report['out']}/study.json, study.csv, study.png (and one influence directory per run)")
+
+
 def _rows(sweep_dir: str) -> list[dict]:
     from study.sweep import SweepDir
 
@@ -99,6 +109,19 @@ def register(sub) -> None:
     p.add_argument("--plan-device", default="auto", help="--dry-run: device to measure the speed on")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_sweep, on_interrupt="the ledger is consistent; run the same command again to resume")
+
+    from study.influence_study import InfluenceStudyConfig
+
+    p = sub.add_parser(
+        "influence-study",
+        help="influence + class-match for every seed and source of one sweep cell; mean differences with intervals",
+    )
+    p.add_argument("sweep", help="sweep directory")
+    add_dataclass_arguments(p, InfluenceStudyConfig, exclude=("sweep",))
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(
+        func=_influence_study, on_interrupt="finished influence directories are kept; run it again to resume"
+    )
 
     common = _reading_options()
     p = sub.add_parser(

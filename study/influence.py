@@ -235,12 +235,13 @@ def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     settings, model, train, test, idx_train, idx_test = load_run(cfg)
+    requested = asdict(cfg)  # meta.json's "config" is what was asked for; its "settings" the values used
     cfg = cfg.with_weight_decay(run_weight_decay(settings))
     model = model.to(device).eval()
     names = _param_names(model, cfg.params)
     out = InfluenceDir(cfg.out)
     with out.writing(len(cfg.settings()) * output_bytes(len(train), len(test))):
-        meta = _compute(cfg, out, settings, model, names, train, test, device, progress)
+        meta = _compute(cfg, out, settings, model, names, train, test, device, progress) | {"config": requested}
         for name, arr in (("y_train", train.targets), ("y_test", test.targets), ("idx_train", idx_train),
                           ("idx_test", idx_test)):  # fmt: skip
             out.save(name, np.asarray(arr))

@@ -120,7 +120,9 @@ def test_refit_head_moves_to_the_optimum_and_influence_is_taken_there(finished_r
     # the same numbers from the API alone: features of the run, the refitted head, the exact inverse
     _, model, train, test, _, _ = load_run(cfg)
     head = model.model.fc
-    z_tr, _, y_tr = interp.head_features(model, head, [(torch.stack([x for x, _ in train]), torch.tensor(train.targets))])
+    z_tr, _, y_tr = interp.head_features(
+        model, head, [(torch.stack([x for x, _ in train]), torch.tensor(train.targets))]
+    )
     z_te, _, y_te = interp.head_features(model, head, [(torch.stack([x for x, _ in test]), torch.tensor(test.targets))])
     z_tr, z_te = z_tr.double(), z_te.double()
     assert gradient_norm(w, b, z_tr, y_tr, 5e-4) < 1e-6

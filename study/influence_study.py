@@ -1,0 +1,256 @@
+"""Influence over seeds: does the natural-vs-robust class-match difference survive the seed and the cut-off?
+
+One cell of a finished sweep (target, blocks, subset size) has one fine-tuned run per source and
+seed. For every such run this computes an ordinary influence directory (:mod:`study.influence`,
+same settings for all, skipped when a complete one with those settings exists, so a killed study
+resumes), the class-match rates per setting (:mod:`study.class_match`), and then, over seeds:
+
+    rate(source, setting)     mean over seeds, 95% Student-t interval (n - 1 degrees of freedom)
+    d_s = rate_s(robust) - rate_s(natural)   per seed s (same subset, same test images)
+    difference                mean of d_s with its 95% Student-t interval
+
+so that a conclusion never rests on one seed, and each cut-off shows whether it flips it. Python::
+
+    from study.influence_study import InfluenceStudyConfig, run_influence_study
+    report = run_influence_study(InfluenceStudyConfig(sweep="sweeps/cpu", size="400", blocks="1"))
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from study.class_match import class_match_report
+from study.grid import RunSpec
+from study.influence import InfluenceConfig, run_influence
+from study.influence_dir import InfluenceDir
+from study.summary import Interval, natural_source
+from transfer import validation as v
+from transfer.errors import UserError
+from transfer.files import DirLock, atomic_write_csv, atomic_write_figure, atomic_write_json
+
+STATISTICS = {"top1": "top-1", "at_least_3_of_5": ">= 3 of top 5"}
+# the influence settings a study fixes for every run; the rest are InfluenceConfig's defaults
+SHARED = ("params", "test", "rcond", "damping", "normalize", "refit_head", "features_dtype")
+
+
+@dataclass
+class InfluenceStudyConfig:
+    """Settings of ``robust-transfer influence-study``."""
+
+    sweep: str = field(metadata={"help": "sweep directory (robust-transfer sweep) holding the fine-tuned runs"})
+    size: str = field(metadata={"help": "subset size of the cell to study (a size of the grid, or all)"})
+    blocks: str = field(default="1", metadata={"help": "blocks setting of the cell"})
+    target: str | None = field(default=None, metadata={"help": "target of the cell (default: the grid's only one)"})
+    out: str | None = field(default=None, metadata={"help": "default: SWEEP/influence/<target>/b<blocks>/n<size>"})
+    natural: str | None = field(default=None, metadata={"help": "the natural source (default: the zoo's)"})
+    test: str = field(default="200", metadata={"help": "test images per run: all or N (the same ones for every run)"})
+    rcond: str = field(default="paper,1e-2,1e-3,exact", metadata={"help": "cut-offs, as influence --rcond"})
+    damping: str = field(default="0", metadata={"help": "dampings, as influence --damping (wd: the weight decay)"})
+    normalize: str = field(default="none", metadata={"help": "none, relatif or cosine, as influence --normalize"})
+    refit_head: bool = field(default=False, metadata={"help": "as influence --refit-head"})
+    features_dtype: str = field(default="float32", metadata={"help": "as influence --features-dtype"})
+    params: str = field(default="fc", metadata={"help": "as influence --params"})
+    k: int = field(default=100, metadata={"help": "ranks of the class-match curves"})
+    exclude_self: bool = field(default=True, metadata={"help": "train x train: leave each image's own entry out"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+
+    def __post_init__(self):
+        v.count_or_word("size", self.size, ("all",))
+        v.integer("k", self.k, low=1)
+        self.influence_config("run", "out")  # every influence setting checked before anything runs
+
+    def influence_config(self, run: str, out: str) -> InfluenceConfig:
+        return InfluenceConfig(run=run, out=out, device=self.device, **{k: getattr(self, k) for k in SHARED})
+
+
+def cell_runs(
+    rows: list[dict], sweep: str | Path, target: str | None, blocks: str, size: str
+) -> tuple[str, dict[str, dict[int, Path]]]:
+    """``(target, {source: {seed: run_dir}})`` of the done ledger rows in one cell; run directories
+    under ``sweep`` as it is named now (the sweep may have been moved since it ran)."""
+    targets = sorted({r["settings"]["target"] for r in rows})
+    if target is None:
+        if len(targets) != 1:
+            raise UserError(f"the sweep has targets {', '.join(targets) or '(none done)'}; pass --target")
+        target = targets[0]
+    runs: dict[str, dict[int, Path]] = {}
+    for r in rows:
+        s = r["settings"]
+        if s["target"] == target and str(s["blocks"]) == str(blocks) and str(s["subset"]) == str(size):
+            runs.setdefault(s["source"], {})[int(s["seed"])] = RunSpec(r["key"], s).run_dir(sweep)
+    if not runs:
+        raise UserError(f"no finished run in the sweep for target {target}, blocks {blocks}, size {size}")
+    return target, runs
+
+
+def _up_to_date(path: Path, cfg: InfluenceConfig) -> bool:
+    """A complete influence directory computed with the same shared settings (resume)."""
+    try:
+        meta = InfluenceDir(path).read().meta
+    except UserError:
+        return False
+    wanted = {k: getattr(cfg, k) for k in SHARED} | {"run": cfg.run}
+    return all(meta.get("config", {}).get(k) == val for k, val in wanted.items())
+
+
+def run_influence_study(cfg: InfluenceStudyConfig, progress: bool = True, rows: list[dict] | None = None) -> dict:
+    """Influence, class-match and the over-seed comparison of one sweep cell; writes ``study.json``,
+    ``study.csv`` and ``study.png`` under the output directory and returns the report."""
+    from study.sweep import SweepDir
+
+    if rows is None:
+        with SweepDir(cfg.sweep).open_ledger() as ledger:
+            rows = ledger.rows("done")
+    target, runs = cell_runs(rows, cfg.sweep, cfg.target, cfg.blocks, cfg.size)
+    natural = natural_source(sorted(runs), cfg.natural)
+    robust = [s for s in sorted(runs) if s != natural]
+    if not robust:
+        raise UserError(f"the cell holds only the natural source {natural}; nothing to compare it with")
+    out = Path(cfg.out or Path(cfg.sweep) / "influence" / target / f"b{cfg.blocks}" / f"n{cfg.size}")
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = sorted(set.intersection(*(set(runs[s]) for s in runs)))
+    if not seeds:
+        raise UserError(f"no seed has a finished run for every source of the cell ({', '.join(sorted(runs))})")
+    with DirLock(out, "--out"):
+        dirs = _influence_dirs(cfg, runs, seeds, out, progress)
+        rates = {}  # (source, seed) -> {setting label: {stat: rate}}
+        for (source, seed), path in tqdm(dirs.items(), desc="class match", disable=not progress):
+            report = class_match_report([str(path)], k=cfg.k, exclude_self=cfg.exclude_self)
+            res = report.results[0]
+            rates[(source, seed)] = {
+                st["label"]: {stat: float(report.curves[(res.label, st["label"])]["test"].rows[stat].mean())
+                              for stat in STATISTICS}
+                for st in res.settings
+            }  # fmt: skip
+        report = _compare(cfg, target, natural, robust, seeds, rates)
+        atomic_write_json(out / "study.json", report)
+        atomic_write_csv(out / "study.csv", *_csv(report))
+        atomic_write_figure(out / "study.png", study_figure(report))
+    report["out"] = str(out)
+    return report
+
+
+def _influence_dirs(cfg, runs, seeds, out: Path, progress: bool) -> dict[tuple[str, int], Path]:
+    dirs = {}
+    todo = [(source, seed) for source in sorted(runs) for seed in seeds]
+    for source, seed in tqdm(todo, desc="influence per run", disable=not progress):
+        path = out / source / f"s{seed}"
+        icfg = cfg.influence_config(str(runs[source][seed]), str(path))
+        if not _up_to_date(path, icfg):
+            run_influence(icfg, progress=False)
+        dirs[(source, seed)] = path
+    return dirs
+
+
+def _compare(cfg, target, natural, robust, seeds, rates) -> dict:
+    settings = list(rates[(natural, seeds[0])])
+    sources = [natural, *robust]
+    rate_rows, diff_rows = [], []
+    for setting in settings:
+        for stat in STATISTICS:
+            for source in sources:
+                values = [rates[(source, s)][setting][stat] for s in seeds]
+                rate_rows.append(_interval_row(Interval.of(values), source=source, setting=setting, statistic=stat,
+                                               per_seed=values))  # fmt: skip
+            for source in robust:
+                d = [rates[(source, s)][setting][stat] - rates[(natural, s)][setting][stat] for s in seeds]
+                diff_rows.append(_interval_row(Interval.of(d), robust=source, natural=natural, setting=setting,
+                                               statistic=stat, per_seed=d))  # fmt: skip
+    return {
+        "config": asdict(cfg),
+        "cell": {"target": target, "blocks": cfg.blocks, "size": cfg.size},
+        "natural": natural,
+        "robust": robust,
+        "seeds": seeds,
+        "settings": settings,
+        "rates": rate_rows,
+        "differences": diff_rows,
+        "method": "class-match of test images per run (k and exclude_self as configured); mean over seeds with a "
+        "95% Student-t interval; differences are per seed (same subset and test images), robust minus natural",
+        "reading": reading(diff_rows),
+    }
+
+
+def _interval_row(iv: Interval, **fields) -> dict:
+    return {**fields, "mean": iv.mean, "low": None if np.isnan(iv.low) else iv.low,
+            "high": None if np.isnan(iv.high) else iv.high, "n_seeds": iv.n}  # fmt: skip
+
+
+def reading(diff_rows: list[dict]) -> list[str]:
+    """One plain sentence per (robust source, statistic): what the seeds support at each setting."""
+    out = []
+    for robust in dict.fromkeys(r["robust"] for r in diff_rows):
+        for stat, name in STATISTICS.items():
+            parts = []
+            for r in (r for r in diff_rows if r["robust"] == robust and r["statistic"] == stat):
+                if r["low"] is None:
+                    verdict = "one seed, no interval"
+                elif r["low"] > 0:
+                    verdict = "robust higher"
+                elif r["high"] < 0:
+                    verdict = "natural higher"
+                else:
+                    verdict = "no difference the seeds support"
+                parts.append(f"{r['setting']}: {r['mean']:+.3f} ({verdict})")
+            out.append(f"{name} class match, {robust} minus {diff_rows[0]['natural']}: " + "; ".join(parts))
+    return out
+
+
+def _csv(report: dict) -> tuple[list[str], list[list]]:
+    header = ["kind", "source", "versus", "setting", "statistic", "mean", "low", "high", "n_seeds", "per_seed"]
+    rows = [["rate", r["source"], "", r["setting"], r["statistic"], r["mean"], r["low"], r["high"], r["n_seeds"],
+             " ".join(f"{x:.4f}" for x in r["per_seed"])] for r in report["rates"]]  # fmt: skip
+    rows += [["difference", r["robust"], r["natural"], r["setting"], r["statistic"], r["mean"], r["low"], r["high"],
+              r["n_seeds"], " ".join(f"{x:+.4f}" for x in r["per_seed"])] for r in report["differences"]]  # fmt: skip
+    return header, rows
+
+
+def study_figure(report: dict):
+    """Per statistic: the rates per source against the setting (mean over seeds, t interval), and the
+    robust-minus-natural difference with its interval and the seeds' own points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = report["settings"]
+    x = np.arange(len(settings))
+    fig, axes = plt.subplots(2, len(STATISTICS), figsize=(5.5 * len(STATISTICS), 7), squeeze=False)
+    for col, (stat, name) in enumerate(STATISTICS.items()):
+        ax = axes[0, col]
+        for source in [report["natural"], *report["robust"]]:
+            rows = [r for r in report["rates"] if r["source"] == source and r["statistic"] == stat]
+            _band(ax, x, rows, source)
+        ax.set_ylabel(f"{name} class match (test)")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{name}: mean over {len(report['seeds'])} seeds, 95% t interval", fontsize=9)
+        ax = axes[1, col]
+        for robust in report["robust"]:
+            rows = [r for r in report["differences"] if r["robust"] == robust and r["statistic"] == stat]
+            line = _band(ax, x, rows, f"{robust} - {report['natural']}")
+            for i, r in enumerate(rows):
+                ax.scatter(np.full(len(r["per_seed"]), i), r["per_seed"], s=8, color=line.get_color(), alpha=0.5)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_ylabel(f"difference in {name} class match")
+        ax.set_title("robust minus natural, per seed (dots) and mean", fontsize=9)
+        for a in axes[:, col]:
+            a.set_xticks(x, settings, rotation=25, ha="right", fontsize=7)
+            a.grid(alpha=0.3)
+            a.legend(fontsize=7)
+    cell = report["cell"]
+    fig.suptitle(f"{cell['target']}, blocks {cell['blocks']}, {cell['size']} images: class match vs influence setting",
+                 fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def _band(ax, x, rows, label):
+    mean = [r["mean"] for r in rows]
+    line = ax.plot(x, mean, marker="o", label=label)[0]
+    if all(r["low"] is not None for r in rows):
+        ax.fill_between(x, [r["low"] for r in rows], [r["high"] for r in rows], color=line.get_color(), alpha=0.2)
+    return line
