@@ -7,7 +7,7 @@ import errno
 import os
 import sys
 
-from cli import interp_commands, study_commands, transfer_commands, viz_commands
+from cli import demo, interp_commands, study_commands, transfer_commands, viz_commands
 
 PROG = "robust-transfer"
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     interp_commands.register(sub)
     viz_commands.register(sub)
     study_commands.register(sub)
+    demo.register(sub)
     return parser
 
 

@@ -1,0 +1,312 @@
+"""``robust-transfer demo``: the paper's story on the embedded data, as the commands a user would type.
+
+Each stage runs ordinary ``robust-transfer`` commands (``sweep``, ``summarize``, ``plot``,
+``influence-study``, ``class-match``, ``plot-influence``, ``validate-influence``, ``featviz``,
+``saliency``) in-process, logs their output under ``DIR/logs/`` and records the exact command
+lines; the report (:mod:`study.report`) is built from the files those commands wrote. A stage
+that finished is recorded in ``DIR/stages/<stage>.json`` and skipped when the demo is run again;
+an interrupted one is run again, and its commands resume what they had done (the sweep's ledger,
+the influence-study's complete directories).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transfer import validation as v
+from transfer.errors import UserError
+from transfer.files import atomic_write_json, atomic_write_text
+
+NATURAL, ROBUST = "mnist5k-natural", "mnist5k-l2"
+SEED0 = 20000000
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much the demo does: ``quick`` (under 3 minutes on 2 cores) or the full demo (under 10)."""
+
+    blocks: tuple[int, ...]
+    seeds: dict[int, int]  # subset size -> seeds
+    epochs: int
+    influence_size: int
+    rcond: str
+    test: int
+    removals: tuple[int, int, int]  # validate-influence: tests, most influential, random
+    featviz_iterations: int
+    expected_s: dict[str, float] = field(default_factory=dict)  # per stage, measured on 2 cores
+
+
+QUICK = Scale(blocks=(1,), seeds={100: 2, 400: 2}, epochs=8, influence_size=400, rcond="paper,1e-3,exact", test=100,
+              removals=(2, 5, 3), featviz_iterations=60,
+              expected_s={"transfer": 50, "tables": 8, "influence": 60, "features": 20, "report": 5})  # fmt: skip
+FULL = Scale(blocks=(0, 1, 3), seeds={100: 3, 400: 3}, epochs=10, influence_size=400, rcond="paper,1e-2,1e-3,1e-4,exact",
+             test=200, removals=(3, 10, 5), featviz_iterations=200,
+             expected_s={"transfer": 300, "tables": 15, "influence": 150, "features": 60, "report": 8})  # fmt: skip
+
+
+@dataclass
+class DemoConfig:
+    """Settings of ``robust-transfer demo``."""
+
+    out: str = field(default="demo", metadata={"help": "directory for everything the demo writes (re-run resumes)"})
+    quick: bool = field(default=False, metadata={"help": "the short version: fewer runs, seeds and settings"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+
+    def __post_init__(self):
+        v.device_name("device", self.device)
+
+    @property
+    def scale(self) -> Scale:
+        return QUICK if self.quick else FULL
+
+
+class Demo:
+    """The demo's directory, its command log and the stage records."""
+
+    def __init__(self, cfg: DemoConfig, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.root = Path(cfg.out)
+        self.commands: list[str] = []
+
+    def run(self, stage: str, *argv: str) -> None:
+        """One ``robust-transfer`` command, in-process, its output appended to ``logs/<stage>.log``."""
+        from cli.main import main
+
+        argv = [str(a) for a in argv]
+        line = "robust-transfer " + shlex.join(argv)
+        self.commands.append(line)
+        log = self.root / "logs" / f"{stage}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            print(f"$ {line}", flush=True)
+            code = main(argv)
+        if code != 0:
+            tail = log.read_text().strip().splitlines()[-1:]
+            raise UserError(f"demo stage {stage}: `{line}` failed ({tail[0] if tail else code}); see {log}")
+
+    def stage_file(self, name: str) -> Path:
+        return self.root / "stages" / f"{name}.json"
+
+
+def _say(text: str, progress: bool) -> None:
+    if progress:
+        print(text, file=sys.stderr, flush=True)
+
+
+def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
+    """Every stage in order (finished ones skipped), then ``results.json`` and ``report.html``."""
+    from transfer.device import resolve_device
+
+    device = str(resolve_device(cfg.device))
+    demo = Demo(cfg, progress)
+    demo.root.mkdir(parents=True, exist_ok=True)
+    scale = cfg.scale
+    stages = [("transfer", _transfer), ("tables", _tables), ("influence", _influence), ("features", _features)]
+    results, started = {}, time.perf_counter()
+    spent, expected_done = 0.0, 0.0
+    for i, (name, fn) in enumerate(stages, 1):
+        record = demo.stage_file(name)
+        if record.exists():
+            results[name] = json.loads(record.read_text())
+            demo.commands += results[name]["commands"]
+            _say(f"[demo {i}/{len(stages) + 1}] {name}: done earlier, kept", progress)
+            continue
+        left = sum(scale.expected_s[n] for n, _ in stages[i - 1 :]) + scale.expected_s["report"]
+        rate = spent / expected_done if expected_done else 1.0
+        _say(f"[demo {i}/{len(stages) + 1}] {name} (about {_minutes(left * rate)} left)", progress)
+        before, t = len(demo.commands), time.perf_counter()
+        out = fn(demo, scale, device)
+        seconds = time.perf_counter() - t
+        spent, expected_done = spent + seconds, expected_done + scale.expected_s[name]
+        results[name] = {**out, "seconds": seconds, "commands": demo.commands[before:]}
+        atomic_write_json(record, results[name])
+    _say(f"[demo {len(stages) + 1}/{len(stages) + 1}] report", progress)
+    t = time.perf_counter()
+    report = _report(demo, results, device, time.perf_counter() - started)
+    report["seconds"]["report"] = time.perf_counter() - t
+    return report
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def grid_text(scale: Scale, device: str) -> str:
+    """The sweep grid of the demo's transfer stage (TOML)."""
+    seeds = "\n".join(f"{size} = {n}" for size, n in scale.seeds.items())
+    return (
+        f'name = "demo"\nsources = ["{NATURAL}", "{ROBUST}"]\ntargets = ["digits"]\nblocks = {list(scale.blocks)}\n\n'
+        f"[seeds]\n{seeds}\n\n[finetune]\nepochs = {scale.epochs}\neval_every = {scale.epochs}\nsave_every = 0\n"
+        f'device = "{device}"\n'
+    )
+
+
+def _transfer(demo: Demo, scale: Scale, device: str) -> dict:
+    grid = demo.root / "grid.toml"
+    atomic_write_text(grid, grid_text(scale, device))
+    demo.run("transfer", "sweep", grid, "--out", demo.root / "sweep", "--no-progress")
+    return {"grid": grid.read_text()}
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _tables(demo: Demo, scale: Scale, device: str) -> dict:
+    sweep, summary, figures = demo.root / "sweep", demo.root / "summary", demo.root / "figures"
+    demo.run("tables", "summarize", sweep, "--out", summary)
+    shown = ["--figure", "accuracy", "--figure", "delta"] + (["--figure", "blocks"] if len(scale.blocks) > 1 else [])
+    demo.run("tables", "plot", sweep, "--out", figures, "--blocks", "1", *shown)
+    return {
+        "table5": _read_csv(summary / "table5.csv"),
+        "paired": _read_csv(summary / "paired.csv"),
+        "figures": sorted(str(p.relative_to(demo.root)) for p in figures.glob("*.png")),
+    }
+
+
+def _influence(demo: Demo, scale: Scale, device: str) -> dict:
+    from study.influence_study import cell_runs
+    from study.sweep import SweepDir
+
+    sweep, out = demo.root / "sweep", demo.root / "influence"
+    size = str(scale.influence_size)
+    demo.run("influence", "influence-study", sweep, "--size", size, "--blocks", "1", "--rcond", scale.rcond,
+             "--test", scale.test, "--k", 50, "--out", out, "--device", device, "--no-progress")  # fmt: skip
+    with SweepDir(sweep).open_ledger() as ledger:
+        _, runs = cell_runs(ledger.rows("done"), sweep, "digits", "1", size)
+    rob, nat = out / ROBUST / f"s{SEED0}", out / NATURAL / f"s{SEED0}"
+    demo.run("influence", "class-match", rob, nat, "--k", 50, "--exclude-self", "--csv", out / "class_match.csv")
+    demo.run("influence", "plot-influence", rob, nat, "--top", 6, "--png-dir", out)
+    tests, removals, random = scale.removals
+    validation = {}
+    for source in (ROBUST, NATURAL):
+        target = demo.root / "validate" / source
+        demo.run("influence", "validate-influence", "--run", runs[source][SEED0], "--out", target, "--tests", tests,
+                 "--removals", removals, "--random", random, "--rcond", "exact,paper", "--test", scale.test,
+                 "--device", device)  # fmt: skip
+        validation[source] = json.loads((target / "validate.json").read_text())
+    study = json.loads((out / "study.json").read_text())
+    return {
+        "study": {
+            k: study[k]
+            for k in ("cell", "natural", "robust", "seeds", "settings", "rates", "differences", "reading", "method")
+        },  # fmt: skip
+        "paired_seed0": _read_csv(out / "class_match_paired.csv"),
+        "validation": {s: {"refit": r["refit"], "settings": r["settings"]} for s, r in validation.items()},
+        "figures": [
+            str(p.relative_to(demo.root))
+            for p in (
+                out / "study.png",
+                out / "class_match.png",
+                out / "class_match_sensitivity.png",
+                out / "influence_heatmap.png",
+                *sorted(out.glob("influence_grid_*.png")),
+                *[demo.root / "validate" / s / "validate.png" for s in (ROBUST, NATURAL)],
+            )
+        ],  # fmt: skip
+    }
+
+
+def live_units(models: list[torch.nn.Module], images: torch.Tensor, count: int = 4) -> tuple[list[int], dict]:
+    """Units of the penultimate representation that fire on real images in every model: the ``count``
+    with the largest smallest-over-models mean activation. Returns them and the number of live units per model."""
+    import interp
+
+    means = []
+    for model in models:
+        head = model.model.fc
+        z, _, _ = interp.head_features(model, head, [(images, torch.zeros(len(images), dtype=torch.long))])
+        means.append(z.mean(0).cpu().numpy())
+    floor = np.min(np.stack(means), axis=0)
+    chosen = [int(i) for i in np.argsort(-floor, kind="stable")[:count] if floor[i] > 0]
+    if not chosen:
+        raise UserError("no unit of the penultimate representation fires on the images in every model")
+    return chosen, {"live_per_model": [int((m > 0).sum()) for m in means], "size": int(len(floor))}
+
+
+def _features(demo: Demo, scale: Scale, device: str) -> dict:
+    from transfer.datasets import Transformed, load_raw_splits
+    from transfer.transforms import build_transform
+    from transfer.zoo import load_source
+
+    loaded = [load_source(s) for s in (NATURAL, ROBUST)]
+    _, test = load_raw_splits("mnist5k")
+    data = Transformed(test, build_transform(loaded[0].input_size, train=False))
+    images = torch.stack([data[i][0] for i in range(256)])
+    units, live = live_units([m.model.eval() for m in loaded], images)
+    out = demo.root / "featviz"
+    demo.run("features", "featviz", "--model", NATURAL, "--model", ROBUST, "--features", ",".join(map(str, units)),
+             "--seeds", "noise:2", "--iterations", scale.featviz_iterations, "--out", out, "--device", device)  # fmt: skip
+    sal = demo.root / "saliency"
+    demo.run("features", "saliency", "--model", NATURAL, "--model", ROBUST, "--dataset", "mnist5k", "--images", 6,
+             "--out", sal, "--device", device)  # fmt: skip
+    sal_csv = sal / "saliency_saliency.csv"
+    return {
+        "units": units,
+        "units_live": live,
+        "featviz": _read_csv(out / "featviz.csv"),
+        "saliency": _read_csv(sal_csv),
+        "saliency_method": "saliency (gradient of the loss)",
+        "figures": [
+            str((out / "featviz.png").relative_to(demo.root)),
+            *[str(p.relative_to(demo.root)) for p in sorted(sal.glob("saliency_*.png"))],
+        ],  # fmt: skip
+    }
+
+
+def _report(demo: Demo, results: dict, device: str, total_s: float) -> dict:
+    from study.report import environment, readings, write_report
+
+    report = {
+        "config": asdict(demo.cfg),
+        "device": device,
+        "transfer_sources": [NATURAL, ROBUST],
+        "environment": environment(),
+        "commands": ["robust-transfer demo " + shlex.join(_demo_argv(demo.cfg)), *demo.commands],
+        "seconds": {name: r["seconds"] for name, r in results.items()} | {"total": total_s},
+        **{name: {k: val for k, val in r.items() if k not in ("seconds", "commands")} for name, r in results.items()},
+    }
+    report["readings"] = readings(report)
+    atomic_write_json(demo.root / "results.json", report)
+    write_report(report, demo.root)
+    return report
+
+
+def _demo_argv(cfg: DemoConfig) -> list[str]:
+    return [
+        "--out",
+        cfg.out,
+        *(["--quick"] if cfg.quick else []),
+        *(["--device", cfg.device] if cfg.device != "auto" else []),
+    ]
+
+
+def _demo(args) -> None:
+    from cli.dataclass_args import dataclass_from_args
+
+    report = run_demo(dataclass_from_args(DemoConfig, args), progress=not args.no_progress)
+    print(f"demo finished in {_minutes(report['seconds']['total'])}; open {Path(args.out) / 'report.html'}")
+    for line in report["readings"]:
+        print("  " + line)
+
+
+def register(sub) -> None:
+    from cli.dataclass_args import add_dataclass_arguments
+
+    p = sub.add_parser(
+        "demo", help="the paper's story on the embedded data, end to end, ending in report.html (--quick: ~3 min)"
+    )
+    add_dataclass_arguments(p, DemoConfig)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_demo, on_interrupt="finished stages are kept; run the same command again to resume")
