@@ -191,8 +191,39 @@ def render(report: dict, root: Path) -> str:
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")  # fmt: skip
 
 
+def markdown_summary(report: dict) -> str:
+    """The headline numbers as Markdown (the README's demo section is this file, copied)."""
+
+    def interval(r, low="ci_low", high="ci_high", scale=1.0, digits=1):
+        lo, hi = _num(r[low]), _num(r[high])
+        mean = _num(r["mean_diff" if "mean_diff" in r else "mean"]) * scale
+        return f"{mean:+.{digits}f}" + (
+            f" [{lo * scale:+.{digits}f}, {hi * scale:+.{digits}f}]" if lo is not None else ""
+        )
+
+    lines = ["| images | blocks | robust minus natural, accuracy points [95% CI] | seeds |", "|---|---|---|---|"]
+    lines += [f"| {r['n_train']} | {r['blocks']} | {interval(r)} | {r['pairs']} |" for r in report["tables"]["paired"]]
+    study = report["influence"]["study"]
+    lines += ["", f"| influence cut-off | top-1 class match, robust minus natural [95% CI], {len(study['seeds'])} seeds, "
+              f"{study['cell']['size']} images |", "|---|---|"]  # fmt: skip
+    lines += [f"| {r['setting']} | {interval(r, 'low', 'high', digits=3)} |" for r in study["differences"]
+              if r["statistic"] == "top1"]  # fmt: skip
+    validation = report["influence"]["validation"]
+    lines += [
+        "",
+        "| leave-one-out check (seed 0) | " + " | ".join(validation) + " |",
+        "|---|" + "---|" * len(validation),
+    ]
+    settings = [s["setting"] for s in next(iter(validation.values()))["settings"]]
+    for i, setting in enumerate(settings):
+        cells = " | ".join(f"Pearson {v['settings'][i]['pearson']:.3f}" for v in validation.values())
+        lines.append(f"| {setting} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(report: dict, root: Path) -> Path:
-    """Write ``root/report.html``; return its path."""
+    """Write ``root/report.html`` and ``root/summary.md``; return the page's path."""
     path = Path(root) / "report.html"
+    atomic_write_text(Path(root) / "summary.md", markdown_summary(report))
     atomic_write_text(path, render(report, Path(root)))
     return path

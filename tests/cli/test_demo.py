@@ -1,0 +1,109 @@
+"""robust-transfer demo --quick: the whole story end to end, its report in a real browser, and resuming."""
+
+import base64
+import csv
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+from cli.main import main
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    return out
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_demo_writes_the_report_from_the_commands_own_files(demo):
+    results = json.loads((demo / "results.json").read_text())
+    assert results["tables"]["table5"] == _csv(demo / "summary" / "table5.csv")
+    assert results["tables"]["paired"] == _csv(demo / "summary" / "paired.csv")
+    assert {r["source"] for r in results["tables"]["table5"]} == {"mnist5k-natural", "mnist5k-l2"}
+    study = json.loads((demo / "influence" / "study.json").read_text())
+    assert results["influence"]["study"]["differences"] == study["differences"]
+    assert len(study["seeds"]) == 2 and study["settings"][0].startswith("rcond=paper")
+    for source, val in results["influence"]["validation"].items():
+        assert val == {k: json.loads((demo / "validate" / source / "validate.json").read_text())[k]
+                       for k in ("refit", "settings")}  # fmt: skip
+    assert results["features"]["featviz"] == _csv(demo / "featviz" / "featviz.csv")
+    assert results["commands"][0].startswith("robust-transfer demo --out")
+    assert any(c.startswith("robust-transfer sweep ") for c in results["commands"])
+    assert any(c.startswith("robust-transfer influence-study ") for c in results["commands"])
+    assert results["readings"] and any("minus" in line for line in results["readings"])
+    page = (demo / "report.html").read_text()
+    # self-contained: every figure the stages list is embedded, nothing is fetched
+    figures = [p for stage in ("tables", "influence", "features") for p in results[stage]["figures"]]
+    assert len(figures) >= 10
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(embedded) == len(figures)
+    assert {base64.b64decode(e)[:8] for e in embedded} == {b"\x89PNG\r\n\x1a\n"}
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", page)
+    for line in results["readings"]:
+        assert line.replace("'", "&#x27;").replace(">", "&gt;") in page
+
+
+def test_a_rerun_keeps_finished_stages_and_redoes_the_missing_one(demo):
+    kept = {p.name: p.stat().st_mtime_ns for p in (demo / "stages").glob("*.json")}
+    assert set(kept) == {"transfer.json", "tables.json", "influence.json", "features.json"}
+    (demo / "stages" / "features.json").unlink()  # as if killed during the features stage
+    shutil.rmtree(demo / "featviz")
+    assert main(["demo", "--quick", "--out", str(demo), "--device", "cpu", "--no-progress"]) == 0
+    now = {p.name: p.stat().st_mtime_ns for p in (demo / "stages").glob("*.json")}
+    assert {k: now[k] for k in kept if k != "features.json"} == {k: v for k, v in kept.items() if k != "features.json"}
+    assert (demo / "featviz" / "featviz.png").exists() and "features.json" in now
+
+
+def _browser():
+    """A headless Chromium through Selenium, or a skip where the machine lacks one (CI requires it)."""
+    required = os.environ.get("REQUIRE_BROWSER") == "1"
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        if required:
+            raise
+        pytest.skip("selenium is not installed")
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver):
+        if required:
+            pytest.fail("REQUIRE_BROWSER=1 but chromium or chromedriver is missing")
+        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def test_the_report_renders_in_a_real_browser(demo):
+    browser = _browser()
+    try:
+        browser.get((demo / "report.html").resolve().as_uri())
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]);"
+        )
+        assert len(images) >= 10
+        assert all(complete and width > 0 for _, complete, width in images), images
+        rows = browser.execute_script(
+            "return Array.from(document.querySelectorAll('table')).map(t => t.querySelectorAll('tbody tr').length);"
+        )
+        assert rows and min(rows) > 0
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == []
+        height = browser.execute_script("return document.body.scrollHeight;")
+        browser.set_window_size(1200, min(height, 16000))
+        assert browser.save_screenshot(str(demo / "report.png"))
+        assert (demo / "report.png").stat().st_size > 10_000
+    finally:
+        browser.quit()
