@@ -27,7 +27,7 @@ from study.class_match import class_match_report
 from study.grid import RunSpec
 from study.influence import InfluenceConfig, run_influence
 from study.influence_dir import InfluenceDir
-from study.summary import Interval, natural_source
+from study.summary import Interval, natural_source, verdict
 from transfer import validation as v
 from transfer.errors import UserError
 from transfer.files import DirLock, atomic_write_csv, atomic_write_figure, atomic_write_json
@@ -187,15 +187,7 @@ def reading(diff_rows: list[dict]) -> list[str]:
         for stat, name in STATISTICS.items():
             parts = []
             for r in (r for r in diff_rows if r["robust"] == robust and r["statistic"] == stat):
-                if r["low"] is None:
-                    verdict = "one seed, no interval"
-                elif r["low"] > 0:
-                    verdict = "robust higher"
-                elif r["high"] < 0:
-                    verdict = "natural higher"
-                else:
-                    verdict = "no difference the seeds support"
-                parts.append(f"{r['setting']}: {r['mean']:+.3f} ({verdict})")
+                parts.append(f"{r['setting']}: {r['mean']:+.3f} ({verdict(r['low'], r['high'])})")
             out.append(f"{name} class match, {robust} minus {diff_rows[0]['natural']}: " + "; ".join(parts))
     return out
 

@@ -15,6 +15,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from study.summary import verdict
 from transfer.files import atomic_write_text
 
 PACKAGES = ("robust-transfer", "torch", "torchvision", "numpy", "scipy", "matplotlib", "captum", "mlxtend")
@@ -29,16 +30,6 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions}
-
-
-def _verdict(mean: float, low: float | None, high: float | None) -> str:
-    if low is None or high is None or math.isnan(low):
-        return "one seed only, no interval"
-    if low > 0:
-        return "robust higher, the interval excludes zero"
-    if high < 0:
-        return "natural higher, the interval excludes zero"
-    return "the seeds cannot tell them apart"
 
 
 def _num(text) -> float | None:
@@ -57,7 +48,7 @@ def transfer_readings(paired: list[dict]) -> list[str]:
         interval = f" [{low:+.1f}, {high:+.1f}]" if low is not None and high is not None else ""
         out.append(
             f"Transfer to {r['target']}, {r['n_train']} images, {r['blocks']} block(s) unfrozen: {r['source']} minus "
-            f"{r['minus']} = {mean:+.1f} accuracy points{interval} over {r['pairs']} seeds ({_verdict(mean, low, high)})."
+            f"{r['minus']} = {mean:+.1f} accuracy points{interval} over {r['pairs']} seeds ({verdict(low, high)})."
         )
     return out
 

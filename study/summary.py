@@ -60,6 +60,23 @@ class Interval:
         return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
+def verdict(low: float | None, high: float | None) -> str:
+    """What a 95% interval of per-seed robust-minus-natural differences supports, in words.
+
+    A zero-width interval (every seed gave the same difference, which happens with few seeds and
+    accuracies counted on a few hundred images) is said to be one, not read as excluding zero.
+    """
+    if low is None or high is None or math.isnan(low):
+        return "one seed only, no interval"
+    if high - low <= 1e-9 * max(1.0, abs(high)):
+        return "every seed gave the same difference, a zero-width interval: too few seeds to judge"
+    if low > 0:
+        return "robust higher, the interval excludes zero"
+    if high < 0:
+        return "natural higher, the interval excludes zero"
+    return "the seeds cannot tell them apart"
+
+
 def accuracies(rows: list[dict], which: str = "final") -> dict[tuple, dict[int, float]]:
     """``(target, n_train, blocks, source) -> {seed: accuracy in %}`` from done ledger rows."""
     if which not in ACCURACIES:

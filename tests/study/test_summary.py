@@ -3,7 +3,15 @@ import math
 import pytest
 from scipy import stats
 
-from study.summary import Interval, accuracies, compare_with_paper, paired_differences, table5, write_summary
+from study.summary import (
+    Interval,
+    accuracies,
+    compare_with_paper,
+    paired_differences,
+    table5,
+    verdict,
+    write_summary,
+)
 
 
 def _row(source, seed, acc, target="cifar10", n=100, blocks="3", best=None):
@@ -51,6 +59,19 @@ def test_best_epoch_accuracy_is_a_choice():
 def test_one_seed_has_no_interval():
     iv = Interval.of([71.0])
     assert iv.n == 1 and math.isnan(iv.low) and iv.text() == "71.00 (n=1)"
+
+
+def test_the_verdict_reads_the_interval_and_flags_a_zero_width_one():
+    # seen in a quick demo: both seeds gave +12.2 points (44 more of 360 test images right), so the
+    # t interval was [+12.2, +12.2]; that is not an interval excluding zero
+    same = Interval.of([100 * 44 / 360, 100 * 44 / 360])
+    assert same.low == pytest.approx(same.high)
+    assert verdict(same.low, same.high).startswith("every seed gave the same difference")
+    assert verdict(1.0, 3.0) == "robust higher, the interval excludes zero"
+    assert verdict(-3.0, -1.0) == "natural higher, the interval excludes zero"
+    assert verdict(-1.0, 3.0) == "the seeds cannot tell them apart"
+    one = Interval.of([5.0])
+    assert verdict(one.low, one.high) == verdict(None, None) == "one seed only, no interval"
 
 
 def test_comparison_with_the_papers_table_5():
