@@ -163,6 +163,16 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _columns(**paths: Path) -> dict[str, list[str]]:
+    """Each CSV's header, so the report shows the columns in the commands' order (the stage records
+    are JSON with sorted keys)."""
+    out = {}
+    for name, path in paths.items():
+        with open(path, newline="") as f:
+            out[name] = next(csv.reader(f))
+    return out
+
+
 def _tables(demo: Demo, scale: Scale, device: str) -> dict:
     sweep, summary, figures = demo.root / "sweep", demo.root / "summary", demo.root / "figures"
     demo.run("tables", "summarize", sweep, "--out", summary)
@@ -171,6 +181,7 @@ def _tables(demo: Demo, scale: Scale, device: str) -> dict:
     return {
         "table5": _read_csv(summary / "table5.csv"),
         "paired": _read_csv(summary / "paired.csv"),
+        "columns": _columns(table5=summary / "table5.csv", paired=summary / "paired.csv"),
         "figures": sorted(str(p.relative_to(demo.root)) for p in figures.glob("*.png")),
     }
 
@@ -203,6 +214,7 @@ def _influence(demo: Demo, scale: Scale, device: str) -> dict:
             for k in ("cell", "natural", "robust", "seeds", "settings", "rates", "differences", "reading", "method")
         },  # fmt: skip
         "paired_seed0": _read_csv(out / "class_match_paired.csv"),
+        "columns": _columns(paired_seed0=out / "class_match_paired.csv"),
         "validation": {s: {"refit": r["refit"], "settings": r["settings"]} for s, r in validation.items()},
         "figures": [
             str(p.relative_to(demo.root))
@@ -257,6 +269,7 @@ def _features(demo: Demo, scale: Scale, device: str) -> dict:
         "units_live": live,
         "featviz": _read_csv(out / "featviz.csv"),
         "saliency": _read_csv(sal_csv),
+        "columns": _columns(featviz=out / "featviz.csv", saliency=sal_csv),
         "saliency_method": "saliency (gradient of the loss)",
         "figures": [
             str((out / "featviz.png").relative_to(demo.root)),

@@ -7,6 +7,8 @@
 * ``constraints`` (Fig. 5): every source side by side, one panel per target.
 
 Subset sizes are on a log axis; "all" is placed at the target's full training-set size.
+Accuracy bands are shaded within 0-100% (a t interval over two or three seeds can pass 100%); the
+tables of ``summarize`` keep the unclipped numbers.
 """
 
 from __future__ import annotations
@@ -28,13 +30,18 @@ from transfer.files import atomic_write_figure  # noqa: E402
 
 FIGURES = ("accuracy", "delta", "epochs", "blocks", "constraints")
 STYLES = ("-", "--", ":", "-.")
+ACCURACY_RANGE = (0.0, 100.0)  # accuracy bands are shaded within it
 
 
-def _band(ax, xs, ivs: list[Interval], label: str, color, style="-") -> None:
+def _band(ax, xs, ivs: list[Interval], label: str, color, style="-", clip: tuple[float, float] | None = None) -> None:
+    """Mean line and shaded interval; ``clip`` bounds the shading to what the quantity can take (a t
+    interval of accuracies over two or three seeds can pass 100%; the tables keep the unclipped numbers)."""
     means = [iv.mean for iv in ivs]
     ax.plot(xs, means, style, color=color, label=label, marker="o", ms=3)
     lows = [iv.low if not math.isnan(iv.low) else iv.mean for iv in ivs]
     highs = [iv.high if not math.isnan(iv.high) else iv.mean for iv in ivs]
+    if clip is not None:
+        lows, highs = [max(clip[0], x) for x in lows], [min(clip[1], x) for x in highs]
     ax.fill_between(xs, lows, highs, color=color, alpha=0.18, linewidth=0)
 
 
@@ -60,7 +67,9 @@ def _series(table: dict, target: str, blocks: str, source: str):
 def _size_axis(ax, ylabel: str) -> None:
     """A log axis of subset sizes, ticked at the sizes that were run and labelled in plain numbers."""
     ax.set_xscale("log")
-    sizes = sorted({float(x) for line in ax.get_lines() for x in line.get_xdata()})
+    # data lines only: a reference line (axhline) spans the axes in axes coordinates, x in [0, 1]
+    sizes = sorted({float(x) for line in ax.get_lines() if line.get_transform() == ax.transData
+                    for x in line.get_xdata()})  # fmt: skip
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xticks(sizes, [f"{int(x):,}" for x in sizes])
     ax.set_xlabel("training images")
@@ -79,7 +88,7 @@ def accuracy_figure(rows, which="final", blocks=None, **_):
         for i, s in enumerate(sources):
             xs, ivs = _series(table, t, b, s)
             if xs:
-                _band(ax, xs, ivs, f"{t}, {s}", colour[t], STYLES[i % len(STYLES)])
+                _band(ax, xs, ivs, f"{t}, {s}", colour[t], STYLES[i % len(STYLES)], clip=ACCURACY_RANGE)
     _size_axis(ax, "test accuracy (%)")
     ax.set_title(f"Test accuracy, {b} fine-tuned blocks (mean, 95% CI over seeds; {which} epoch)")
     ax.legend(fontsize=7, ncol=2)
@@ -144,7 +153,7 @@ def epochs_figure(rows, which="final", blocks=None, natural=None, size=None, **_
             epochs = sorted(set.intersection(*(set(c) for c in runs.values()))) if runs else []
             if epochs:
                 _band(ax, epochs, [Interval.of([c[e] for c in runs.values()]) for e in epochs], f"{t}, {s}", colour[t],
-                      STYLES[i % len(STYLES)])  # fmt: skip
+                      STYLES[i % len(STYLES)], clip=ACCURACY_RANGE)  # fmt: skip
             if s == nat or not runs:
                 continue
             base = curves.get((t, nat), {})
@@ -178,7 +187,7 @@ def blocks_figure(rows, which="final", source=None, **_):
         for i, b in enumerate(block_values):
             xs, ivs = _series(table, t, b, src)
             if xs:
-                _band(ax, xs, ivs, f"{t}, {b} blocks", colour[t], STYLES[i % len(STYLES)])
+                _band(ax, xs, ivs, f"{t}, {b} blocks", colour[t], STYLES[i % len(STYLES)], clip=ACCURACY_RANGE)
     hi, lo = ("3", "1") if {"1", "3"} <= set(block_values) else (block_values[-1], block_values[0])
     for t in targets:
         deltas = {}
@@ -219,7 +228,7 @@ def constraints_figure(rows, which="final", blocks=None, **_):
         for i, s in enumerate(sources):
             xs, ivs = _series(table, t, b, s)
             if xs:
-                _band(ax, xs, ivs, s, cmap(i % 10))
+                _band(ax, xs, ivs, s, cmap(i % 10), clip=ACCURACY_RANGE)
         _size_axis(ax, "test accuracy (%)")
         ax.set_title(f"{t}, {b} blocks", fontsize=9)
         ax.legend(fontsize=7)

@@ -98,6 +98,11 @@ def _table(rows: list[dict], columns: list[str] | None = None, caption: str = ""
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _cols(section: dict, name: str) -> list[str] | None:
+    """The columns of table ``name`` in its CSV's order, where the stage recorded them."""
+    return section.get("columns", {}).get(name)
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.4g}"
@@ -144,8 +149,16 @@ def render(report: dict, root: Path) -> str:
         _section("What the numbers say", _paragraphs(report["readings"])),
         _section(
             "Transfer accuracy (Table 5 and Figures 2-3 analogues)",
-            _table(t["table5"], caption="accuracy % after the last epoch, mean and 95% Student-t interval over seeds"),
-            _table(t["paired"], caption="paired per-seed differences, robust minus natural (accuracy points)"),
+            _table(
+                t["table5"],
+                _cols(t, "table5"),
+                caption="accuracy % after the last epoch, mean and 95% Student-t interval over seeds",
+            ),
+            _table(
+                t["paired"],
+                _cols(t, "paired"),
+                caption="paired per-seed differences, robust minus natural (accuracy points)",
+            ),
             fig(t["figures"]),
         ),  # fmt: skip
         _section(
@@ -156,7 +169,11 @@ def render(report: dict, root: Path) -> str:
                 "cut-off, mean over seeds with 95% t interval",
             ),
             _table(diffs, caption="robust minus natural class match per cut-off, per-seed differences"),
-            _table(inf["paired_seed0"], caption="seed 0 only: paired bootstrap over test images"),
+            _table(
+                inf["paired_seed0"],
+                _cols(inf, "paired_seed0"),
+                caption="seed 0 only: paired bootstrap over test images",
+            ),
             _table(validation, caption="leave-one-out validation at the refitted head"),
             fig(inf["figures"]),
         ),  # fmt: skip
@@ -164,8 +181,8 @@ def render(report: dict, root: Path) -> str:
             "Feature visualisation and saliency (Figure 1 analogue)",
             f"<p>Units {feats['units']} of the {feats['units_live']['size']}-unit penultimate layer: those firing "
             f"most on real images in both models (live units per model: {feats['units_live']['live_per_model']}).</p>",
-            _table(feats["featviz"], caption="feature visualisation from noise seeds"),
-            _table(feats["saliency"], caption=f"saliency maps: {feats['saliency_method']}"),
+            _table(feats["featviz"], _cols(feats, "featviz"), caption="feature visualisation from noise seeds"),
+            _table(feats["saliency"], _cols(feats, "saliency"), caption=f"saliency maps: {feats['saliency_method']}"),
             fig(feats["figures"]),
         ),  # fmt: skip
         _section(

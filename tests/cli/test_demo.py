@@ -50,6 +50,10 @@ def test_the_demo_writes_the_report_from_the_commands_own_files(demo):
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", page)
     for line in results["readings"]:
         assert line.replace("'", "&#x27;").replace(">", "&gt;") in page
+    # the tables keep their CSVs' column order (the stage records are JSON with sorted keys)
+    with open(demo / "summary" / "table5.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert "<thead><tr>" + "".join(f"<th>{c}</th>" for c in header) + "</tr></thead>" in page
 
 
 def test_a_rerun_keeps_finished_stages_and_redoes_the_missing_one(demo):

@@ -1,0 +1,58 @@
+"""study.figures: the paper's Figures 2-5 drawn from ledger rows."""
+
+import matplotlib.collections
+import numpy as np
+import pytest
+
+from study.figures import accuracy_figure, blocks_figure, delta_figure, draw
+from transfer.errors import UserError
+
+
+def _row(source, seed, acc, n, blocks="1"):
+    return {"settings": {"source": source, "target": "digits", "blocks": blocks, "seed": seed}, "n_train": n,
+            "final_acc": acc, "best_acc": acc}  # fmt: skip
+
+
+# two seeds whose accuracies differ a lot: the 95% t interval (t = 12.7 with one degree of freedom) passes 100%
+ROWS = [
+    _row(source, seed, acc, n, blocks)
+    for blocks in ("1", "3")
+    for source, accs in (("mnist5k-natural", (0.30, 0.28, 0.70, 0.76)), ("mnist5k-l2", (0.42, 0.40, 0.82, 0.89)))
+    for seed, (a100, a400) in zip((20_000_000, 20_100_000), ((accs[0], accs[2]), (accs[1], accs[3])), strict=True)
+    for n, acc in ((100, a100), (400, a400))
+]
+
+
+def _bands(ax):
+    return [c for c in ax.collections if isinstance(c, matplotlib.collections.PolyCollection)]
+
+
+def test_the_delta_figure_is_ticked_at_the_subset_sizes():
+    # the zero line (axhline, x in axes coordinates 0..1) once entered the size ticks and broke the log axis
+    fig = delta_figure(ROWS, blocks="1")
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) == [100.0, 400.0]
+    assert 0 < ax.get_xlim()[0] < 100 and ax.get_xlim()[1] > 400
+    ys = np.concatenate([line.get_ydata() for line in ax.get_lines()[:1]])
+    assert np.allclose(ys, [12.0, 12.5])  # mean of (12, 12) and (12, 13) points, robust minus natural
+    assert _bands(ax), "the interval is shaded"
+
+
+def test_accuracy_bands_are_shaded_within_0_and_100_percent():
+    for fig in (accuracy_figure(ROWS, blocks="1"), blocks_figure(ROWS)):
+        ax = fig.axes[0]
+        assert list(ax.get_xticks()) == [100.0, 400.0]
+        for band in _bands(ax):
+            ys = np.concatenate([path.vertices[:, 1] for path in band.get_paths()])
+            assert ys.min() >= 0.0 and ys.max() <= 100.0
+        # without clipping the natural source's band at 400 images would reach 73 + 12.7 * 3 = 111%
+        assert max(v.vertices[:, 1].max() for b in _bands(ax) for v in b.get_paths()) == pytest.approx(100.0)
+
+
+def test_draw_refuses_unknown_figures_and_empty_sweeps(tmp_path):
+    with pytest.raises(UserError, match="--figure"):
+        draw(ROWS, "nonsense", tmp_path)
+    with pytest.raises(UserError, match="no finished run"):
+        draw([], "accuracy", tmp_path)
+    paths = draw(ROWS, "delta", tmp_path, blocks="3")
+    assert all(p.stat().st_size > 0 for p in paths)
