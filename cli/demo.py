@@ -158,18 +158,15 @@ def _transfer(demo: Demo, scale: Scale, device: str) -> dict:
     return {"grid": grid.read_text()}
 
 
-def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _columns(**paths: Path) -> dict[str, list[str]]:
-    """Each CSV's header, so the report shows the columns in the commands' order (the stage records
-    are JSON with sorted keys)."""
-    out = {}
+def _read_tables(**paths: Path) -> dict:
+    """Each CSV's rows under its name, and its header under ``columns`` (the stage records are JSON with
+    sorted keys, so the report takes the commands' column order from there)."""
+    out: dict = {"columns": {}}
     for name, path in paths.items():
         with open(path, newline="") as f:
-            out[name] = next(csv.reader(f))
+            reader = csv.DictReader(f)
+            out[name] = list(reader)
+            out["columns"][name] = list(reader.fieldnames or [])
     return out
 
 
@@ -179,9 +176,7 @@ def _tables(demo: Demo, scale: Scale, device: str) -> dict:
     shown = ["--figure", "accuracy", "--figure", "delta"] + (["--figure", "blocks"] if len(scale.blocks) > 1 else [])
     demo.run("tables", "plot", sweep, "--out", figures, "--blocks", "1", *shown)
     return {
-        "table5": _read_csv(summary / "table5.csv"),
-        "paired": _read_csv(summary / "paired.csv"),
-        "columns": _columns(table5=summary / "table5.csv", paired=summary / "paired.csv"),
+        **_read_tables(table5=summary / "table5.csv", paired=summary / "paired.csv"),
         "figures": sorted(str(p.relative_to(demo.root)) for p in figures.glob("*.png")),
     }
 
@@ -213,8 +208,7 @@ def _influence(demo: Demo, scale: Scale, device: str) -> dict:
             k: study[k]
             for k in ("cell", "natural", "robust", "seeds", "settings", "rates", "differences", "reading", "method")
         },  # fmt: skip
-        "paired_seed0": _read_csv(out / "class_match_paired.csv"),
-        "columns": _columns(paired_seed0=out / "class_match_paired.csv"),
+        **_read_tables(paired_seed0=out / "class_match_paired.csv"),
         "validation": {s: {"refit": r["refit"], "settings": r["settings"]} for s, r in validation.items()},
         "figures": [
             str(p.relative_to(demo.root))
@@ -263,13 +257,10 @@ def _features(demo: Demo, scale: Scale, device: str) -> dict:
     sal = demo.root / "saliency"
     demo.run("features", "saliency", "--model", NATURAL, "--model", ROBUST, "--dataset", "mnist5k", "--images", 6,
              "--out", sal, "--device", device)  # fmt: skip
-    sal_csv = sal / "saliency_saliency.csv"
     return {
         "units": units,
         "units_live": live,
-        "featviz": _read_csv(out / "featviz.csv"),
-        "saliency": _read_csv(sal_csv),
-        "columns": _columns(featviz=out / "featviz.csv", saliency=sal_csv),
+        **_read_tables(featviz=out / "featviz.csv", saliency=sal / "saliency_saliency.csv"),
         "saliency_method": "saliency (gradient of the loss)",
         "figures": [
             str((out / "featviz.png").relative_to(demo.root)),

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 import interp
 from interp.loo import leave_one_out, refit_head
-from study.influence import InfluenceConfig, load_run
+from study.influence import InfluenceConfig, load_run, run_weight_decay
 from transfer import validation as v
 from transfer.errors import UserError
 from transfer.files import DirLock, atomic_write_csv, atomic_write_figure, atomic_write_json
@@ -54,7 +54,7 @@ def validate_influence(cfg: ValidateConfig, progress: bool = True) -> dict:
     """Refit, predict, retrain; write ``validate.json``, ``validate.csv``, ``validate.png``; return the report."""
     icfg = InfluenceConfig(run=cfg.run, out=cfg.out, rcond=cfg.rcond, test=cfg.test, device=cfg.device)
     settings, model, train, test, _, _ = load_run(icfg)
-    lam = float(settings.get("weight_decay", 0.0))
+    lam = run_weight_decay(settings)
     model = model.to(cfg.device).eval()
     head = model.model.fc
     z_tr, _, y_tr = interp.head_features(model, head, DataLoader(train, batch_size=256), progress=progress)
