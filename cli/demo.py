@@ -25,7 +25,7 @@ import torch
 
 from transfer import validation as v
 from transfer.errors import UserError
-from transfer.files import atomic_write_json, atomic_write_text
+from transfer.files import OutputDir, atomic_write_json, atomic_write_text, name_patterns
 
 NATURAL, ROBUST = "mnist5k-natural", "mnist5k-l2"
 SEED0 = 20000000
@@ -70,20 +70,31 @@ class DemoConfig:
         return QUICK if self.quick else FULL
 
 
+# what the demo's directory holds; anything else there is a user's file and the directory is refused
+DEMO_FILES = ("grid.toml", "sweep", "summary", "figures", "influence", "validate", "featviz", "saliency", "logs",
+              "stages", "results.json", "report.html", "summary.md")  # fmt: skip
+
+
 class Demo:
-    """The demo's directory, its command log and the stage records."""
+    """The demo's directory, its command log, the stage records and the time-left estimate."""
 
     def __init__(self, cfg: DemoConfig, progress: bool = True):
         self.cfg, self.progress = cfg, progress
         self.root = Path(cfg.out)
         self.commands: list[str] = []
+        self.clock = Clock()
 
     def run(self, stage: str, *argv: str) -> None:
-        """One ``robust-transfer`` command, in-process, its output appended to ``logs/<stage>.log``."""
+        """One ``robust-transfer`` command, in-process, its output appended to ``logs/<stage>.log``.
+
+        A line per command says which it is and the time left, updated by how long the stage has
+        taken so far, so a long stage never sits under one unchanging estimate."""
         from cli.main import main
 
         argv = [str(a) for a in argv]
         line = "robust-transfer " + shlex.join(argv)
+        _say(f"    {stage}: {' '.join(argv[:1])} ... (about {_minutes(self.clock.left())} left in the demo)",
+             self.progress)  # fmt: skip
         self.commands.append(line)
         log = self.root / "logs" / f"{stage}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +109,36 @@ class Demo:
         return self.root / "stages" / f"{name}.json"
 
 
+@dataclass
+class Clock:
+    """Time left from the stages' expected durations (measured on 2 cores), scaled by how fast this
+    machine has been: ``rate`` = time spent / time expected over the finished stages, raised as soon
+    as the current stage runs over its own expectation."""
+
+    spent: float = 0.0  # seconds in finished stages
+    expected_done: float = 0.0  # their expected seconds
+    stage_expected: float = 0.0
+    rest_expected: float = 0.0  # expected seconds of the stages after the current one (report included)
+    stage_started: float = field(default_factory=time.perf_counter)
+
+    def start(self, stage_expected: float, rest_expected: float) -> None:
+        self.stage_expected, self.rest_expected = stage_expected, rest_expected
+        self.stage_started = time.perf_counter()
+
+    def finish(self) -> float:
+        """Close the current stage; return its seconds."""
+        seconds = time.perf_counter() - self.stage_started
+        self.spent, self.expected_done = self.spent + seconds, self.expected_done + self.stage_expected
+        return seconds
+
+    def left(self) -> float:
+        elapsed = time.perf_counter() - self.stage_started
+        rate = self.spent / self.expected_done if self.expected_done else 1.0
+        if self.stage_expected:
+            rate = max(rate, elapsed / self.stage_expected)
+        return max(self.stage_expected * rate - elapsed, 0.0) + self.rest_expected * rate
+
+
 def _say(text: str, progress: bool) -> None:
     if progress:
         print(text, file=sys.stderr, flush=True)
@@ -109,11 +150,14 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
 
     device = str(resolve_device(cfg.device))
     demo = Demo(cfg, progress)
-    demo.root.mkdir(parents=True, exist_ok=True)
-    scale = cfg.scale
+    # held for the demo's whole life, not only by the commands inside it; a directory with a user's files is refused
+    with OutputDir(demo.root, "demo", name_patterns(*DEMO_FILES)):
+        return _stages(demo, cfg.scale, device, progress)
+
+
+def _stages(demo: Demo, scale: Scale, device: str, progress: bool) -> dict:
     stages = [("transfer", _transfer), ("tables", _tables), ("influence", _influence), ("features", _features)]
     results, started = {}, time.perf_counter()
-    spent, expected_done = 0.0, 0.0
     for i, (name, fn) in enumerate(stages, 1):
         record = demo.stage_file(name)
         if record.exists():
@@ -121,14 +165,12 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
             demo.commands += results[name]["commands"]
             _say(f"[demo {i}/{len(stages) + 1}] {name}: done earlier, kept", progress)
             continue
-        left = sum(scale.expected_s[n] for n, _ in stages[i - 1 :]) + scale.expected_s["report"]
-        rate = spent / expected_done if expected_done else 1.0
-        _say(f"[demo {i}/{len(stages) + 1}] {name} (about {_minutes(left * rate)} left)", progress)
-        before, t = len(demo.commands), time.perf_counter()
-        out = fn(demo, scale, device)
-        seconds = time.perf_counter() - t
-        spent, expected_done = spent + seconds, expected_done + scale.expected_s[name]
-        results[name] = {**out, "seconds": seconds, "commands": demo.commands[before:]}
+        rest = sum(scale.expected_s[n] for n, _ in stages[i:]) + scale.expected_s["report"]
+        demo.clock.start(scale.expected_s[name], rest)
+        _say(f"[demo {i}/{len(stages) + 1}] {name} (about {_minutes(demo.clock.left())} left)", progress)
+        before = len(demo.commands)
+        out = fn(demo, scale, device)  # a failed command raises: the stage is not recorded as done
+        results[name] = {**out, "seconds": demo.clock.finish(), "commands": demo.commands[before:]}
         atomic_write_json(record, results[name])
     _say(f"[demo {len(stages) + 1}/{len(stages) + 1}] report", progress)
     t = time.perf_counter()

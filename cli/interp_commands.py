@@ -59,6 +59,7 @@ def _validate(args) -> None:
         print(
             f"{st['setting']:<32} kept {st['rank_kept']}/{st['size']}: Pearson {st['pearson']:.4f}, "
             f"Spearman {st['spearman']:.4f} over {st['n_pairs']} removals"
+            + (f" (warning: {st['warning']})" if st.get("warning") else "")
         )
     print(f"wrote {args.out}/validate.json, validate.csv, validate.png")
 

@@ -11,7 +11,7 @@ from transfer.errors import UserError
 
 
 def _sweep(args) -> None:
-    from study.sweep import SweepConfig, run_sweep, sweep_status
+    from study.sweep import SweepConfig, failure_message, run_sweep, sweep_status
 
     if args.grid == "status":  # robust-transfer sweep status DIR
         if not args.dir:
@@ -24,20 +24,20 @@ def _sweep(args) -> None:
     if args.dir:
         raise UserError(f"unexpected argument {args.dir!r}; the sweep directory is given with --out")
     if args.dry_run:
-        from study.grid import read_grid
+        from study.grid import check_runnable, read_grid
         from study.plan import format_plan, plan_grid
 
         grid = read_grid(args.grid)
+        check_runnable(grid, args.grid)
         print(format_plan(grid, plan_grid(grid, args.images_per_second, args.plan_device), args.workers or 1))
         return
     if args.out is None:
         raise UserError("robust-transfer sweep GRID needs --out DIR")
     counts = run_sweep(dataclass_from_args(SweepConfig, args), progress=not args.no_progress)
     print(json.dumps(counts))
-    if counts["failed"]:
-        print(
-            f"{counts['failed']} run(s) failed: see robust-transfer sweep status {args.out}; rerun with --retry-failed"
-        )
+    failed = failure_message(args.out, counts)
+    if failed:  # a sweep with failed runs is not done: a non-zero exit, so scripts and the demo do not go on
+        raise UserError(failed)
 
 
 def _influence_study(args) -> None:
@@ -50,31 +50,23 @@ def _influence_study(args) -> None:
     print(f"wrote {report['out']}/study.json, study.csv, study.png (and one influence directory per run)")
 
 
-def _rows(sweep_dir: str) -> list[dict]:
-    from study.sweep import SweepDir
-
-    with SweepDir(sweep_dir).open_ledger() as ledger:
-        return ledger.rows("done")
-
-
 def _summarize(args) -> None:
-    from study.summary import write_summary
+    from study.summary import summarize_sweep
 
     out = Path(args.out or Path(args.dir) / "summary")
-    texts = write_summary(_rows(args.dir), out, args.accuracy, args.natural, compare=args.compare == "paper")
+    texts = summarize_sweep(args.dir, out, args.accuracy, args.natural, compare=args.compare == "paper",
+                            allow_partial=args.allow_partial)  # fmt: skip
     for text in texts.values():
         print(text)
     print(f"wrote {', '.join(sorted(str(p) for p in out.glob('*.csv')))} and Markdown beside them")
 
 
 def _plot(args) -> None:
-    from study.figures import draw
+    from study.figures import plot_sweep
 
-    out = Path(args.out or Path(args.dir) / "figures")
     options = {"which": args.accuracy, "blocks": args.blocks, "natural": args.natural, "size": args.size,
                "source": args.source}  # fmt: skip
-    rows = _rows(args.dir)
-    written = [p for figure in args.figure for p in draw(rows, figure, out, **options)]
+    written = plot_sweep(args.dir, args.figure, args.out, args.allow_partial, **options)
     print("wrote " + ", ".join(map(str, written)))
 
 
@@ -88,6 +80,9 @@ def _reading_options() -> argparse.ArgumentParser:
     common.add_argument("--accuracy", choices=ACCURACIES, default="final",
                         help="final: after the last epoch (the paper's choice); best: best evaluated epoch")  # fmt: skip
     common.add_argument("--natural", default=None, help="the natural source (default: the one the zoo marks natural)")
+    common.add_argument("--allow-partial", action="store_true",
+                        help="use a sweep that has runs not done (pending, running or failed); incomplete cells are "
+                        "marked (without it such a sweep is refused)")  # fmt: skip
     return common
 
 

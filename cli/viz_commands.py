@@ -57,6 +57,14 @@ def _ints(text: str, name: str) -> list[int]:
 
 
 def _featviz(args) -> None:
+    from transfer.files import OutputDir, name_patterns
+
+    # refused before any work when --out holds files that are not featviz's; held while written
+    with OutputDir(Path(args.out), "featviz", name_patterns("featviz.png", "featviz.csv")):
+        _featviz_into(args)
+
+
+def _featviz_into(args) -> None:
     from interp.featviz import FeatVizConfig, visualize
     from interp.plots import featviz_figure
     from transfer.device import resolve_device
@@ -92,6 +100,14 @@ def _featviz(args) -> None:
 
 
 def _saliency(args) -> None:
+    from transfer.files import OutputDir, name_patterns
+
+    with OutputDir(Path(args.out), "saliency", name_patterns("saliency_*.png", "saliency_*.npz", "saliency_*.csv",
+                                                              "saliency_*.json")):  # fmt: skip
+        _saliency_into(args)
+
+
+def _saliency_into(args) -> None:
     from interp.plots import saliency_figure
     from interp.saliency import concentration, magnitude, saliency_maps
     from transfer.datasets import Transformed, load_raw_splits

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -143,6 +144,30 @@ class LocalExecutor(Executor):
             w["proc"].stdout.close()
 
 
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def check_ray_address(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Refuse, within ``timeout`` seconds, a Ray address nothing answers at (``ray.init`` would retry for minutes).
+
+    ``None``, ``auto`` and ``local`` are left to Ray; ``HOST:PORT`` and ``ray://HOST:PORT`` are
+    tried with one TCP connection.
+    """
+    if address is None or address in ("auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UserError(f"--address must be HOST:PORT, ray://HOST:PORT, auto or local; got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise UserError(
+            f"no Ray cluster answers at {address} ({reason} within {timeout:g} s); start it (ray start --head) "
+            "and check --address, or leave --address out to start a local Ray"
+        ) from None
+
+
 class RayExecutor(Executor):
     """Runs as Ray tasks on an existing cluster (``address``) or a local Ray instance (``address=None``).
 
@@ -161,6 +186,7 @@ class RayExecutor(Executor):
 
         self._ray = ray
         if not ray.is_initialized():
+            check_ray_address(address)
             ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
                      log_to_driver=False, configure_logging=False)  # fmt: skip
         resources = ray.cluster_resources()

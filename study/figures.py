@@ -1,6 +1,6 @@
 """The paper's Figures 2-5 (and 10) from a sweep: mean lines with shaded 95% Student-t bands over seeds.
 
-* ``accuracy`` (Fig. 2a): test accuracy against subset size, one colour per target, one line style per source;
+* ``accuracy`` (Fig. 2a): test accuracy against subset size, one colour per source, one line style per target;
 * ``delta`` (Fig. 2b): paired robust-minus-natural differences against subset size, one panel per robust source;
 * ``epochs`` (Fig. 3): test accuracy against epoch at one subset size, and the robust-minus-natural delta;
 * ``blocks`` (Fig. 4/10): accuracy against subset size per number of fine-tuned blocks, and the 3-minus-1 delta;
@@ -24,7 +24,15 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from study.summary import Interval, accuracies, natural_source, paired_differences, table5  # noqa: E402
+from study.summary import (  # noqa: E402
+    Interval,
+    Progress,
+    accuracies,
+    natural_source,
+    paired_differences,
+    read_sweep_rows,
+    table5,
+)
 from transfer.errors import UserError  # noqa: E402
 from transfer.files import atomic_write_figure  # noqa: E402
 
@@ -48,6 +56,13 @@ def _band(ax, xs, ivs: list[Interval], label: str, color, style="-", clip: tuple
 def _colours(targets) -> dict:
     cmap = plt.get_cmap("tab10")
     return {t: cmap(i % 10) for i, t in enumerate(sorted(targets))}
+
+
+def blocks_text(blocks: str) -> str:
+    """``1 fine-tuned block``, ``3 fine-tuned blocks``, ``all blocks fine-tuned``."""
+    if str(blocks) == "all":
+        return "all blocks fine-tuned"
+    return f"{blocks} fine-tuned block{'' if str(blocks) == '1' else 's'}"
 
 
 def _pick_blocks(cells, blocks: str | None) -> str:
@@ -82,15 +97,15 @@ def accuracy_figure(rows, which="final", blocks=None, **_):
     b = _pick_blocks(cells, blocks)
     table = table5(cells)
     targets, sources = sorted({k[0] for k in cells}), sorted({k[3] for k in cells})
-    colour = _colours(targets)
+    colour = _colours(sources)  # sources are what the figure compares: told apart by colour
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for t in targets:
-        for i, s in enumerate(sources):
+    for i, t in enumerate(targets):
+        for s in sources:
             xs, ivs = _series(table, t, b, s)
             if xs:
-                _band(ax, xs, ivs, f"{t}, {s}", colour[t], STYLES[i % len(STYLES)], clip=ACCURACY_RANGE)
+                _band(ax, xs, ivs, f"{t}, {s}", colour[s], STYLES[i % len(STYLES)], clip=ACCURACY_RANGE)
     _size_axis(ax, "test accuracy (%)")
-    ax.set_title(f"Test accuracy, {b} fine-tuned blocks (mean, 95% CI over seeds; {which} epoch)")
+    ax.set_title(f"Test accuracy, {blocks_text(b)} (mean, 95% CI over seeds; {which} epoch)", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     return fig
 
@@ -112,7 +127,7 @@ def delta_figure(rows, which="final", blocks=None, natural=None, **_):
                 _band(ax, xs, ivs, t, colour[t])
         ax.axhline(0, color="k", lw=0.8)
         _size_axis(ax, "accuracy delta (points)")
-        ax.set_title(f"{s} minus {nat}, {b} blocks", fontsize=9)
+        ax.set_title(f"{s} minus {nat}, {blocks_text(b)}", fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(f"Paired per-seed differences, mean and 95% CI ({which} epoch)", fontsize=10)
     fig.tight_layout()
@@ -142,6 +157,11 @@ def epochs_figure(rows, which="final", blocks=None, natural=None, size=None, **_
     if n not in sizes:
         raise UserError(f"--size {n} was not run in this sweep (it has {', '.join(map(str, sizes))})")
     curves = _curves(rows, n, b)
+    if not curves:
+        raise UserError(
+            f"no metrics.jsonl found in the run directories of size {n}, blocks {b} (under {Path(rows[0]['run_dir']).parent}"
+            "...); were the runs moved or deleted?"
+        )
     sources = sorted({k[3] for k in cells})
     nat = natural_source(sources, natural) if len(sources) > 1 else sources[0]
     targets = sorted({k[0] for k in curves})
@@ -167,7 +187,8 @@ def epochs_figure(rows, which="final", blocks=None, natural=None, size=None, **_
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
     ax_d.axhline(0, color="k", lw=0.8)
-    fig.suptitle(f"Test accuracy during fine-tuning, {n} images, {b} blocks (mean, 95% CI over seeds)", fontsize=10)
+    fig.suptitle(f"Test accuracy during fine-tuning, {n} images, {blocks_text(b)} (mean, 95% CI over seeds)",
+                 fontsize=10)  # fmt: skip
     fig.tight_layout()
     return fig
 
@@ -187,7 +208,7 @@ def blocks_figure(rows, which="final", source=None, **_):
         for i, b in enumerate(block_values):
             xs, ivs = _series(table, t, b, src)
             if xs:
-                _band(ax, xs, ivs, f"{t}, {b} blocks", colour[t], STYLES[i % len(STYLES)], clip=ACCURACY_RANGE)
+                _band(ax, xs, ivs, f"{t}, {blocks_text(b)}", colour[t], STYLES[i % len(STYLES)], clip=ACCURACY_RANGE)
     hi, lo = ("3", "1") if {"1", "3"} <= set(block_values) else (block_values[-1], block_values[0])
     for t in targets:
         deltas = {}
@@ -230,7 +251,7 @@ def constraints_figure(rows, which="final", blocks=None, **_):
             if xs:
                 _band(ax, xs, ivs, s, cmap(i % 10), clip=ACCURACY_RANGE)
         _size_axis(ax, "test accuracy (%)")
-        ax.set_title(f"{t}, {b} blocks", fontsize=9)
+        ax.set_title(f"{t}, {blocks_text(b)}", fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(f"Source constraints compared (mean, 95% CI over seeds; {which} epoch)", fontsize=10)
     fig.tight_layout()
@@ -241,14 +262,39 @@ _DRAW = {"accuracy": accuracy_figure, "delta": delta_figure, "epochs": epochs_fi
          "constraints": constraints_figure}  # fmt: skip
 
 
-def draw(rows: list[dict], figure: str, out: Path, **options) -> list[Path]:
-    """Draw ``figure`` from done ledger rows into ``out/<figure>.png`` and ``.pdf``; return the paths."""
+def draw(rows: list[dict], figure: str, out: Path, progress: Progress | None = None, **options) -> list[Path]:
+    """Draw ``figure`` from done ledger rows into ``out/<figure>.png`` and ``.pdf``; return the paths.
+
+    ``progress`` (over every ledger row) writes, under a figure of a partial sweep, how many runs
+    are done and which cells have fewer than planned.
+    """
     if figure not in FIGURES:
         raise UserError(f"--figure must be one of {', '.join(FIGURES)}; got {figure!r}")
     if not rows:
         raise UserError("the sweep has no finished run yet; nothing to plot")
     fig = _DRAW[figure](rows, **options)
+    if progress is not None and not progress.complete:
+        cells = [f"{t} n={n} b={b} {s} ({d}/{p})" for (t, n, b, s), (d, p) in progress.incomplete().items()]
+        shown = "; ".join(cells[:4]) + (f"; and {len(cells) - 4} more" if len(cells) > 4 else "")
+        fig.text(0.01, 0.005, f"{progress.note()} Incomplete: {shown}", fontsize=7, color="firebrick", ha="left",
+                 va="bottom", wrap=True)  # fmt: skip
+        fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, 0.2))
     paths = [out / f"{figure}.png", out / f"{figure}.pdf"]
     for i, p in enumerate(paths):
         atomic_write_figure(p, fig, close=i == len(paths) - 1)
     return paths
+
+
+def plot_sweep(sweep: Path | str, figures: list[str], out: Path | str | None = None, allow_partial: bool = False,
+               **options) -> list[Path]:  # fmt: skip
+    """``robust-transfer plot``: ``figures`` of a sweep into ``out`` (default ``SWEEP/figures``), an
+    :class:`~transfer.files.OutputDir` (locked while written, refused when it holds foreign files)."""
+    from transfer.files import OutputDir, name_patterns
+
+    for figure in figures:
+        if figure not in FIGURES:
+            raise UserError(f"--figure must be one of {', '.join(FIGURES)}; got {figure!r}")
+    rows, progress = read_sweep_rows(sweep, allow_partial)
+    out = Path(out or Path(sweep) / "figures")
+    with OutputDir(out, "figures", name_patterns(*(f"{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")))):
+        return [p for figure in figures for p in draw(rows, figure, out, progress, **options)]

@@ -16,7 +16,10 @@ A grid names the axes and, per subset size, how many of the paper's seeds
     augment = "none"
 
 Every run's settings are validated (by :class:`~transfer.finetune.FinetuneConfig`) when the grid
-is read, and an unknown key anywhere is a one-line error naming the allowed ones.
+is read, and an unknown key anywhere is a one-line error naming the allowed ones; before a sweep
+starts, :func:`check_runnable` makes the checks that need the sources and data (the same as
+``finetune``'s). Runs are counted without being expanded, and a grid of more than :data:`MAX_RUNS`
+runs is refused with its count.
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ import hashlib
 import json
 import re
 import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from transfer.errors import UserError
-from transfer.finetune import FinetuneConfig
+from transfer.finetune import FinetuneConfig, check_feasible, source_block_count, training_split_size
 from transfer.subsets import paper_seeds
+from transfer.zoo import source_names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,6 +48,8 @@ TOP_LEVEL = (*AXES, "name", "finetune")
 PER_RUN = ("source", "target", "blocks", "subset", "seed")  # set by the axes, not by [finetune]
 SETTABLE = tuple(f.name for f in fields(FinetuneConfig) if f.name not in PER_RUN)
 _TEXT_FIELDS = {f.name for f in fields(FinetuneConfig) if f.type in ("str", "str | None")}
+# the paper's grid is 12,576 runs; a grid far beyond it is a typo (a seed count of 100000000), refused with its count
+MAX_RUNS = 200_000
 
 
 def _as_declared(settings: dict) -> dict:
@@ -81,18 +89,44 @@ class Grid:
         canon = {k: v for k, v in asdict(self).items() if k not in ("text", "name")}
         return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:16]
 
+    @property
+    def count(self) -> int:
+        """Number of runs, counted without expanding the grid."""
+        return len(self.sources) * len(self.targets) * len(self.blocks) * sum(self.seeds.values())
+
+    def source_dirs(self) -> dict[str, str]:
+        """Each source's directory name in run keys: see :func:`source_dirs`."""
+        return source_dirs(self.sources)
+
+    def combinations(self) -> Iterator[tuple[RunSpec, int]]:
+        """Each (target, size, blocks, source) once, as its first seed's run, with its number of seeds.
+
+        Seeds change neither what is validated nor what a run costs, so checks and plans walk
+        these instead of every run (a grid may hold many seeds).
+        """
+        first, dirs = paper_seeds(1)[0], self.source_dirs()
+        for target in self.targets:
+            for size, k in self.seeds.items():
+                for blocks in self.blocks:
+                    for source in self.sources:
+                        yield self._spec(dirs, target, size, blocks, source, first), k
+
+    def _spec(self, dirs: dict[str, str], target: str, size: str, blocks: str, source: str, seed: int) -> RunSpec:
+        settings = {**self.finetune, "source": source, "target": target, "blocks": blocks, "subset": size,
+                    "seed": seed}  # fmt: skip
+        return RunSpec(f"{target}/{dirs[source]}/b{blocks}/n{size}/s{seed}", _as_declared(settings))
+
     def runs(self) -> list[RunSpec]:
         """Every run, ordered target, size, blocks, seed, source (so a partial sweep covers whole comparisons)."""
-        specs = []
+        specs, dirs = [], self.source_dirs()
         for target in self.targets:
             for size, k in self.seeds.items():
                 for blocks in self.blocks:
                     for seed in paper_seeds(k):
-                        for source in self.sources:
-                            settings = {**self.finetune, "source": source, "target": target, "blocks": blocks,
-                                        "subset": size, "seed": seed}  # fmt: skip
-                            key = f"{target}/{_slug(source)}/b{blocks}/n{size}/s{seed}"
-                            specs.append(RunSpec(key, _as_declared(settings)))
+                        specs += [self._spec(dirs, target, size, blocks, source, seed) for source in self.sources]
+        keys = [s.key for s in specs]
+        if len(set(keys)) != len(keys):  # source_dirs makes them unique; a merge of two runs must never happen
+            raise UserError(f"grid {self.name!r}: two runs share a key; rename a source")
         return specs
 
 
@@ -102,10 +136,29 @@ def _slug(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "source"
 
 
-def _list(raw: dict, key: str, path: Path) -> tuple[str, ...]:
+def source_dirs(sources: Iterable[str]) -> dict[str, str]:
+    """``source -> directory name`` for run keys and influence directories, distinct per distinct source.
+
+    A zoo name is its own name; a path gives its last part (``model.pt``). Sources whose names
+    would collide (``/a/model.pt``, ``/b/model.pt``) get a short hash of the source as written
+    appended, so two sources never share a run directory.
+    """
+    sources = list(dict.fromkeys(sources))
+    slugs = {s: _slug(s) for s in sources}
+    clash = Counter(slugs.values())
+    return {s: f"{slug}-{hashlib.sha256(s.encode()).hexdigest()[:8]}" if clash[slug] > 1 else slug
+            for s, slug in slugs.items()}  # fmt: skip
+
+
+def _list(raw: dict, key: str, path: Path, kinds: tuple[type, ...] = (str,)) -> tuple[str, ...]:
+    """A non-empty list of distinct ``kinds`` values, as strings."""
     value = raw.get(key)
     if not isinstance(value, list) or not value:
         raise UserError(f"{path}: '{key}' must be a non-empty list")
+    names = " or ".join({str: "strings", int: "integers"}[k] for k in kinds)
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, kinds) or (isinstance(item, str) and not item.strip()):
+            raise UserError(f"{path}: '{key}' must list {names}; got {item!r}")
     items = tuple(str(v) for v in value)
     if len(set(items)) != len(items):
         raise UserError(f"{path}: '{key}' lists a value twice: {list(items)}")
@@ -143,12 +196,17 @@ def parse_grid(text: str, path: Path | str = "<grid>") -> Grid:
         name=str(raw.get("name", path.stem)),
         sources=_list(raw, "sources", path),
         targets=_list(raw, "targets", path),
-        blocks=_list(raw, "blocks", path),
+        blocks=_list(raw, "blocks", path, (int, str)),
         seeds={str(k): int(v) for k, v in seeds.items()},
         finetune=dict(finetune),
         text=text,
     )
-    for spec in _one_per_combination(grid):
+    if grid.count > MAX_RUNS:
+        raise UserError(
+            f"{path}: the grid has {grid.count:,} runs, more than the {MAX_RUNS:,} a sweep takes (the paper's grid is "
+            "12,576); check [seeds]"
+        )
+    for spec, _ in grid.combinations():
         try:
             spec.config()
         except UserError as exc:
@@ -156,15 +214,43 @@ def parse_grid(text: str, path: Path | str = "<grid>") -> Grid:
     return grid
 
 
-def _one_per_combination(grid: Grid) -> list[RunSpec]:
-    """One run per (source, target, blocks, size): seeds do not change what is validated."""
-    return [r for r in grid.runs() if r.settings["seed"] == paper_seeds(1)[0]]
+def check_runnable(grid: Grid, path: Path | str = "<grid>") -> None:
+    """What each run's ``finetune`` would refuse once it reads its source and data, checked for every
+    run before a sweep starts: a missing or unreadable source, the same file listed twice, more
+    blocks than a source has, a subset that cannot cover the classes or exceeds the target's data.
+
+    Zoo sources are not downloaded here (their architecture gives their blocks); checkpoint paths
+    and run directories are read.
+    """
+    blocks_of: dict[tuple, int] = {}
+    available: dict[tuple, int | None] = {}
+    files: dict[Path, str] = {}
+    for spec, _ in grid.combinations():
+        cfg = spec.config()
+        where = (cfg.source, cfg.arch, cfg.cache_dir)
+        try:
+            if where not in blocks_of:
+                blocks_of[where] = source_block_count(*where)
+                if cfg.source not in source_names():
+                    real = Path(cfg.source).resolve()
+                    if files.setdefault(real, cfg.source) != cfg.source:
+                        raise UserError(f"sources {files[real]!r} and {cfg.source!r} are the same file; list it once")
+            data = (cfg.target, cfg.data_root)
+            if data not in available:
+                available[data] = training_split_size(*data)
+            check_feasible(cfg, blocks_of[where], available[data])
+        except UserError as exc:
+            raise UserError(f"{path}: run {spec.key}: {exc}") from None
 
 
 def read_grid(path: Path | str) -> Grid:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"grid file {path} not found") from None
+    except IsADirectoryError:
+        raise UserError(f"grid file {path} is a directory; give a TOML file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"grid file {path} is not UTF-8 text (byte {exc.start}); a grid is a TOML file") from None
     return parse_grid(text, path)

@@ -31,6 +31,7 @@ from transfer.files import (
     atomic_write_json,
     check_free_space,
     read_json,
+    refuse_foreign,
     remove_stale_temporaries,
     staged,
 )
@@ -104,13 +105,7 @@ class InfluenceDir:
         with DirLock(self.root, "--out"):
             remove_stale_temporaries(self.root)
             entries = [p.name for p in self.root.iterdir()]
-            foreign = sorted(n for n in entries if not self._ours(n))
-            if foreign:
-                shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
-                raise UserError(
-                    f"{self.root} holds files that are not an influence directory's ({shown}); "
-                    "nothing was written: choose a new or empty --out"
-                )
+            refuse_foreign(self.root, sorted(n for n in entries if not self._ours(n)), "an influence directory's")
             old = [self.root / n for n in entries if n != LOCK_NAME]
             check_free_space(self.root, nbytes - sum(p.stat().st_size for p in old), "the influence matrices")
             self.meta.unlink(missing_ok=True)  # from here on the directory reads as incomplete

@@ -24,16 +24,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from study.class_match import class_match_report
-from study.grid import RunSpec
+from study.grid import RunSpec, source_dirs
 from study.influence import InfluenceConfig, run_influence
-from study.influence_dir import InfluenceDir
+from study.influence_dir import DERIVED, InfluenceDir
 from study.summary import Interval, natural_source, verdict
 from transfer import validation as v
 from transfer.errors import UserError
-from transfer.files import DirLock, atomic_write_csv, atomic_write_figure, atomic_write_json
+from transfer.files import OutputDir, atomic_write_csv, atomic_write_figure, atomic_write_json, name_patterns
 
 STATISTICS = {"top1": "top-1", "at_least_3_of_5": ">= 3 of top 5"}
 # the influence settings a study fixes for every run; the rest are InfluenceConfig's defaults
+STUDY_FILES = ("study.json", "study.csv", "study.png")
 SHARED = ("params", "test", "rcond", "damping", "normalize", "refit_head", "features_dtype")
 
 
@@ -111,12 +112,13 @@ def run_influence_study(cfg: InfluenceStudyConfig, progress: bool = True, rows: 
     if not robust:
         raise UserError(f"the cell holds only the natural source {natural}; nothing to compare it with")
     out = Path(cfg.out or Path(cfg.sweep) / "influence" / target / f"b{cfg.blocks}" / f"n{cfg.size}")
-    out.mkdir(parents=True, exist_ok=True)
     seeds = sorted(set.intersection(*(set(runs[s]) for s in runs)))
     if not seeds:
         raise UserError(f"no seed has a finished run for every source of the cell ({', '.join(sorted(runs))})")
-    with DirLock(out, "--out"):
-        dirs = _influence_dirs(cfg, runs, seeds, out, progress)
+    names = source_dirs(runs)
+    ours = name_patterns(*STUDY_FILES, *DERIVED, "class_match_paired.csv", *names.values())
+    with OutputDir(out, "influence-study", ours):
+        dirs = _influence_dirs(cfg, runs, seeds, out, names, progress)
         rates = {}  # (source, seed) -> {setting label: {stat: rate}}
         for (source, seed), path in tqdm(dirs.items(), desc="class match", disable=not progress):
             report = class_match_report([str(path)], k=cfg.k, exclude_self=cfg.exclude_self)
@@ -134,11 +136,11 @@ def run_influence_study(cfg: InfluenceStudyConfig, progress: bool = True, rows: 
     return report
 
 
-def _influence_dirs(cfg, runs, seeds, out: Path, progress: bool) -> dict[tuple[str, int], Path]:
+def _influence_dirs(cfg, runs, seeds, out: Path, names: dict[str, str], progress: bool) -> dict[tuple[str, int], Path]:
     dirs = {}
     todo = [(source, seed) for source in sorted(runs) for seed in seeds]
     for source, seed in tqdm(todo, desc="influence per run", disable=not progress):
-        path = out / source / f"s{seed}"
+        path = out / names[source] / f"s{seed}"  # a directory name, also for a source given as a path
         icfg = cfg.influence_config(str(runs[source][seed]), str(path))
         if not _up_to_date(path, icfg):
             run_influence(icfg, progress=False)

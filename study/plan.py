@@ -104,20 +104,21 @@ def _device_label(dev: torch.device) -> str:
 
 
 def plan_grid(grid: Grid, images_per_second: float | None = None, device: str = "auto") -> Plan:
-    """Expand ``grid`` and estimate its cost; with ``images_per_second`` no speed is measured."""
+    """Count ``grid``'s runs and estimate their cost (no run list is built); with ``images_per_second`` no
+    speed is measured."""
     dev = resolve_device(device)
-    specs = grid.runs()
-    plan = Plan(runs=len(specs), device=_device_label(dev), measured=images_per_second is None)
+    plan = Plan(runs=grid.count, device=_device_label(dev), measured=images_per_second is None)
     shapes: dict[str, tuple[str, int]] = {}
-    for spec in specs:
+    # every seed of a (target, size, blocks, source) costs the same: one estimate per combination
+    for spec, n_seeds in grid.combinations():
         cfg = spec.config()
         dataset_spec(cfg.target)
         n_train_all, n_test = _sizes(cfg.target, cfg.data_root)
         n_train = n_train_all if cfg.subset == "all" else int(cfg.subset)
         epochs = paper_epochs(n_train) if cfg.epochs == "auto" else int(cfg.epochs)
         every = paper_eval_every(epochs) if cfg.eval_every == "auto" else int(cfg.eval_every)
-        train, test = n_train * epochs, n_test * len(eval_epochs(epochs, every))
-        plan.per_target_size[(cfg.target, cfg.subset)] += 1
+        train, test = n_seeds * n_train * epochs, n_seeds * n_test * len(eval_epochs(epochs, every))
+        plan.per_target_size[(cfg.target, cfg.subset)] += n_seeds
         plan.train_passes += train
         plan.test_passes += test
         if cfg.source not in shapes:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -30,6 +30,8 @@ from transfer.errors import UserError
 from transfer.zoo import get_source, source_names
 
 ACCURACIES = ("final", "best")
+ACCURACY_RANGE = (0.0, 100.0)  # shown intervals of accuracies are clipped to it; CSVs keep the raw bounds
+SUMMARY_FILES = ("table5.csv", "table5.md", "paired.csv", "paired.md", "compare_paper.csv", "compare.md")
 # the paper's sources, by the columns of its Table 5
 PAPER_COLUMNS = {"resnet50-natural": "natural", "resnet50-l2-3": "l2_3", "resnet50-linf-4": "linf_4",
                  "resnet50-linf-8": "linf_8"}  # fmt: skip
@@ -54,10 +56,13 @@ class Interval:
         half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
         return cls(mean, mean - half, mean + half, n)
 
-    def text(self, digits: int = 2) -> str:
+    def text(self, digits: int = 2, clip: tuple[float, float] | None = None) -> str:
+        """``mean [low, high]``; ``clip`` bounds the shown interval to what the quantity can take (an
+        accuracy's t interval over two or three seeds can pass 100%); the CSVs keep the raw bounds."""
         if math.isnan(self.low):
             return f"{self.mean:.{digits}f} (n=1)"
-        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+        low, high = (self.low, self.high) if clip is None else (max(clip[0], self.low), min(clip[1], self.high))
+        return f"{self.mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def verdict(low: float | None, high: float | None) -> str:
@@ -86,6 +91,56 @@ def accuracies(rows: list[dict], which: str = "final") -> dict[tuple, dict[int, 
         s = r["settings"]
         cells[(s["target"], int(r["n_train"]), str(s["blocks"]), s["source"])][int(s["seed"])] = 100 * r[f"{which}_acc"]
     return dict(cells)
+
+
+def cell_key(settings: dict, n_train: int | None) -> tuple | None:
+    """``(target, n_train, blocks, source)`` of a run; ``n_train`` from its summary where done, else
+    from the subset size (``all``: the target's known size; None where that is unknown)."""
+    from transfer.datasets import split_sizes
+
+    if n_train is None:
+        subset = str(settings["subset"])
+        known = split_sizes(settings["target"])
+        n_train = int(subset) if subset != "all" else (known[0] if known else None)
+    return None if n_train is None else (settings["target"], int(n_train), str(settings["blocks"]), settings["source"])
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How much of a sweep is done: per cell ``(runs done, runs planned)``, and the totals."""
+
+    cells: dict[tuple, tuple[int, int]]
+    done: int
+    planned: int
+
+    @classmethod
+    def of(cls, rows: list[dict]) -> Progress:
+        """From every ledger row (any state)."""
+        full = {(r["settings"]["target"]): int(r["n_train"]) for r in rows
+                if r["state"] == "done" and str(r["settings"]["subset"]) == "all"}  # fmt: skip
+        cells: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+        for r in rows:
+            s = r["settings"]
+            n = r["n_train"] if r["state"] == "done" else full.get(s["target"]) if str(s["subset"]) == "all" else None
+            key = cell_key(s, n)
+            if key is not None:
+                cells[key][0] += r["state"] == "done"
+                cells[key][1] += 1
+        return cls({k: (d, p) for k, (d, p) in cells.items()}, sum(r["state"] == "done" for r in rows), len(rows))
+
+    @property
+    def complete(self) -> bool:
+        return self.done == self.planned
+
+    def incomplete(self) -> dict[tuple, tuple[int, int]]:
+        return {k: v for k, v in sorted(self.cells.items()) if v[0] < v[1]}
+
+    def note(self) -> str:
+        """One line for a table or figure of a partial sweep ('' when complete)."""
+        if self.complete:
+            return ""
+        return (f"Partial sweep: {self.done} of {self.planned} runs done; {len(self.incomplete())} cell(s) have fewer "
+                "runs than planned (marked *; a cell with none done has no mean).")  # fmt: skip
 
 
 def table5(cells: dict[tuple, dict[int, float]]) -> dict[tuple, Interval]:
@@ -160,22 +215,34 @@ def _markdown(header: list[str], rows: list[list], title: str) -> str:
 
 
 def write_summary(rows: list[dict], out: Path, which: str = "final", natural: str | None = None,
-                  compare: bool = False) -> dict[str, str]:  # fmt: skip
-    """Write Table 5, the paired differences (and the paper comparison) as CSV and Markdown; return their text."""
+                  compare: bool = False, progress: Progress | None = None) -> dict[str, str]:  # fmt: skip
+    """Write Table 5, the paired differences (and the paper comparison) as CSV and Markdown; return their text.
+
+    ``rows``: the done ledger rows. ``progress`` (:meth:`Progress.of` over every row) adds runs
+    done / planned per cell, lists cells with no finished run, and marks incomplete ones.
+    """
     from transfer.files import atomic_write_text
 
     if not rows:
         raise UserError("the sweep has no finished run yet; nothing to summarise")
     cells = accuracies(rows, which)
     table = table5(cells)
+    plan = progress.cells if progress is not None else {k: (iv.n, iv.n) for k, iv in table.items()}
     texts = {}
-    head = ["target", "n_train", "blocks", "source", "seeds", "mean", "ci_low", "ci_high"]
-    body = [
-        [t, n, b, s, iv.n, round(iv.mean, 4), round(iv.low, 4), round(iv.high, 4)] for (t, n, b, s), iv in table.items()
-    ]
-    md = [[t, n, b, s, iv.n, iv.text()] for (t, n, b, s), iv in table.items()]
-    texts["table5"] = _markdown(["target", "n_train", "blocks", "source", "seeds", "accuracy % [95% CI]"], md,
-                                f"Table 5 analogue. {caption(which)}")  # fmt: skip
+    head = ["target", "n_train", "blocks", "source", "seeds", "mean", "ci_low", "ci_high", "planned", "complete"]
+    body, md = [], []
+    for key in sorted(set(plan) | set(table)):
+        t, n, b, s = key
+        done, planned = plan.get(key, (table[key].n, table[key].n))
+        iv = table.get(key)
+        raw = [round(iv.mean, 4), round(iv.low, 4), round(iv.high, 4)] if iv else ["", "", ""]
+        body.append([t, n, b, s, done, *raw, planned, done == planned])
+        mark = "" if done == planned else " *"
+        md.append([t, n, b, s, f"{done}/{planned}{mark}", iv.text(clip=ACCURACY_RANGE) if iv else "no run done"])
+    note = progress.note() if progress is not None else ""
+    title = f"Table 5 analogue. {caption(which)}" + (f"\n\n{note}" if note else "")
+    texts["table5"] = _markdown(["target", "n_train", "blocks", "source", "seeds done/planned", "accuracy % [95% CI]"],
+                                md, title)  # fmt: skip
     atomic_write_text(out / "table5.csv", _csv(head, body))
     sources = sorted({k[3] for k in cells})
     if len(sources) > 1:
@@ -184,10 +251,11 @@ def write_summary(rows: list[dict], out: Path, which: str = "final", natural: st
         head_p = ["target", "n_train", "blocks", "source", "minus", "pairs", "mean_diff", "ci_low", "ci_high"]
         body_p = [[t, n, b, s, nat, iv.n, round(iv.mean, 4), round(iv.low, 4), round(iv.high, 4)]
                   for (t, n, b, s), iv in paired.items()]  # fmt: skip
-        md_p = [[t, n, b, f"{s} - {nat}", iv.n, iv.text()] for (t, n, b, s), iv in paired.items()]
+        md_p = [[t, n, b, f"{s} - {nat}", f"{iv.n}{_mark(plan, (t, n, b, s), (t, n, b, nat))}", iv.text()]
+                for (t, n, b, s), iv in paired.items()]  # fmt: skip
         texts["paired"] = _markdown(
             ["target", "n_train", "blocks", "difference", "pairs", "points [95% CI]"], md_p,
-            f"Paired per-seed differences (robust minus natural). {caption(which)}",
+            f"Paired per-seed differences (robust minus natural). {caption(which)}" + (f"\n\n{note}" if note else ""),
         )  # fmt: skip
         atomic_write_text(out / "paired.csv", _csv(head_p, body_p))
     if compare:
@@ -195,15 +263,57 @@ def write_summary(rows: list[dict], out: Path, which: str = "final", natural: st
         head_c = ["target", "n_train", "blocks", "source", "seeds", "ours", "paper", "difference"]
         body_c = [[r["target"], r["n_train"], r["blocks"], r["source"], r["ours"].n, round(r["ours"].mean, 4), r["paper"],
                    round(r["difference"], 4)] for r in rows_c]  # fmt: skip
-        md_c = [[r["target"], r["n_train"], r["blocks"], r["source"], r["ours"].n, r["ours"].text(), r["paper"],
-                 f"{r['difference']:+.2f}"] for r in rows_c]  # fmt: skip
-        note = (
+        md_c = [[r["target"], r["n_train"], r["blocks"], r["source"], r["ours"].n, r["ours"].text(clip=ACCURACY_RANGE),
+                 r["paper"], f"{r['difference']:+.2f}"] for r in rows_c]  # fmt: skip
+        none = (
             ""
             if rows_c
             else "\n(no cell of this sweep exists in the paper's Table 5: its ResNet-50 sources, 3 blocks)\n"
         )
-        texts["compare"] = _markdown(head_c, md_c, f"Ours beside the paper's Table 5. {caption(which)}") + note
+        texts["compare"] = _markdown(head_c, md_c, f"Ours beside the paper's Table 5. {caption(which)}") + none
         atomic_write_text(out / "compare_paper.csv", _csv(head_c, body_c))
     for name, text in texts.items():
         atomic_write_text(out / f"{name}.md", text)
     return texts
+
+
+def _mark(plan: dict, *keys: tuple) -> str:
+    """`` *`` when any of the cells ``keys`` has fewer runs done than planned."""
+    return " *" if any(plan.get(k, (0, 0))[0] < plan.get(k, (0, 0))[1] for k in keys) else ""
+
+
+def read_sweep_rows(sweep: Path | str, allow_partial: bool = False) -> tuple[list[dict], Progress]:
+    """The done rows of a sweep's ledger (opened read-only) and its :class:`Progress`.
+
+    A sweep with runs not done (pending, running or failed) is refused unless ``allow_partial``:
+    a table over part of the runs must be asked for knowingly.
+    """
+    from study.sweep import SweepDir
+
+    with SweepDir(sweep).open_ledger() as ledger:
+        rows = ledger.rows()
+    progress = Progress.of(rows)
+    if not progress.complete and not allow_partial:
+        states = Counter(r["state"] for r in rows)
+        left = ", ".join(f"{states[k]} {k}" for k in ("failed", "running", "pending") if states[k])
+        raise UserError(
+            f"the sweep {sweep} is incomplete: {progress.done} of {progress.planned} runs done ({left}); finish it "
+            "(run the sweep command again, --retry-failed for failed runs) or pass --allow-partial to use what is "
+            "done, with incomplete cells marked"
+        )
+    return [r for r in rows if r["state"] == "done"], progress
+
+
+def summarize_sweep(sweep: Path | str, out: Path | str | None = None, which: str = "final", natural: str | None = None,
+                    compare: bool = False, allow_partial: bool = False) -> dict[str, str]:  # fmt: skip
+    """``robust-transfer summarize``: Table 5 of a sweep into ``out`` (default ``SWEEP/summary``).
+
+    The output directory is an :class:`~transfer.files.OutputDir`: locked while written, refused
+    when it holds files that are not a summary's.
+    """
+    from transfer.files import OutputDir, name_patterns
+
+    rows, progress = read_sweep_rows(sweep, allow_partial)
+    out = Path(out or Path(sweep) / "summary")
+    with OutputDir(out, "summary", name_patterns(*SUMMARY_FILES)):
+        return write_summary(rows, out, which, natural, compare, progress)

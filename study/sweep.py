@@ -15,12 +15,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from study.executors import Executor, LocalExecutor, RayExecutor, default_local_workers
-from study.grid import Grid, read_grid
+from study.executors import Executor, LocalExecutor, RayExecutor, check_ray_address, default_local_workers
+from study.grid import Grid, check_runnable, read_grid
 from study.ledger import Ledger
 from transfer import validation as v
 from transfer.errors import UserError
-from transfer.files import LOCK_NAME, DirLock, atomic_write_text
+from transfer.files import OutputDir, atomic_write_text, name_patterns
 
 EXECUTORS = ("local", "ray")
 
@@ -55,6 +55,11 @@ class SweepConfig:
         v.integer("max_attempts", self.max_attempts, low=1)
 
 
+# what a sweep directory holds: its own files and the default outputs of the commands that read it
+SWEEP_FILES = ("grid.toml", "ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "runs", "summary", "figures",
+               "influence")  # fmt: skip
+
+
 class SweepDir:
     """Paths of a sweep directory."""
 
@@ -64,20 +69,18 @@ class SweepDir:
         self.ledger = self.root / "ledger.sqlite"
         self.runs = self.root / "runs"
 
-    def check_ours(self) -> None:
-        own = {"grid.toml", "ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "runs", "summary", "figures",
-               LOCK_NAME}  # fmt: skip
-        if self.root.is_dir():
-            foreign = sorted(p.name for p in self.root.iterdir() if p.name not in own and not p.name.startswith("."))
-            if foreign:
-                raise UserError(
-                    f"{self.root} holds files that are not a sweep's ({', '.join(foreign[:4])}); choose another --out"
-                )
+    def owned(self) -> OutputDir:
+        """The directory held for a coordinator's life (a sweep made before markers existed is adopted by its ledger)."""
+        return OutputDir(self.root, "sweep", name_patterns(*SWEEP_FILES),
+                         adopt=lambda root: (root / "ledger.sqlite").is_file())  # fmt: skip
 
     def open_ledger(self) -> Ledger:
+        """The ledger, read-only: for ``status``, ``summarize``, ``plot`` and studies."""
+        if not self.root.is_dir():
+            raise UserError(f"{self.root} is not a directory; give a sweep directory (robust-transfer sweep --out)")
         if not self.ledger.exists():
             raise UserError(f"{self.root} is not a sweep directory (no ledger.sqlite)")
-        return Ledger(self.ledger)
+        return Ledger(self.ledger, readonly=True)
 
 
 def make_executor(cfg: SweepConfig) -> Executor:
@@ -96,9 +99,11 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, executor: Executor | None
     Safe to call again after any interruption: see the module docstring.
     """
     grid = read_grid(cfg.grid)
+    check_runnable(grid, cfg.grid)  # every run's settings, before the ledger exists
+    if cfg.executor == "ray" and executor is None:
+        check_ray_address(cfg.address)
     sweep = SweepDir(cfg.out)
-    sweep.check_ours()
-    with DirLock(sweep.root, "--out"), Ledger(sweep.ledger) as ledger:
+    with sweep.owned(), Ledger(sweep.ledger) as ledger:
         ledger.bind_grid(grid.digest, grid.name)
         if not sweep.grid.exists():
             atomic_write_text(sweep.grid, grid.text)
@@ -153,10 +158,21 @@ def _drive(ledger: Ledger, executor: Executor, cfg: SweepConfig, progress: bool)
 
 
 def sweep_status(out: Path | str) -> dict:
-    """Counts per state, and the errors of failed runs (first five)."""
+    """Counts per state, and the errors of failed runs (first five); reads the ledger without writing it."""
     with SweepDir(out).open_ledger() as ledger:
         failed = ledger.rows("failed")
         return {**ledger.counts(), "failed_runs": [(r["key"], r["error"]) for r in failed[:5]]}
+
+
+def failure_message(out: Path | str, counts: dict[str, int]) -> str | None:
+    """One line for a sweep that ended with failed runs (None when none failed): how many, the first error."""
+    if not counts.get("failed"):
+        return None
+    total = sum(counts[k] for k in ("done", "running", "failed", "pending"))
+    first = sweep_status(out)["failed_runs"][:1]
+    example = f"; first: {first[0][0]}: {first[0][1]}" if first else ""
+    return (f"{counts['failed']} of {total} runs failed{example}. See robust-transfer sweep status {out}; "
+            "fix the cause and rerun with --retry-failed")  # fmt: skip
 
 
 def grid_of(out: Path | str) -> Grid:

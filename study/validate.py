@@ -24,8 +24,30 @@ import interp
 from interp.loo import leave_one_out, refit_head
 from study.influence import InfluenceConfig, load_run, run_weight_decay
 from transfer import validation as v
+from transfer.device import resolve_device
 from transfer.errors import UserError
-from transfer.files import DirLock, atomic_write_csv, atomic_write_figure, atomic_write_json
+from transfer.files import OutputDir, atomic_write_csv, atomic_write_figure, atomic_write_json, name_patterns
+
+MIN_PAIRS = 3  # fewer points than this have no correlation (two points always lie on a line)
+FEW_PAIRS = 10  # under this a correlation is reported with a warning
+VALIDATE_FILES = ("validate.json", "validate.csv", "validate.png")
+
+
+def correlations(predicted: np.ndarray, actual: np.ndarray) -> dict:
+    """Pearson and Spearman of predicted against actual changes, with a ``warning`` where they mean
+    little: fewer than :data:`FEW_PAIRS` points, or a constant side (no correlation is defined: NaN)."""
+    n = len(predicted)
+    if n < MIN_PAIRS:
+        raise UserError(f"{n} removal(s) cannot give a correlation; at least {MIN_PAIRS} are needed")
+    constant = [name for name, x in (("predicted", predicted), ("actual", actual)) if np.ptp(x) == 0]
+    if constant:
+        out = {"pearson": float("nan"), "spearman": float("nan"),
+               "warning": f"the {' and '.join(constant)} changes are all equal: no correlation is defined"}  # fmt: skip
+    else:
+        out = {"pearson": float(pearsonr(predicted, actual)[0]), "spearman": float(spearmanr(predicted, actual)[0])}
+        if n < FEW_PAIRS:
+            out["warning"] = f"only {n} removals: a correlation over so few points is weak evidence"
+    return out
 
 
 @dataclass
@@ -47,15 +69,30 @@ class ValidateConfig:
             v.integer(name, getattr(self, name), low=1)
         v.integer("random", self.random, low=0)
         v.integer("seed", self.seed, low=0)
+        pairs = self.tests * (self.removals + self.random)
+        if pairs < MIN_PAIRS:
+            raise UserError(
+                f"--tests {self.tests} x (--removals {self.removals} + --random {self.random}) = {pairs} removal(s): "
+                f"a correlation needs at least {MIN_PAIRS} (and means little under {FEW_PAIRS}); raise them"
+            )
         InfluenceConfig(run=self.run, out=self.out, rcond=self.rcond, test=self.test, device=self.device)
 
 
 def validate_influence(cfg: ValidateConfig, progress: bool = True) -> dict:
-    """Refit, predict, retrain; write ``validate.json``, ``validate.csv``, ``validate.png``; return the report."""
+    """Refit, predict, retrain; write ``validate.json``, ``validate.csv``, ``validate.png``; return the report.
+
+    ``cfg.out`` is held (:class:`~transfer.files.OutputDir`) from the start, so a directory holding
+    other files is refused before any work."""
+    out = Path(cfg.out)
+    with OutputDir(out, "validate-influence", name_patterns(*VALIDATE_FILES)):
+        return _validate(cfg, out, progress)
+
+
+def _validate(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
     icfg = InfluenceConfig(run=cfg.run, out=cfg.out, rcond=cfg.rcond, test=cfg.test, device=cfg.device)
     settings, model, train, test, _, _ = load_run(icfg)
     lam = run_weight_decay(settings)
-    model = model.to(cfg.device).eval()
+    model = model.to(resolve_device(cfg.device)).eval()
     head = model.model.fc
     z_tr, _, y_tr = interp.head_features(model, head, DataLoader(train, batch_size=256), progress=progress)
     z_te, _, y_te = interp.head_features(model, head, DataLoader(test, batch_size=256), progress=progress)
@@ -94,8 +131,7 @@ def validate_influence(cfg: ValidateConfig, progress: bool = True) -> dict:
         label = f"rcond={rcond} damping={lam:g}"
         results.append({
             "setting": label, "rank_kept": res["inverse"].rank, "size": res["inverse"].size,
-            "pearson": float(pearsonr(predicted, actual)[0]), "spearman": float(spearmanr(predicted, actual)[0]),
-            "n_pairs": len(pairs),
+            **correlations(predicted, actual), "n_pairs": len(pairs),
         })  # fmt: skip
         rows += [[label, t, j, kind, p, a] for (_, t, j, kind), p, a in zip(pairs, predicted, actual, strict=True)]
     report = {
@@ -107,14 +143,9 @@ def validate_influence(cfg: ValidateConfig, progress: bool = True) -> dict:
         "prediction": "-I[t, j] / n with damping = weight decay",
         "settings": results,
     }
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with DirLock(out, "--out"):
-        atomic_write_csv(
-            out / "validate.csv", ["setting", "test_index", "train_index", "kind", "predicted", "actual"], rows
-        )
-        atomic_write_figure(out / "validate.png", _figure(rows, results))
-        atomic_write_json(out / "validate.json", report)
+    atomic_write_csv(out / "validate.csv", ["setting", "test_index", "train_index", "kind", "predicted", "actual"], rows)
+    atomic_write_figure(out / "validate.png", _figure(rows, results))
+    atomic_write_json(out / "validate.json", report)
     return report
 
 

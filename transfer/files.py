@@ -8,10 +8,16 @@ Files are created with mode ``0o666`` less the user's umask (``tempfile.mkstemp`
 A directory that a command writes is held with :class:`DirLock`, an OS lock (``flock``) on
 ``DIR/.lock`` that the kernel releases when the process dies, however it dies: a crash never leaves
 a stale lock behind, and two processes never write one directory at once.
+
+An output directory (a sweep, a summary, figures, a study, the demo) is an :class:`OutputDir`: its
+marker ``DIR/.robust-transfer`` names the command that owns it, the command holds its lock for its
+whole life, and a directory holding anything that is not that command's (:func:`foreign_entries`)
+is refused before a byte is written, so a user's file is never overwritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,6 +33,7 @@ import torch
 from transfer.errors import UserError
 
 LOCK_NAME = ".lock"
+MARKER_NAME = ".robust-transfer"
 TMP_SUFFIX = ".tmp"
 
 
@@ -173,7 +180,7 @@ class DirLock:
 
     def acquire(self) -> DirLock:
         if self.root.exists() and not self.root.is_dir():
-            raise UserError(f"{self.root} is a file, not a directory; choose another output directory")
+            raise UserError(f"{self.root} is a file, not a directory: it is in the way; choose another output directory")
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -200,6 +207,87 @@ class DirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def foreign_entries(root: Path | str, ours: Callable[[str], bool]) -> list[str]:
+    """Names in ``root`` that ``ours`` does not claim, sorted; hidden names are skipped (the lock,
+    the marker and a writer's temporaries are the only hidden names robust-transfer writes)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and not ours(p.name))
+
+
+def refuse_foreign(root: Path | str, foreign: list[str], what: str) -> None:
+    """The one refusal of a directory holding files that are not ``what`` (nothing written yet)."""
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise UserError(f"{root} holds files that are not {what} ({shown}); nothing was written: choose a new or empty --out")
+
+
+def name_patterns(*patterns: str) -> Callable[[str], bool]:
+    """``ours`` for :class:`OutputDir`: a name matching any of the shell ``patterns``."""
+    from fnmatch import fnmatchcase
+
+    return lambda name: any(fnmatchcase(name, p) for p in patterns)
+
+
+class OutputDir:
+    """A directory one command owns: marked, locked for the command's life, never holding foreign files.
+
+    On entry the lock is taken (:class:`DirLock`), then: a directory marked by another command is
+    refused; one holding names that ``ours`` does not claim is refused; an unmarked directory that
+    is not empty is refused unless ``adopt(root)`` recognises it as one this command wrote before
+    markers existed; temporaries a killed writer left are removed and the marker is written. Use as
+    a context manager; nothing in the directory is touched before these checks pass. A directory
+    this call created is removed again when the command fails before writing anything into it.
+    """
+
+    def __init__(self, root: Path | str, kind: str, ours: Callable[[str], bool],
+                 adopt: Callable[[Path], bool] | None = None, what: str = "--out"):  # fmt: skip
+        self.root, self.kind, self.ours, self.adopt = Path(root), kind, ours, adopt
+        self.marker = self.root / MARKER_NAME
+        self._lock = DirLock(self.root, what)
+
+    def check(self) -> None:
+        """Raise :class:`UserError` unless this command may write the directory (call under the lock)."""
+        owner = self.marker.read_text().strip() if self.marker.is_file() else None
+        if owner is not None and owner != self.kind:
+            raise UserError(
+                f"{self.root} belongs to robust-transfer's {owner}, not its {self.kind}; nothing was written: "
+                "choose another --out"
+            )
+        refuse_foreign(self.root, foreign_entries(self.root, self.ours), f"robust-transfer's {self.kind}")
+        if owner is None and foreign_entries(self.root, lambda _: False) and not (self.adopt and self.adopt(self.root)):
+            shown = ", ".join(foreign_entries(self.root, lambda _: False)[:4])
+            raise UserError(
+                f"{self.root} is not empty ({shown}) and has no {MARKER_NAME} marker, so it was not written by "
+                f"robust-transfer's {self.kind}; nothing was written: choose a new or empty --out"
+            )
+
+    def __enter__(self) -> OutputDir:
+        self._created = not self.root.exists()
+        self._lock.acquire()
+        try:
+            self.check()
+            remove_stale_temporaries(self.root)
+            if not self.marker.is_file():
+                atomic_write_text(self.marker, self.kind + "\n")
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        if kind is not None and self._created:
+            # a failed command leaves no empty directory behind (only the marker and the lock were written)
+            left = {p.name for p in self.root.iterdir()} if self.root.is_dir() else set()
+            if left <= {LOCK_NAME, MARKER_NAME}:
+                for name in left:
+                    (self.root / name).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.root.rmdir()
+        self._lock.release()
 
 
 def _lock_fd(fd: int) -> None:

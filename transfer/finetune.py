@@ -10,15 +10,16 @@ import numpy as np
 import torch
 
 from transfer import validation as v
-from transfer.datasets import Subset, Transformed, dataset_spec, load_raw_splits
+from transfer.datasets import Subset, Transformed, dataset_spec, load_raw_splits, split_sizes
 from transfer.device import resolve_device
-from transfer.freezing import parse_blocks, trainable_module_names
-from transfer.models import HEAD_INITS, MAX_RESOLUTION, MIN_RESOLUTION, check_arch, replace_classifier
+from transfer.errors import UserError
+from transfer.freezing import ALL_BLOCKS, parse_blocks, residual_blocks
+from transfer.models import HEAD_INITS, MAX_RESOLUTION, MIN_RESOLUTION, build_model, check_arch, replace_classifier
 from transfer.runs import RunDir, atomic_write_json, recorded_settings
 from transfer.subsets import MAX_SEED, class_covering_subset
 from transfer.train import FROZEN_BN, TrainConfig, finish_run, fit, paper_epochs, paper_eval_every
 from transfer.transforms import AUGMENTS, build_transform
-from transfer.zoo import load_source
+from transfer.zoo import get_source, load_source, source_names
 
 
 @dataclass
@@ -113,6 +114,50 @@ def _count(value: str | int, words: dict[str, int]) -> int:
     return words[value] if value in words else int(value)
 
 
+def source_block_count(source: str, arch: str | None = None, cache_dir: str | None = None) -> int:
+    """Residual blocks of ``source``, without downloading it.
+
+    A zoo entry's architecture is built with random weights (the count depends on it alone); a
+    checkpoint file or run directory is loaded, which also checks that it exists and is one.
+    """
+    if source in source_names():
+        return len(residual_blocks(build_model(arch or get_source(source).arch, 10)))
+    return len(residual_blocks(load_source(source, arch, cache_dir, download=False).model))
+
+
+def training_split_size(target: str, data_root: str | None = None) -> int | None:
+    """Training images of ``target``: known sizes without loading, else the local copy's; None when absent here."""
+    known = split_sizes(target)
+    if known:
+        return known[0]
+    try:
+        return len(load_raw_splits(target, data_root, download=False)[0])
+    except UserError:
+        return None  # not on this machine: the run itself will fetch it (or fail with the loader's message)
+
+
+def check_feasible(cfg: FinetuneConfig, n_blocks: int, n_available: int | None) -> None:
+    """What ``finetune`` refuses once the source and the data are known, checkable before any run starts.
+
+    ``n_blocks``: the source's residual blocks; ``n_available``: images in the target's training
+    split (None: unknown here, the subset's upper bound is then checked by the run). A sweep calls
+    this for every run of its grid before its ledger is created.
+    """
+    blocks = parse_blocks(cfg.blocks)
+    if blocks != ALL_BLOCKS and blocks > n_blocks:
+        raise UserError(
+            f"--blocks {blocks} exceeds the {n_blocks} residual blocks of this model ({cfg.source}); "
+            f"use at most {n_blocks} or 'all'"
+        )
+    if cfg.subset == "all":
+        return
+    n, classes = int(cfg.subset), dataset_spec(cfg.target).num_classes
+    if n < classes:
+        raise UserError(f"--subset {n}: a subset of {n} images cannot cover {classes} classes; use --subset >= {classes}")
+    if n_available is not None and n > n_available:
+        raise UserError(f"--subset {n} is larger than the split it is drawn from ({n_available} images)")
+
+
 def finetune(
     cfg: FinetuneConfig,
     out: Path | str,
@@ -131,9 +176,10 @@ def finetune(
     blocks = parse_blocks(cfg.blocks)
     device = resolve_device(cfg.device)
     src = load_source(cfg.source, cfg.arch, cfg.cache_dir)
-    trainable_module_names(src.model, blocks)  # a block count the source does not have fails here, before any write
-    resolution = cfg.resolution or src.input_size
     train_raw, test_raw = load_raw_splits(cfg.target, cfg.data_root)
+    # the checks a sweep makes before it starts, here before any write
+    check_feasible(cfg, len(residual_blocks(src.model)), len(train_raw))
+    resolution = cfg.resolution or src.input_size
     n_train = _count(cfg.subset, {"all": len(train_raw)})
     indices = (
         class_covering_subset(train_raw.targets, n_train, cfg.seed)

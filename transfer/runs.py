@@ -26,6 +26,7 @@ from transfer.files import (
     atomic_write_jsonl,
     atomic_write_text,
     read_json,
+    refuse_foreign,
     remove_stale_temporaries,
 )
 
@@ -95,13 +96,7 @@ class RunDir:
         """
         remove_stale_temporaries(self.root)
         entries = self._entries()
-        foreign = sorted(entries - set(self.FILES))
-        if foreign:
-            shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
-            raise UserError(
-                f"{self.root} holds files that are not a robust-transfer run ({shown}); "
-                "nothing was written: choose a new or empty --out"
-            )
+        refuse_foreign(self.root, sorted(entries - set(self.FILES)), "a robust-transfer run")
         if entries and not resume:
             raise UserError(
                 f"{self.root} already holds a run ({', '.join(sorted(entries))}); "

@@ -10,7 +10,7 @@ import pytest
 
 from study.executors import LocalExecutor
 from study.grid import parse_grid
-from study.sweep import SweepConfig, run_sweep
+from study.sweep import SweepConfig, SweepDir, run_sweep
 
 GRID = """
 sources = ["mnist5k-natural", "mnist5k-l2"]
@@ -30,7 +30,8 @@ def _results(out: Path) -> dict:
     con = sqlite3.connect(out / "ledger.sqlite")
     rows = con.execute("SELECT key, state, final_acc, best_acc, run_dir FROM runs ORDER BY key").fetchall()
     con.close()
-    return {k: (state, final, best, (Path(d) / "metrics.jsonl").read_text()) for k, state, final, best, d in rows}
+    # run directories are recorded relative to the sweep directory
+    return {k: (state, final, best, (out / d / "metrics.jsonl").read_text()) for k, state, final, best, d in rows}
 
 
 def _counts(out: Path) -> dict:
@@ -104,6 +105,8 @@ def test_failed_runs_are_recorded_and_retried_on_request(tmp_path):
     grid = tmp_path / "g.toml"
     grid.write_text(GRID.replace("100 = 3", "100 = 1").replace("blocks = [1]", 'blocks = [1]\nname = "f"'))
     out = tmp_path / "s"
+    with SweepDir(out).owned():  # a sweep directory (marked), with a user's file in the way of one run
+        pass
     (out / "runs/digits/mnist5k-l2/b1/n100/s20000000").mkdir(parents=True)
     (out / "runs/digits/mnist5k-l2/b1/n100/s20000000/notes.txt").write_text("in the way")
     counts = run_sweep(SweepConfig(str(grid), str(out), workers=1, threads=1), progress=False)
