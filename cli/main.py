@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 
@@ -33,22 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def os_error_message(exc: OSError) -> str:
-    """One line for a failure of the file system: the path, the reason and what to do."""
-    path = exc.filename if exc.filename is not None else "a file"
-    hints = {
-        errno.ENOSPC: "the disk is full: free some space or write elsewhere",
-        errno.EDQUOT: "the disk quota is exhausted: free some space or write elsewhere",
-        errno.EFBIG: "the file is larger than this process may write (ulimit -f): raise the limit or write elsewhere",
-        errno.EACCES: "permission denied: choose a place you can write to",
-        errno.EPERM: "operation not permitted: choose a place you can write to",
-        errno.EROFS: "the file system is read-only: write elsewhere",
-        errno.ENOTDIR: "a part of the path is a file, not a directory: choose another path",
-        errno.EISDIR: "it is a directory, a file was expected: choose another path",
-        errno.ENOENT: "no such file or directory: check the path",
-        errno.EEXIST: "it exists already and is in the way: choose another path",
-    }
-    reason = hints.get(exc.errno, exc.strerror or type(exc).__name__)
-    return f"cannot use {path}: {reason}"
+    """One line for a failure of the file system (see :func:`transfer.files.describe_os_error`)."""
+    from transfer.files import describe_os_error
+
+    return describe_os_error(exc)
 
 
 def main(argv: list[str] | None = None) -> int:

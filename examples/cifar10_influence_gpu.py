@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", default="auto", help="auto: the paper's Table 2 (150 epochs at 3,200 images)")
     p.add_argument("--rcond", default="paper,1e-3,exact")
     p.add_argument("--test", default="all", help="test images for influence: all (10,000 for CIFAR-10) or N")
+    p.add_argument("--k", type=int, default=100, help="ranks of the class-match curves (at most the subset size - 1)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--data-root", default=None)
     args = p.parse_args(argv)
@@ -62,7 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"fine-tunes: {counts}")
     report = run_influence_study(InfluenceStudyConfig(sweep=str(out), size=str(args.size), blocks=str(args.blocks),
                                                       rcond=args.rcond, test=args.test, device=args.device,
-                                                      target=args.target))  # fmt: skip
+                                                      target=args.target,
+                                                      # a row ranks the other size - 1 training images, no more
+                                                      k=min(args.k, args.size - 1)))  # fmt: skip
     for line in report["reading"]:
         print(line)
     print(f"wrote {report['out']}/study.json, study.csv, study.png")

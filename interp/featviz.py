@@ -260,13 +260,15 @@ def visualize(
 def _pgd_ascent(objective, x0: torch.Tensor, idx: torch.Tensor, cfg: FeatVizConfig) -> torch.Tensor:
     """Normalised-gradient L2 ascent, projected on the eps-ball around ``x0`` and onto [0, 1]."""
     x = x0.clone()
-    best, best_val = x0.clone(), torch.full((len(x0),), -math.inf, dtype=x0.dtype, device=x0.device)
+    # the running best value in the objective's own dtype (a float32 seed into a float64 model gives float64)
+    best, best_val = x0.clone(), None
     for _ in range(cfg.iterations):
         x.requires_grad_(True)
         val = objective(x, idx)
         (g,) = torch.autograd.grad(val.sum(), x)
         with torch.no_grad():
             if cfg.keep_best:
+                best_val = torch.full_like(val, -math.inf) if best_val is None else best_val
                 better = val > best_val
                 best[better], best_val[better] = x[better].detach(), val[better].detach()
             norm = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
@@ -276,7 +278,8 @@ def _pgd_ascent(objective, x0: torch.Tensor, idx: torch.Tensor, cfg: FeatVizConf
             x = (x0 + delta * (cfg.eps / dnorm.clamp_min(cfg.eps))).clamp(0, 1)
     if cfg.keep_best:
         with torch.no_grad():
-            better = objective(x, idx) > best_val
+            val = objective(x, idx)
+            better = val > best_val if best_val is not None else torch.ones_like(val, dtype=torch.bool)
             best[better] = x[better]
         return best
     return x.detach()

@@ -80,7 +80,7 @@ def check_dense_fits(
         raise InterpError(
             f"a dense {p} x {p} float64 Hessian needs about {need / 2**30:.1f} GiB with its working copies, "
             f"more than the {limit / 2**30:.1f} GiB of {where} available; use the matrix-free path "
-            "(interp.influence_matrix_cg, or --method cg) or fewer parameters (--params fc)"
+            "(interp.hessian_vector_product with interp.ConjugateGradientInverse, or --method cg) or fewer parameters (--params fc)"
         )
 
 

@@ -25,8 +25,18 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.device import ieee_float32, resolve, to_device, to_numpy
-from interp.errors import InterpError, require_finite
+from interp.errors import InterpError, require_finite, require_tensor
 from interp.inverse import InverseOperator, pseudo_inverse
+
+
+def check_gradients(g_test, g_train) -> None:
+    """Per-example gradients as :func:`influence_matrix` needs them: 2-D ``(n, P)`` float32/float64
+    tensors of equal width with finite entries; an :class:`InterpError` naming the argument otherwise."""
+    for name, g in (("g_test", g_test), ("g_train", g_train)):
+        require_tensor(g, name, ndim=2)
+        require_finite(g, f"the {'test' if name == 'g_test' else 'training'} gradients ({name})")
+    if g_test.shape[1] != g_train.shape[1]:
+        raise InterpError(f"g_test has {g_test.shape[1]} columns and g_train {g_train.shape[1]}; they must match")
 
 
 def output_array(shape: tuple[int, int], out: str | Path | None):
@@ -131,6 +141,7 @@ def influence_pair(
     are reduced coordinates (the softmax head with dead features: see :mod:`interp.head`).
     Returns ``(test, train)``: CPU float64 tensors, or memmaps where ``out_*`` paths are given.
     """
+    check_gradients(g_test, g_train)
     right, row_test, row_train, col = _normalised_right(g_test, g_train, inv, normalize, grad_norms)
     test = blocked_product(g_test, right, output_array((len(g_test), len(g_train)), out_test), block_size, progress,
                            "influence test", row_test, col)  # fmt: skip
@@ -163,14 +174,21 @@ def influence_matrix(
     operator's device; rows are computed ``block_size`` at a time and gathered on the CPU, or with
     ``out`` (a ``.npy`` path) streamed to a memory-mapped file, so the matrix may exceed memory.
     Returns a float64 CPU tensor, or the ``np.memmap`` when ``out`` is given.
+
+    Raises :class:`InterpError`, naming the argument, for inputs that would give a wrong matrix
+    silently: gradients that are not 2-D float32/float64 tensors or hold NaN/Inf, gradient widths
+    that differ from ``H``'s, and an ``H`` that is not square, symmetric (to round-off) and finite
+    or that has no positive eigenvalue (see :func:`interp.inverse.pseudo_inverse`).
     """
-    require_finite(g_test, "the test gradients")
-    require_finite(g_train, "the training gradients")
+    check_gradients(g_test, g_train)
     if normalize not in NORMALIZE:
         raise InterpError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
     inv = h if isinstance(h, InverseOperator) else pseudo_inverse(h, rcond=rcond, damping=damping, method=method)
     if g_test.shape[1] != inv.size or g_train.shape[1] != inv.size:
-        raise InterpError(f"gradients have {g_test.shape[1]} / {g_train.shape[1]} columns, the Hessian {inv.size}")
+        raise InterpError(
+            f"g_test and g_train have {g_test.shape[1]} / {g_train.shape[1]} columns, the Hessian {inv.size}: "
+            "the gradients and H must cover the same parameters in the same order"
+        )
     right, row, _, col = _normalised_right(g_test, g_train, inv, normalize, None)
     return blocked_product(
         g_test, right, output_array((len(g_test), len(g_train)), out), block_size, progress, "influence", row, col

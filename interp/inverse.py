@@ -18,9 +18,11 @@ more class:
 eigenvalue would fall under the cut-off, else eigh.
 
 The cut-off ``rcond`` is relative to the largest eigenvalue. Named choices (:func:`resolve_rcond`):
-``exact`` = ``P * eps(float64)``, the default of ``numpy.linalg.pinv`` and ``scipy.linalg.pinv``
-(nothing but round-off is dropped; the API's default); ``paper`` = ``0.05``, what the paper's code
-used (``scipy.linalg.pinv2(H, rcond=5e-2)``: singular values below 5% of the largest dropped).
+``exact`` = ``P * eps(float64)``, the default of ``scipy.linalg.pinv`` (``atol + rtol * max``
+with ``rtol = max(M, N) * eps``) and of ``numpy.linalg.matrix_rank``; ``numpy.linalg.pinv``'s own
+default is the smaller ``1e-15`` (nothing but round-off is dropped either way; the API's default);
+``paper`` = ``0.05``, what the paper's code used (``scipy.linalg.pinv2(H, rcond=5e-2)``: singular
+values below 5% of the largest dropped).
 
 All work happens on the device of ``H`` (a GPU factorises on the GPU); ``apply`` returns float64 on
 that device.
@@ -39,13 +41,13 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.device import to_numpy
-from interp.errors import InterpError, require_finite
+from interp.errors import InterpError, require_finite, require_symmetric, require_tensor
 
 METHODS = ("auto", "cholesky", "eigh", "svd")
 PAPER_RCOND = 0.05
 NAMED_RCOND = {
     "paper": "0.05 x the largest singular value, as the paper's code (scipy.linalg.pinv2(H, rcond=5e-2))",
-    "exact": "P x float64 eps x the largest, the default of numpy.linalg.pinv / scipy.linalg.pinv",
+    "exact": "P x float64 eps x the largest, the default of scipy.linalg.pinv (numpy.linalg.pinv uses 1e-15)",
 }
 
 
@@ -380,19 +382,40 @@ class ConjugateGradientInverse(InverseOperator):
         }
 
 
+def symmetric_eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of symmetric float64 ``a``, on its device.
+
+    On the CPU through LAPACK's MRRR driver (``scipy.linalg.eigh(driver="evr")``): on the shipped
+    sources' head Hessians it gave pseudo-inverse solutions closer to an extended-precision reference
+    than the divide-and-conquer driver behind ``torch.linalg.eigh`` (``tests/interp/test_inverse.py``);
+    on CUDA, cuSOLVER's through ``torch.linalg.eigh``.
+    """
+    if a.device.type != "cpu":
+        return torch.linalg.eigh(a)
+    import scipy.linalg
+
+    w, v = scipy.linalg.eigh(a.numpy(), driver="evr", check_finite=False)
+    return torch.from_numpy(w), torch.from_numpy(v)
+
+
 def spectral_inverse(
     h: torch.Tensor, *, rcond: float | str | None = None, damping: float = 0.0, method: str = "eigh"
 ) -> SpectralInverse:
     """Eigendecompose symmetric ``H`` (``eigh``, or ``svd`` with the signs recovered) on its device."""
     a = h.to(torch.float64)
     if method == "eigh":
-        w, v = torch.linalg.eigh(a)
+        w, v = symmetric_eigh(a)
     elif method == "svd":
         u, s, vh = torch.linalg.svd(a)
         # symmetric A = U S V^T: v_i = sign(lambda_i) u_i, so lambda_i = s_i * <u_i, v_i>
         w, v = s * torch.sign((u * vh.mT).sum(0)), vh.mT
     else:
         raise InterpError(f"a spectral inverse is eigh or svd, got {method!r}")
+    if len(w) and float((w + damping).max()) <= 0:
+        raise InterpError(
+            f"H + damping I has no positive eigenvalue (largest {float((w + damping).max()):.3g}): it is not the "
+            "curvature at a minimum of a loss; check the matrix's sign (the Hessian of the loss, not of its negative)"
+        )
     return SpectralInverse(w, v, rcond, damping, method)
 
 
@@ -404,15 +427,22 @@ def pseudo_inverse(
     ``rcond``: a number in [0, 1), ``"exact"`` (default, ``P * eps``) or ``"paper"`` (0.05). ``method``:
     ``auto`` (Cholesky when no eigenvalue would be cut, else eigh), ``cholesky`` (raises when ``H +
     damping I`` is not safely positive definite), ``eigh`` or ``svd``.
+
+    ``h`` must be a square, symmetric (to round-off, :func:`interp.errors.require_symmetric`),
+    finite float32/float64 tensor, and ``H + damping I`` must have a positive eigenvalue: a
+    negative semi-definite matrix is not the curvature at a minimum of a loss (its sign is wrong).
+    Each is an :class:`InterpError` naming the argument.
     """
     if method not in METHODS:
         raise InterpError(f"method must be one of {METHODS}, got {method!r}")
+    require_tensor(h, "h (the Hessian)")
     if h.dim() != 2 or h.shape[0] != h.shape[1]:
-        raise InterpError(f"expected a square matrix, got shape {tuple(h.shape)}")
+        raise InterpError(f"h (the Hessian) must be a square (P, P) matrix, got shape {tuple(h.shape)}")
     _check_damping(damping)
     p = h.shape[0]
     rcond = resolve_rcond(rcond, p)
     require_finite(h, "the Hessian")
+    require_symmetric(h, "h (the Hessian)")
     if method in ("eigh", "svd"):
         # the eigenvalues of H itself: the damping is added by the operator
         return spectral_inverse(h, rcond=rcond, damping=damping, method=method)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from interp.errors import InterpError
+from interp.errors import InterpError, require_k
 
 
 @dataclass
@@ -38,19 +38,33 @@ class ClassMatch:
         return self._intervals[key]
 
 
+def _influence_rows(influence) -> np.ndarray:
+    """``influence`` as a 2-D float64 array with finite entries (a NaN would rank anywhere), else :class:`InterpError`."""
+    try:
+        inf = np.asarray(influence, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InterpError(f"influence must be a numeric (n_rows, n_train) array ({exc})") from None
+    if inf.ndim != 2:
+        raise InterpError(f"influence must be 2-D (n_rows, n_train), got shape {inf.shape}")
+    bad = int((~np.isfinite(inf)).sum())
+    if bad:
+        raise InterpError(f"influence holds {bad} non-finite value(s) (NaN or Inf); recompute it or drop those rows")
+    return inf
+
+
 def most_helpful(influence: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
     """Indices ``(n_rows, k)`` of the ``k`` most negative entries of each row, most helpful first.
 
     ``exclude_self`` drops the diagonal (a training image's influence on itself). Exact ties are
-    broken by the lower training index.
+    broken by the lower training index. ``k`` above the entries a row can rank is an error.
     """
-    inf = np.asarray(influence, dtype=np.float64)
+    inf = _influence_rows(influence)
     if exclude_self:
         if inf.shape[0] != inf.shape[1]:
-            raise InterpError("exclude_self needs a square train x train matrix")
+            raise InterpError(f"exclude_self needs a square train x train matrix, got shape {inf.shape}")
         inf = inf.copy()
         np.fill_diagonal(inf, np.inf)
-    k = min(k, inf.shape[1] - int(exclude_self))
+    k = require_k(k, inf.shape[1] - int(exclude_self))
     # a stable sort: exactly tied values (duplicate training images) come in index order, so the
     # lists are reproducible; argpartition would pick among ties at the k-th place arbitrarily
     return np.argsort(inf, axis=1, kind="stable")[:, :k]
@@ -61,10 +75,12 @@ def class_match(
 ) -> ClassMatch:
     """Class-match rates of the most helpful (most negative ``I_up,loss``) training images per row."""
     y_test, y_train = np.asarray(y_test), np.asarray(y_train)
-    if influence.shape != (len(y_test), len(y_train)):
-        raise InterpError(f"influence has shape {influence.shape}, labels give ({len(y_test)}, {len(y_train)})")
-    if k < 1:
-        raise InterpError(f"k must be >= 1, got {k}")
+    for name, y in (("y_test", y_test), ("y_train", y_train)):
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise InterpError(f"{name} must be a 1-D array of integer labels, got shape {y.shape} and dtype {y.dtype}")
+    shape = np.shape(influence)
+    if shape != (len(y_test), len(y_train)):
+        raise InterpError(f"influence has shape {shape}, the labels give ({len(y_test)}, {len(y_train)})")
     top = most_helpful(influence, k, exclude_self)
     match = y_train[top] == y_test[:, None]
     cumulative = np.cumsum(match, axis=1) / np.arange(1, match.shape[1] + 1)

@@ -65,6 +65,9 @@ def class_match_report(dirs: list[str], k: int = 100, exclude_self: bool = False
     report = ClassMatchReport([InfluenceDir(d).read() for d in dirs])
     for res in report.results:
         y_train, y_test = res["y_train"], res["y_test"]
+        if k > len(y_train) - int(exclude_self):
+            ranked = f"{len(y_train)} training images" + (", less its own entry" if exclude_self else "")
+            raise UserError(f"--k {k} is more than {res.root} can rank ({ranked}); use --k {len(y_train) - int(exclude_self)} or less")
         for st in res.settings:
             test, train = res.setting(st["index"])
             report.curves[(res.label, st["label"])] = {

@@ -71,7 +71,7 @@ class InfluenceConfig:
         default="paper",
         metadata={
             "help": "pseudo-inverse cut-off relative to the largest eigenvalue: paper (0.05, as the paper's code, "
-            "scipy pinv2 rcond=5e-2), exact (P * eps, numpy/scipy pinv's default) or a number in [0, 1); a "
+            "scipy pinv2 rcond=5e-2), exact (P * eps, scipy.linalg.pinv's default) or a number in [0, 1); a "
             "comma-separated list (paper,1e-2,1e-4,exact) factorises once and writes one matrix pair per setting"
         },
     )
@@ -143,6 +143,12 @@ class InfluenceConfig:
         self.rcond = "exact" if self.rcond is None else str(self.rcond)
         self.damping = str(self.damping)
         rconds, dampings = self.rconds(), self.dampings()
+        for name, values in (("rcond", rconds), ("damping", dampings)):
+            # one matrix pair per setting: the same value twice would write two identical pairs
+            seen = [str(x) if isinstance(x, str) else float(x) for x in values]
+            twice = sorted({str(x) for x in seen if seen.count(x) > 1})
+            if twice:
+                raise UserError(f"--{name} lists {', '.join(twice)} more than once; give each value once")
         v.choice("method", self.method, (*METHODS, "cg"))
         v.choice("normalize", self.normalize, NORMALIZE)
         if self.refit_head and (self.params != "fc" or self.method == "cg"):

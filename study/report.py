@@ -86,6 +86,9 @@ def _image(path: Path) -> str:
     return f'<figure><img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(path.name)}</figcaption></figure>'
 
 
+FOLD_ROWS = 8  # longer tables are folded (<details>), their caption still shown
+
+
 def _table(rows: list[dict], columns: list[str] | None = None, caption: str = "") -> str:
     if not rows:
         return f"<p>(no rows: {html.escape(caption)})</p>"
@@ -94,8 +97,27 @@ def _table(rows: list[dict], columns: list[str] | None = None, caption: str = ""
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in columns) + "</tr>" for r in rows
     )
+    if len(rows) > FOLD_ROWS:
+        return (f"<details><summary>{html.escape(caption)} ({len(rows)} rows)</summary><table><thead><tr>{head}"
+                f"</tr></thead><tbody>{body}</tbody></table></details>")  # fmt: skip
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def with_interval(rows: list[dict], mean: str, low: str, high: str, clip: tuple[float, float], digits: int,
+                  label: str) -> tuple[list[dict], list[str]]:  # fmt: skip
+    """Rows for display: ``mean``, ``low`` and ``high`` merged into one ``label`` cell, ``mean [low, high]``
+    rounded to ``digits`` decimals with the interval clipped to ``clip`` (the valid range: a t interval
+    over two seeds can pass 100%); the CSVs and results.json keep the raw bounds. Returns the rows and columns."""
+    out = []
+    for r in rows:
+        m, lo, hi = _num(r.get(mean)), _num(r.get(low)), _num(r.get(high))
+        cell = "" if m is None else f"{m:.{digits}f}"
+        if m is not None and lo is not None and hi is not None:
+            cell += f" [{max(clip[0], lo):.{digits}f}, {min(clip[1], hi):.{digits}f}]"
+        out.append({**{k: v for k, v in r.items() if k not in (mean, low, high)}, label: cell})
+    columns = [c for c in rows[0] if c not in (mean, low, high)] + [label] if rows else []
+    return out, columns
 
 
 def _cols(section: dict, name: str) -> list[str] | None:
@@ -103,13 +125,24 @@ def _cols(section: dict, name: str) -> list[str] | None:
     return section.get("columns", {}).get(name)
 
 
+def _ordered(section: dict, name: str, shown: list[str]) -> list[str]:
+    """``shown``'s columns in the CSV's order where the stage recorded it, the merged interval column last."""
+    recorded = [c for c in (_cols(section, name) or []) if c in shown[:-1]]
+    return (recorded or shown[:-1]) + shown[-1:]
+
+
 def _fmt(value) -> str:
+    """Numbers with three decimals (scientific below 0.001), integers and text as they are."""
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4g}"
+        return "" if math.isnan(value) else _decimals(value)
     if isinstance(value, list):
         return " ".join(_fmt(v) for v in value)
     x = _num(value) if isinstance(value, str) and value and not value.isdigit() else None
-    return f"{x:.4g}" if x is not None and "." in value else str(value)
+    return _decimals(x) if x is not None and ("." in value or "e" in value.lower()) else str(value)
+
+
+def _decimals(x: float) -> str:
+    return f"{x:.3f}" if x == 0 or abs(x) >= 1e-3 else f"{x:.2e}"
 
 
 def _section(title: str, *parts: str) -> str:
@@ -134,6 +167,13 @@ def render(report: dict, root: Path) -> str:
              for r in inf["study"]["differences"]]  # fmt: skip
     rates = [{k: r[k] for k in ("source", "setting", "statistic", "mean", "low", "high", "n_seeds")}
              for r in inf["study"]["rates"]]  # fmt: skip
+    ci = "mean [95% CI]"
+    table5, table5_cols = with_interval(t["table5"], "mean", "ci_low", "ci_high", (0, 100), 1, "accuracy % " + ci)
+    paired, paired_cols = with_interval(t["paired"], "mean_diff", "ci_low", "ci_high", (-100, 100), 1, "points " + ci)
+    rates, rates_cols = with_interval(rates, "mean", "low", "high", (0, 1), 3, "class match " + ci)
+    diffs, diffs_cols = with_interval(diffs, "mean", "low", "high", (-1, 1), 3, "difference " + ci)
+    seed0, seed0_cols = with_interval(inf["paired_seed0"], "difference", "low", "high", (-1, 1), 3, "difference " + ci)
+    headline = [p for p in t["figures"] if Path(p).name in ("delta.png", "accuracy.png")][:1]
     validation = [{"source": s, **{k: st[k] for k in ("setting", "rank_kept", "size", "pearson", "spearman", "n_pairs")},
                    "grad_norm_before_refit": v["refit"]["grad_norm_before"]}
                   for s, v in inf["validation"].items() for st in v["settings"]]  # fmt: skip
@@ -146,32 +186,34 @@ def render(report: dict, root: Path) -> str:
         "explained with influence functions, feature visualisations and saliency maps, following Utrera et al. "
         "(2020), <i>Adversarially-Trained Deep Nets Transfer Better</i>. Everything below was computed by the "
         "commands listed at the end, on this machine.</p>",
-        _section("What the numbers say", _paragraphs(report["readings"])),
+        _section("What the numbers say", _paragraphs(report["readings"]), fig(headline)),
         _section(
             "Transfer accuracy (Table 5 and Figures 2-3 analogues)",
             _table(
-                t["table5"],
-                _cols(t, "table5"),
-                caption="accuracy % after the last epoch, mean and 95% Student-t interval over seeds",
+                table5,
+                _ordered(t, "table5", table5_cols),
+                caption="accuracy % after the last epoch, mean and 95% Student-t interval over seeds (shown within "
+                "0-100%; the CSV keeps the raw bounds)",
             ),
             _table(
-                t["paired"],
-                _cols(t, "paired"),
+                paired,
+                _ordered(t, "paired", paired_cols),
                 caption="paired per-seed differences, robust minus natural (accuracy points)",
             ),
-            fig(t["figures"]),
+            fig([p for p in t["figures"] if p not in headline]),
         ),  # fmt: skip
         _section(
             "Influence (Section 6: Figures 6-8 analogues)",
             _table(
                 rates,
+                rates_cols,
                 caption="class match of the most helpful training images (test images), per source and "
-                "cut-off, mean over seeds with 95% t interval",
+                "cut-off, mean over seeds with 95% t interval (shown within 0-1)",
             ),
-            _table(diffs, caption="robust minus natural class match per cut-off, per-seed differences"),
+            _table(diffs, diffs_cols, caption="robust minus natural class match per cut-off, per-seed differences"),
             _table(
-                inf["paired_seed0"],
-                _cols(inf, "paired_seed0"),
+                seed0,
+                _ordered(inf, "paired_seed0", seed0_cols),
                 caption="seed 0 only: paired bootstrap over test images",
             ),
             _table(validation, caption="leave-one-out validation at the refitted head"),

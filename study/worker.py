@@ -35,6 +35,10 @@ def execute_run(settings: dict, run_dir: str | Path) -> dict:
         return {"summary": summary, "error": None, "device": device}
     except UserError as exc:
         return {"summary": None, "error": str(exc), "device": device}
+    except OSError as exc:  # a full disk, a permission: said as the CLI says it, with the path
+        from transfer.files import describe_os_error
+
+        return {"summary": None, "error": describe_os_error(exc), "device": device}
     except Exception as exc:  # a bug or a resource failure: keep the last frame for the ledger
         where = traceback.extract_tb(exc.__traceback__)[-1]
         return {"summary": None, "error": f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})",

@@ -99,21 +99,22 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: PGDConfi
         if cfg.random_start
         else x0.clone()
     )
-    # the running best in the model's dtype (float64 models included), never the default dtype
-    best, best_loss = adv.clone(), torch.full((x0.shape[0],), -float("inf"), dtype=x0.dtype, device=x0.device)
+    # the running best loss in the loss's own dtype (a float32 input into a float64 model gives a float64 loss)
+    best, best_loss = adv.clone(), None
     for _ in range(cfg.steps):
         adv.requires_grad_(True)
         loss = F.cross_entropy(model(adv), y, reduction="none")
         (grad,) = torch.autograd.grad(loss.sum(), adv)
         with torch.no_grad():
             if cfg.keep_best:
+                best_loss = torch.full_like(loss, -float("inf")) if best_loss is None else best_loss
                 better = loss.detach() > best_loss
                 best[better], best_loss[better] = adv.detach()[better], loss.detach()[better]
             adv = project(_step(adv.detach(), grad, cfg.constraint, cfg.step_size), x0, cfg.constraint, cfg.eps)
     if cfg.keep_best:
         with torch.no_grad():
             loss = F.cross_entropy(model(adv), y, reduction="none")
-            better = loss > best_loss
+            better = loss > best_loss if best_loss is not None else torch.ones_like(loss, dtype=torch.bool)
             best[better] = adv[better]
         return best
     return adv.detach()

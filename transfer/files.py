@@ -18,6 +18,7 @@ is refused before a byte is written, so a user's file is never overwritten.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -48,12 +49,14 @@ def _create(path: Path) -> IO[bytes]:
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
 
 
-def atomic_write(path: Path | str, write: Callable[[IO[bytes]], None], durable: bool = True) -> None:
+def atomic_write(path: Path | str, write: Callable[[IO[bytes]], None], durable: bool = True,
+                 needed: int | None = None) -> None:  # fmt: skip
     """Write through a temporary sibling, then rename over ``path``.
 
     A killed process never leaves a half-written ``path``. ``durable`` also fsyncs, which guards
     against an operating-system crash too; per-epoch training state skips it (it is rewritten
-    often, and a kill, the case resume is for, keeps the page cache).
+    often, and a kill, the case resume is for, keeps the page cache). A full disk is an
+    ``OSError(ENOSPC)`` naming ``path`` and the space it ``needed`` (about; else what was written).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,15 +69,53 @@ def atomic_write(path: Path | str, write: Callable[[IO[bytes]], None], durable: 
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
+        written = _size(tmp)
         tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise no_space(path, needed or written) from None
         if exc.filename is not None:
             raise
         # numpy's ``tofile`` reports a short write without errno or path: name both what and where
         reason = exc.strerror or f"the write stopped short ({exc}): the disk is full or a file-size limit was reached"
         raise OSError(exc.errno, reason, str(path)) from None
+    except RuntimeError as exc:
+        written = _size(tmp)
+        tmp.unlink(missing_ok=True)
+        # torch.save's zip writer reports a failed write as "[enforce fail at inline_container.cc] unexpected
+        # pos ...", without errno: a full disk is told by the space left where the file was going
+        if "inline_container" in str(exc) or "PytorchStreamWriter" in str(exc):
+            if shutil.disk_usage(path.parent).free < max(needed or 0, written, 1) + 2**20:
+                raise no_space(path, needed or written) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def no_space(path: Path | str, needed: int | None) -> OSError:
+    """``ENOSPC`` naming the file, the space it needed (about) and the space free there."""
+    path = Path(path)
+    free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+    need = f"needed ~{max(needed, 1) / 1e6:,.1f} MB, " if needed else ""
+    return OSError(errno.ENOSPC, f"no space left on the device of {path} ({need}{free / 1e6:,.1f} MB free)", str(path))
+
+
+def torch_nbytes(obj) -> int:
+    """Bytes of the tensors in a (nested) object that ``torch.save`` would write: about the file's size."""
+    if isinstance(obj, torch.Tensor):
+        return obj.untyped_storage().nbytes()
+    if isinstance(obj, dict):
+        return sum(torch_nbytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(torch_nbytes(v) for v in obj)
+    return 0
 
 
 @contextmanager
@@ -126,7 +167,7 @@ def atomic_write_jsonl(path: Path | str, rows: Iterable[dict]) -> None:
 
 
 def atomic_torch_save(obj, path: Path | str, durable: bool = True) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f), durable)
+    atomic_write(path, lambda f: torch.save(obj, f), durable, needed=torch_nbytes(obj))
 
 
 def read_json(path: Path | str, what: str = "file"):
@@ -288,6 +329,27 @@ class OutputDir:
                 with contextlib.suppress(OSError):
                     self.root.rmdir()
         self._lock.release()
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failure of the file system: the path, the reason and what to do."""
+    path = exc.filename if exc.filename is not None else "a file"
+    hints = {
+        errno.ENOSPC: "the disk is full: free some space or write elsewhere",
+        errno.EDQUOT: "the disk quota is exhausted: free some space or write elsewhere",
+        errno.EFBIG: "the file is larger than this process may write (ulimit -f): raise the limit or write elsewhere",
+        errno.EACCES: "permission denied: choose a place you can write to",
+        errno.EPERM: "operation not permitted: choose a place you can write to",
+        errno.EROFS: "the file system is read-only: write elsewhere",
+        errno.ENOTDIR: "a part of the path is a file, not a directory: choose another path",
+        errno.EISDIR: "it is a directory, a file was expected: choose another path",
+        errno.ENOENT: "no such file or directory: check the path",
+        errno.EEXIST: "it exists already and is in the way: choose another path",
+    }
+    reason = hints.get(exc.errno, exc.strerror or type(exc).__name__)
+    if exc.errno is not None and exc.strerror and exc.strerror != os.strerror(exc.errno) and exc.errno in hints:
+        reason = f"{exc.strerror}: {reason}"  # our own detail (space needed and free) before the advice
+    return f"cannot use {path}: {reason}"
 
 
 def _lock_fd(fd: int) -> None:

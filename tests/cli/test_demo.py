@@ -50,10 +50,14 @@ def test_the_demo_writes_the_report_from_the_commands_own_files(demo):
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", page)
     for line in results["readings"]:
         assert line.replace("'", "&#x27;").replace(">", "&gt;") in page
-    # the tables keep their CSVs' column order (the stage records are JSON with sorted keys)
+    # the tables keep their CSVs' column order (the stage records are JSON with sorted keys), the interval merged
+    # into one cell shown within 0-100% (the CSV keeps the raw t bounds)
     with open(demo / "summary" / "table5.csv", newline="") as f:
-        header = next(csv.reader(f))
+        rows = list(csv.reader(f))
+    header = [c for c in rows[0] if c not in ("mean", "ci_low", "ci_high")] + ["accuracy % mean [95% CI]"]
     assert "<thead><tr>" + "".join(f"<th>{c}</th>" for c in header) + "</tr></thead>" in page
+    shown = re.findall(r"<td>(-?[0-9.]+) \[(-?[0-9.]+), (-?[0-9.]+)\]</td>", page.split("Transfer accuracy")[1])
+    assert shown and all(0 <= float(lo) <= float(m) <= float(hi) <= 100 for m, lo, hi in shown[: len(rows) - 1])
 
 
 def test_a_rerun_keeps_finished_stages_and_redoes_the_missing_one(demo):
