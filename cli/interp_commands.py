@@ -164,7 +164,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("class-match", help="top-k class-match rates of influence directories, CSV and PNG")
     p.add_argument("outs", nargs="+", help="influence directories (e.g. natural and robust)")
-    p.add_argument("--k", type=int, default=100, help="ranks to report")
+    p.add_argument("--k", type=int, default=None,
+                   help="ranks to report (default 100, or every training image a row can rank where there are fewer)")
     p.add_argument("--exclude-self", action="store_true", help="train x train: ignore each image's influence on itself")
     p.add_argument("--csv", default=None, help="CSV path (default: class_match.csv in the first directory)")
     p.add_argument("--png", default=None, help="PNG path (default: beside the CSV)")

@@ -57,17 +57,27 @@ def _same_rows(a: InfluenceResult, b: InfluenceResult) -> bool:
     )
 
 
-def class_match_report(dirs: list[str], k: int = 100, exclude_self: bool = False) -> ClassMatchReport:
+DEFAULT_K = 100
+
+
+def class_match_report(dirs: list[str], k: int | None = None, exclude_self: bool = False) -> ClassMatchReport:
     """Rates per directory and setting, with intervals; the first two directories' paired differences
-    (when they hold the same test images) for every setting label they share."""
-    if k < 1:
+    (when they hold the same test images) for every setting label they share.
+
+    ``k``: ranks deep; None is :data:`DEFAULT_K`, or every training image a row can rank where there
+    are fewer (the curves' ``k`` says which). A ``k`` given beyond that is an error.
+    """
+    if k is not None and k < 1:
         raise UserError(f"--k must be an integer >= 1, got {k}")
     report = ClassMatchReport([InfluenceDir(d).read() for d in dirs])
+    ranked = min(len(res["y_train"]) - int(exclude_self) for res in report.results)
+    if k is None:
+        k = min(DEFAULT_K, ranked)
+    elif k > ranked:
+        what = " (its own entry left out)" if exclude_self else ""
+        raise UserError(f"--k {k} is more than the {ranked} training images a row can rank{what}; use --k {ranked} or less")
     for res in report.results:
         y_train, y_test = res["y_train"], res["y_test"]
-        if k > len(y_train) - int(exclude_self):
-            ranked = f"{len(y_train)} training images" + (", less its own entry" if exclude_self else "")
-            raise UserError(f"--k {k} is more than {res.root} can rank ({ranked}); use --k {len(y_train) - int(exclude_self)} or less")
         for st in res.settings:
             test, train = res.setting(st["index"])
             report.curves[(res.label, st["label"])] = {

@@ -26,6 +26,7 @@ import numpy as np
 from transfer.errors import UserError
 from transfer.files import (
     LOCK_NAME,
+    TMP_SUFFIX,
     DirLock,
     atomic_write,
     atomic_write_json,
@@ -95,6 +96,9 @@ class InfluenceDir:
         known = {f"{a}.npy" for a in ARRAYS + OPTIONAL_ARRAYS} | {META, LOCK_NAME}
         return name in known or any(fnmatch(name, pattern) for pattern in DERIVED + SETTING_ARRAYS)
 
+    def _foreign(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if not self._ours(p.name) and not p.name.endswith(TMP_SUFFIX))
+
     @contextmanager
     def writing(self, nbytes: int = 0) -> Iterator[InfluenceDir]:
         """Lock the directory and empty it of a previous result; refuse a directory with foreign files.
@@ -102,10 +106,12 @@ class InfluenceDir:
         ``nbytes``, the size of what will be written, is checked against the free space first.
         ``meta.json`` is written by :meth:`complete`, last; until then readers refuse the directory.
         """
+        if self.root.is_dir():  # refused before the lock file is created
+            refuse_foreign(self.root, self._foreign(), "an influence directory's")
         with DirLock(self.root, "--out"):
             remove_stale_temporaries(self.root)
             entries = [p.name for p in self.root.iterdir()]
-            refuse_foreign(self.root, sorted(n for n in entries if not self._ours(n)), "an influence directory's")
+            refuse_foreign(self.root, self._foreign(), "an influence directory's")
             old = [self.root / n for n in entries if n != LOCK_NAME]
             check_free_space(self.root, nbytes - sum(p.stat().st_size for p in old), "the influence matrices")
             self.meta.unlink(missing_ok=True)  # from here on the directory reads as incomplete

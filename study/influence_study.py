@@ -55,13 +55,16 @@ class InfluenceStudyConfig:
     refit_head: bool = field(default=False, metadata={"help": "as influence --refit-head"})
     features_dtype: str = field(default="float32", metadata={"help": "as influence --features-dtype"})
     params: str = field(default="fc", metadata={"help": "as influence --params"})
-    k: int = field(default=100, metadata={"help": "ranks of the class-match curves"})
+    k: int | None = field(
+        default=None, metadata={"help": "ranks of the class-match curves (default 100, or all training images if fewer)"}
+    )
     exclude_self: bool = field(default=True, metadata={"help": "train x train: leave each image's own entry out"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
 
     def __post_init__(self):
         v.count_or_word("size", self.size, ("all",))
-        v.integer("k", self.k, low=1)
+        if self.k is not None:
+            v.integer("k", self.k, low=1)
         self.influence_config("run", "out")  # every influence setting checked before anything runs
 
     def influence_config(self, run: str, out: str) -> InfluenceConfig:

@@ -233,8 +233,8 @@ def write_summary(rows: list[dict], out: Path, which: str = "final", natural: st
     body, md = [], []
     for key in sorted(set(plan) | set(table)):
         t, n, b, s = key
-        done, planned = plan.get(key, (table[key].n, table[key].n))
         iv = table.get(key)
+        done, planned = plan[key] if key in plan else (iv.n, iv.n)
         raw = [round(iv.mean, 4), round(iv.low, 4), round(iv.high, 4)] if iv else ["", "", ""]
         body.append([t, n, b, s, done, *raw, planned, done == planned])
         mark = "" if done == planned else " *"

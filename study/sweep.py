@@ -71,8 +71,7 @@ class SweepDir:
 
     def owned(self) -> OutputDir:
         """The directory held for a coordinator's life (a sweep made before markers existed is adopted by its ledger)."""
-        return OutputDir(self.root, "sweep", name_patterns(*SWEEP_FILES),
-                         adopt=lambda root: (root / "ledger.sqlite").is_file())  # fmt: skip
+        return OutputDir(self.root, "sweep", name_patterns(*SWEEP_FILES), adopt=_has_our_ledger)
 
     def open_ledger(self) -> Ledger:
         """The ledger, read-only: for ``status``, ``summarize``, ``plot`` and studies."""
@@ -81,6 +80,17 @@ class SweepDir:
         if not self.ledger.exists():
             raise UserError(f"{self.root} is not a sweep directory (no ledger.sqlite)")
         return Ledger(self.ledger, readonly=True)
+
+
+def _has_our_ledger(root: Path) -> bool:
+    """An unmarked directory is a sweep of an earlier version when it holds a ledger of ours (read-only check)."""
+    if not (root / "ledger.sqlite").is_file():
+        return False
+    try:
+        Ledger(root / "ledger.sqlite", readonly=True).db.close()
+    except UserError:
+        return False
+    return True
 
 
 def make_executor(cfg: SweepConfig) -> Executor:

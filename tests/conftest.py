@@ -46,3 +46,31 @@ def influence_out(finished_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("influence") / "rob"
     run_influence(InfluenceConfig(run=str(finished_run), out=str(out), test="30", device="cpu"), progress=False)
     return out
+
+
+SWEEP_GRID = 'name = "t"\nsources = ["mnist5k-natural", "mnist5k-l2"]\ntargets = ["digits"]\nblocks = [0]\n[seeds]\n100 = 2\n'
+
+
+def make_sweep(root, done: int) -> "Path":  # noqa: F821
+    """A sweep directory (marked, with its ledger) of a 2-source x 2-seed grid whose first ``done`` of 4
+    runs finished with made-up accuracies; the rest pending. Nothing is trained: for readers of ledgers."""
+    from study.grid import parse_grid
+    from study.ledger import Ledger
+    from study.sweep import SweepDir
+
+    grid = parse_grid(SWEEP_GRID)
+    sweep = SweepDir(root)
+    with sweep.owned(), Ledger(sweep.ledger) as ledger:
+        ledger.bind_grid(grid.digest, grid.name)
+        sweep.grid.write_text(SWEEP_GRID)
+        ledger.add(grid.runs())
+        for i, (spec, _) in enumerate(ledger.claim(done)):
+            acc = 0.6 + 0.05 * i
+            summary = {"n_train": 100, "final_test_acc": acc, "best_test_acc": acc, "best_epoch": 2, "wall_time_s": 1.0}
+            ledger.finish(spec.key, summary, "cpu", "test")
+    return root
+
+
+@pytest.fixture
+def sweep_factory(tmp_path):
+    return lambda name, done: make_sweep(tmp_path / name, done)

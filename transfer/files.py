@@ -308,6 +308,8 @@ class OutputDir:
 
     def __enter__(self) -> OutputDir:
         self._created = not self.root.exists()
+        if self.root.is_dir():
+            self.check()  # a refused directory gets not even a lock file; checked again under the lock
         self._lock.acquire()
         try:
             self.check()

@@ -20,6 +20,7 @@ from pathlib import Path
 from transfer.errors import UserError
 from transfer.files import (
     LOCK_NAME,
+    TMP_SUFFIX,
     DirLock,
     atomic_torch_save,
     atomic_write_json,
@@ -80,8 +81,15 @@ class RunDir:
         self.state = self.root / "state.pt"
 
     def lock(self) -> DirLock:
-        """The exclusive lock every writer of this directory holds for its whole life."""
+        """The exclusive lock every writer of this directory holds for its whole life.
+
+        A directory holding files that are not a run's is refused first, so it gets not even a lock file."""
+        self._refuse_foreign()
         return DirLock(self.root, "--out")
+
+    def _refuse_foreign(self) -> None:
+        entries = {n for n in self._entries() if not n.endswith(TMP_SUFFIX)}
+        refuse_foreign(self.root, sorted(entries - set(self.FILES)), "a robust-transfer run")
 
     def _entries(self) -> set[str]:
         return {p.name for p in self.root.iterdir()} - {LOCK_NAME} if self.root.is_dir() else set()
@@ -96,7 +104,7 @@ class RunDir:
         """
         remove_stale_temporaries(self.root)
         entries = self._entries()
-        refuse_foreign(self.root, sorted(entries - set(self.FILES)), "a robust-transfer run")
+        self._refuse_foreign()
         if entries and not resume:
             raise UserError(
                 f"{self.root} already holds a run ({', '.join(sorted(entries))}); "

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cli.main import main
+from tests.conftest import make_sweep
 
 RUN = ["finetune", "--source", "mnist5k-l2", "--target", "digits", "--out", "{tmp}/new"]
 PRE = ["pretrain", "--dataset", "digits", "--epochs", "1", "--out", "{tmp}/new"]
@@ -130,6 +131,29 @@ CASES = [
     (SAL + ["--images", "3,400"], "--images must select images 0..359"),
     (["saliency", "--model", "mnist5k-l2", "--dataset", "cifar11", "--out", "{tmp}/new"], "unknown dataset 'cifar11'"),
     (["saliency", "--model", "mnist5k-l2", "--dataset", "digits", "--out", "{a_file}"], "in the way"),
+    # sweeps, summaries, studies and the demo (issue 18)
+    (["sweep", "{grid_bytes}", "--out", "{tmp}/new"], "is not UTF-8 text"),
+    (["sweep", "{grid_dict}", "--out", "{tmp}/new"], "'sources' must list strings; got {'a': 1}"),
+    (["sweep", "{grid_huge}", "--out", "{tmp}/new", "--dry-run"], "the grid has 100,000,000 runs, more than the 200,000"),
+    (["sweep", "{grid_blocks7}", "--out", "{tmp}/new"], "--blocks 7 exceeds the 6 residual blocks"),
+    (["sweep", "{grid_missing}", "--out", "{tmp}/new"], "is neither a source name"),
+    (["sweep", "{grid_subset}", "--out", "{tmp}/new"], "larger than the split it is drawn from (1437 images)"),
+    (["sweep", "{grid_ok}", "--out", "{tmp}/new", "--executor", "ray", "--address", "127.0.0.1:1"], "no Ray cluster answers at 127.0.0.1:1"),
+    (["sweep", "{grid_ok}", "--out", "{user_dir}"], "holds files that are not robust-transfer's sweep (notes.txt)"),
+    (["sweep", "status", "{foreign_sqlite}"], "is not a robust-transfer sweep ledger"),
+    (["summarize", "{partial_sweep}", "--out", "{tmp}/new"], "is incomplete: 3 of 4 runs done (1 pending)"),
+    (["plot", "{partial_sweep}", "--figure", "accuracy", "--out", "{tmp}/new"], "is incomplete: 3 of 4 runs done"),
+    (["summarize", "{complete_sweep}", "--out", "{user_dir}"], "holds files that are not robust-transfer's summary (notes.txt)"),
+    (["summarize", "{complete_sweep}", "--out", "{user_table5}"], "has no .robust-transfer marker"),
+    (["plot", "{complete_sweep}", "--figure", "accuracy", "--out", "{user_dir}"], "not robust-transfer's figures"),
+    (["influence-study", "{complete_sweep}", "--size", "100", "--blocks", "0", "--out", "{user_dir}"], "not robust-transfer's influence-study"),
+    (["validate-influence", "--run", "{run}", "--out", "{tmp}/new", "--tests", "1", "--removals", "1", "--random", "0"], "a correlation needs at least 3"),
+    (["validate-influence", "--run", "{run}", "--out", "{user_dir}"], "not robust-transfer's validate-influence"),
+    (INF + ["--rcond", "paper,paper"], "--rcond lists paper more than once"),
+    (INF + ["--damping", "wd,wd"], "--damping lists wd more than once"),
+    (["class-match", "{influence}", "--k", "100000"], "--k 100000 is more than"),
+    (["demo", "--quick", "--out", "{user_dir}"], "holds files that are not robust-transfer's demo (notes.txt)"),
+    (VIZ[:-1] + ["{user_dir}"], "not robust-transfer's featviz"),
     # usage
     ([], "the following arguments are required: command"),
     (["finetune", "--target", "digits"], "required: --source"),
@@ -158,6 +182,26 @@ def places(tmp_path_factory, finished_run, influence_out):
     ckpt = torch.load(finished_run / "model.pt", weights_only=True)
     ckpt["state_dict"]["model.fc.weight"][0, 0] = float("nan")
     torch.save(ckpt, root / "nan.pt")
+    grids = {
+        "grid_bytes": b"\xff\xfe",
+        "grid_dict": 'sources = [{a = 1}]\ntargets = ["digits"]\nblocks = [0]\n[seeds]\n100 = 1\n',
+        "grid_huge": 'sources = ["mnist5k-l2"]\ntargets = ["digits"]\nblocks = [0]\n[seeds]\n50 = 100000000\n',
+        "grid_blocks7": 'sources = ["mnist5k-l2"]\ntargets = ["digits"]\nblocks = [7]\n[seeds]\n100 = 1\n',
+        "grid_missing": 'sources = ["/no/such/model.pt"]\ntargets = ["digits"]\nblocks = [0]\n[seeds]\n100 = 1\n',
+        "grid_subset": 'sources = ["mnist5k-l2"]\ntargets = ["digits"]\nblocks = [0]\n[seeds]\n5000 = 1\n',
+        "grid_ok": 'sources = ["mnist5k-l2"]\ntargets = ["digits"]\nblocks = [0]\n[seeds]\n100 = 1\n',
+    }
+    for name, text in grids.items():
+        (root / f"{name}.toml").write_bytes(text if isinstance(text, bytes) else text.encode())
+    foreign = root / "foreign_sqlite"
+    foreign.mkdir()
+    import sqlite3
+
+    with sqlite3.connect(foreign / "ledger.sqlite") as db:
+        db.execute("CREATE TABLE notes (x)")
+    user_table5 = root / "user_table5"
+    user_table5.mkdir()
+    (user_table5 / "table5.csv").write_text("the user's own table")
     pretrain_run = root / "pretrain_run"
     pretrain_run.mkdir()
     (pretrain_run / "config.json").write_text('{"settings": {"dataset": "digits", "arch": "small_resnet"}}')
@@ -173,6 +217,11 @@ def places(tmp_path_factory, finished_run, influence_out):
         "incomplete": incomplete,
         "nan_ckpt": root / "nan.pt",
         "pretrain_run": pretrain_run,
+        **{name: root / f"{name}.toml" for name in grids},
+        "foreign_sqlite": foreign,
+        "user_table5": user_table5,
+        "partial_sweep": make_sweep(root / "partial_sweep", done=3),
+        "complete_sweep": make_sweep(root / "complete_sweep", done=4),
     }
 
 
@@ -192,6 +241,10 @@ def test_bad_invocation_is_one_line(argv, match, places, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1, err
     assert match in err, err
     assert not (tmp_path / "new").exists()  # refused before anything was written
+    # the user's own files are never touched, nor do they get company
+    assert sorted(p.name for p in places["user_dir"].iterdir()) == ["notes.txt"]
+    assert (places["user_dir"] / "notes.txt").read_text() == "precious"
+    assert (places["user_table5"] / "table5.csv").read_text() == "the user's own table"
 
 
 def test_a_closed_pipe_ends_quietly_without_traceback():

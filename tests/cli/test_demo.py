@@ -115,3 +115,38 @@ def test_the_report_renders_in_a_real_browser(demo):
         assert (demo / "report.png").stat().st_size > 10_000
     finally:
         browser.quit()
+
+
+def test_the_demo_refuses_a_directory_holding_a_users_file(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.txt").write_text("precious")
+    assert main(["demo", "--quick", "--out", str(out), "--device", "cpu", "--no-progress"]) == 2
+    assert "holds files that are not robust-transfer's demo (thesis.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.txt"]
+
+
+def test_a_failed_stage_is_reported_with_its_cause_and_not_recorded_as_done(tmp_path, capsys):
+    from cli.demo import DEMO_FILES
+    from transfer.files import OutputDir, name_patterns
+
+    out = tmp_path / "demo"
+    with OutputDir(out, "demo", name_patterns(*DEMO_FILES)):
+        (out / "sweep").mkdir()
+        (out / "sweep" / "notes.txt").write_text("in the sweep's way")
+    assert main(["demo", "--quick", "--out", str(out), "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "demo stage transfer" in err and "holds files that are not robust-transfer's sweep (notes.txt)" in err
+    assert not (out / "stages" / "transfer.json").exists()
+
+
+def test_the_time_left_grows_when_a_stage_runs_over_its_estimate():
+    from cli.demo import Clock
+
+    clock = Clock()
+    clock.start(stage_expected=10, rest_expected=20)
+    assert clock.left() == pytest.approx(30, abs=0.5)
+    clock.stage_started -= 15  # 15 s into a stage expected to take 10: this machine is 1.5x slower
+    assert clock.left() == pytest.approx(30, abs=0.5)  # nothing left of the stage's estimate, the rest scaled
+    clock.stage_started -= 15
+    assert clock.left() == pytest.approx(60, abs=0.5)

@@ -83,3 +83,9 @@ def test_keep_best_works_for_a_float64_model():
     seeds = noise_seeds(2, 28, seed=0).double()
     res = visualize(model, seeds, [1, 2], FeatVizConfig(iterations=3, keep_best=True))
     assert res.images.dtype == torch.float64 and (res.end >= res.start - 1e-9).all()
+
+
+def test_keep_best_takes_the_objectives_dtype_for_float32_seeds_into_a_float64_model():
+    model = load_source("mnist5k-l2").model.double()
+    res = visualize(model, noise_seeds(2, 28, seed=0), [1, 2], FeatVizConfig(iterations=3, keep_best=True))
+    assert res.images.dtype == torch.float32 and (res.end >= res.start - 1e-6).all()

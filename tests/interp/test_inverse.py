@@ -144,3 +144,47 @@ def test_conjugate_gradient_on_an_indefinite_system_says_so():
     assert residual < 1e-10 and torch.allclose(
         (a + torch.eye(3, dtype=torch.float64)) @ x, torch.ones(3, 2, dtype=torch.float64)
     )
+
+
+def test_the_eigh_pseudo_inverse_of_a_shipped_head_hessian_matches_an_extended_precision_reference():
+    """The generic Hessian of the shipped mnist5k-l2 head (650 parameters, 65 exact null directions: one
+    per feature and the bias, where a constant added to every class changes no softmax), 300 images, lambda
+    = 0. Reference: the same H restricted to the complement of that null space, solved by iterative
+    refinement with 80-bit residuals (numpy longdouble), so only H's own float64 rounding remains."""
+    import scipy.linalg
+    from torch.utils.data import DataLoader, Subset
+
+    from transfer.datasets import Transformed, load_raw_splits
+    from transfer.transforms import build_transform
+    from transfer.zoo import load_source
+
+    if np.finfo(np.longdouble).eps >= np.finfo(np.float64).eps:
+        pytest.skip("no extended precision on this platform")
+    src = load_source("mnist5k-l2")
+    model = src.model.eval()
+    train, test = load_raw_splits("mnist5k")
+    tf = build_transform(src.input_size, train=False)
+    h = interp.hessian(model, DataLoader(Subset(Transformed(train, tf), range(300)), batch_size=150), params="model.fc")
+    g = interp.per_example_grads(model, DataLoader(Subset(Transformed(test, tf), range(10)), batch_size=10),
+                                 params="model.fc").double()  # fmt: skip
+    c, d = model.model.fc.weight.shape
+    p = h.shape[0]
+    null = np.zeros((p, d + 1))
+    for j in range(d):
+        null[[k * d + j for k in range(c)], j] = 1 / np.sqrt(c)  # weights (C, D) row-major, then the bias (C)
+    null[c * d :, d] = 1 / np.sqrt(c)
+    q = np.linalg.qr(np.concatenate([null, np.random.default_rng(0).standard_normal((p, p - d - 1))], 1))[0][:, d + 1 :]
+    ld = np.longdouble
+    h_r = q.astype(ld).T @ h.numpy().astype(ld) @ q.astype(ld)
+    b_r = q.astype(ld).T @ g.numpy().T.astype(ld)
+    lu = scipy.linalg.lu_factor(h_r.astype(np.float64))
+    x = scipy.linalg.lu_solve(lu, b_r.astype(np.float64)).astype(ld)
+    for _ in range(10):
+        x += scipy.linalg.lu_solve(lu, (b_r - h_r @ x).astype(np.float64)).astype(ld)
+    reference = (q.astype(ld) @ x).astype(np.float64)
+    condition = np.linalg.cond(h_r.astype(np.float64))
+    got = interp.pseudo_inverse(h, method="eigh").apply(g.T).numpy()
+    error = np.abs(got - reference).max() / np.abs(reference).max()
+    assert interp.pseudo_inverse(h, method="eigh").rank == p - d - 1
+    # at the problem's floor: float64 round-off of H amplified by its condition (measured 1.2e-9 at condition 7e8)
+    assert error < 10 * condition * np.finfo(np.float64).eps, (error, condition)

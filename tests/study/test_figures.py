@@ -56,3 +56,62 @@ def test_draw_refuses_unknown_figures_and_empty_sweeps(tmp_path):
         draw([], "accuracy", tmp_path)
     paths = draw(ROWS, "delta", tmp_path, blocks="3")
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_the_accuracy_figure_tells_sources_apart_by_colour_and_says_one_block():
+    fig = accuracy_figure(ROWS, blocks="1")
+    ax = fig.axes[0]
+    colours = {line.get_label(): line.get_color() for line in ax.get_lines() if not line.get_label().startswith("_")}
+    assert colours["digits, mnist5k-natural"] != colours["digits, mnist5k-l2"]
+    assert "1 fine-tuned block " in ax.get_title() and "blocks" not in ax.get_title().split("(")[0]
+
+
+def test_a_partial_sweep_is_plotted_only_when_asked_and_says_so(sweep_factory, tmp_path):
+    from study.figures import plot_sweep
+
+    sweep = sweep_factory("s", done=3)
+    with pytest.raises(UserError, match="is incomplete: 3 of 4 runs done"):
+        plot_sweep(sweep, ["accuracy"], blocks="0")
+    assert not (sweep / "figures").exists()
+    import matplotlib.pyplot as plt
+
+    captured = []
+    real_savefig = plt.Figure.savefig
+    plt.Figure.savefig = lambda self, *a, **k: (captured.append(self), real_savefig(self, *a, **k))[1]
+    try:
+        paths = plot_sweep(sweep, ["accuracy"], allow_partial=True, blocks="0")
+    finally:
+        plt.Figure.savefig = real_savefig
+    assert [p.name for p in paths] == ["accuracy.png", "accuracy.pdf"]
+    texts = [t.get_text() for t in captured[0].texts]
+    assert any("Partial sweep: 3 of 4 runs done" in t and "mnist5k-l2 (1/2)" in t for t in texts)
+
+
+def test_plot_refuses_a_directory_of_other_files(sweep_factory, tmp_path):
+    from study.figures import plot_sweep
+
+    user = tmp_path / "u"
+    user.mkdir()
+    (user / "accuracy.png").write_bytes(b"my own figure")
+    with pytest.raises(UserError, match="no .robust-transfer marker"):
+        plot_sweep(sweep_factory("s", done=4), ["accuracy"], user, blocks="0")
+    assert (user / "accuracy.png").read_bytes() == b"my own figure"
+
+
+def test_the_epochs_figure_reads_runs_from_the_sweep_wherever_it_is_run(sweep_factory, tmp_path, monkeypatch):
+    from study.figures import plot_sweep
+
+    sweep = sweep_factory("s", done=4)
+    for key in ("mnist5k-natural", "mnist5k-l2"):
+        for seed in (20_000_000, 20_100_000):
+            run = sweep / "runs" / "digits" / key / "b0" / "n100" / f"s{seed}"
+            run.mkdir(parents=True)
+            (run / "metrics.jsonl").write_text('{"epoch": 1, "test_acc": 0.5}\n{"epoch": 2, "test_acc": 0.6}\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert plot_sweep(sweep, ["epochs"], size=100)  # run directories found from the ledger's own directory
+    for run in (sweep / "runs").rglob("metrics.jsonl"):
+        run.unlink()
+    with pytest.raises(UserError, match="no metrics.jsonl found"):  # never an empty figure
+        plot_sweep(sweep, ["epochs"], size=100)

@@ -156,3 +156,21 @@ def test_leave_one_out_reaches_the_target_on_a_500_image_run(tmp_path):
     (exact,) = report["settings"]
     assert exact["rank_kept"] == exact["size"] and exact["n_pairs"] == 3 * (6 + 4)
     assert exact["pearson"] >= 0.95 and exact["spearman"] >= 0.95
+
+
+def test_validate_refuses_too_few_removals_and_flags_few_or_constant_ones():
+    import pytest
+
+    from study.validate import FEW_PAIRS, ValidateConfig, correlations
+    from transfer.errors import UserError
+
+    with pytest.raises(UserError, match=r"= 1 removal\(s\): a correlation needs at least 3"):
+        ValidateConfig(run="r", out="o", tests=1, removals=1, random=0)
+    with pytest.raises(UserError, match="cannot give a correlation"):
+        correlations(np.array([1.0, 2.0]), np.array([2.0, 1.0]))  # two points always lie on a line
+    few = correlations(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.5, 3.5]))
+    assert few["pearson"] > 0.9 and "only 3 removals" in few["warning"]
+    flat = correlations(np.array([1.0, 2.0, 3.0, 4.0]), np.zeros(4))
+    assert np.isnan(flat["pearson"]) and "actual changes are all equal" in flat["warning"]
+    many = correlations(np.arange(FEW_PAIRS, dtype=float), np.arange(FEW_PAIRS, dtype=float) ** 2)
+    assert "warning" not in many

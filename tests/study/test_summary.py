@@ -15,8 +15,8 @@ from study.summary import (
 
 
 def _row(source, seed, acc, target="cifar10", n=100, blocks="3", best=None):
-    return {"settings": {"source": source, "target": target, "blocks": blocks, "seed": seed}, "n_train": n,
-            "final_acc": acc, "best_acc": best if best is not None else acc}  # fmt: skip
+    return {"settings": {"source": source, "target": target, "blocks": blocks, "seed": seed, "subset": str(n)},
+            "n_train": n, "final_acc": acc, "best_acc": best if best is not None else acc, "state": "done"}  # fmt: skip
 
 
 ROWS = [
@@ -91,3 +91,51 @@ def test_written_tables_say_which_accuracy_and_interval(tmp_path):
     assert "51.89" in texts["compare"]
     with pytest.raises(ValueError, match="--natural"):
         write_summary([_row("a.pt", 1, 0.5), _row("b.pt", 1, 0.6)], tmp_path)
+
+
+def test_a_partial_sweep_is_refused_unless_asked_for_and_then_marked(sweep_factory, tmp_path):
+    from study.summary import read_sweep_rows, summarize_sweep
+    from transfer.errors import UserError
+
+    sweep = sweep_factory("s", done=3)
+    with pytest.raises(UserError, match=r"is incomplete: 3 of 4 runs done \(1 pending\).*--allow-partial"):
+        summarize_sweep(sweep)
+    assert not (sweep / "summary").exists()
+    texts = summarize_sweep(sweep, allow_partial=True)
+    assert "Partial sweep: 3 of 4 runs done; 1 cell(s) have fewer runs than planned" in texts["table5"]
+    assert "| 1/2 * |" in texts["table5"] and "| 2/2 |" in texts["table5"]
+    rows, progress = read_sweep_rows(sweep, allow_partial=True)
+    assert len(rows) == 3 and (progress.done, progress.planned) == (3, 4)
+    assert progress.incomplete() == {("digits", 100, "0", "mnist5k-l2"): (1, 2)} and not progress.complete
+    csv_rows = (sweep / "summary" / "table5.csv").read_text().splitlines()
+    assert csv_rows[0].endswith("planned,complete") and sum(r.endswith(",2,False") for r in csv_rows) == 1
+
+
+def test_a_cell_with_no_finished_run_is_listed_not_dropped(sweep_factory):
+    from study.summary import summarize_sweep
+
+    texts = summarize_sweep(sweep_factory("s", done=2), allow_partial=True)  # the first seed of both sources
+    assert "no run done" not in texts["table5"]  # each cell has a seed done
+    texts = summarize_sweep(sweep_factory("t", done=1), allow_partial=True)  # mnist5k-l2 never finished
+    assert "| digits | 100 | 0 | mnist5k-l2 | 0/2 * | no run done |" in texts["table5"]
+
+
+def test_summarize_never_overwrites_a_users_file(sweep_factory, tmp_path, capsys):
+    from cli.main import main
+
+    sweep = sweep_factory("s", done=4)
+    user = tmp_path / "u"
+    user.mkdir()
+    (user / "table5.csv").write_text("x")  # one of summarize's own names, but the user's file
+    assert main(["summarize", str(sweep), "--out", str(user)]) == 2
+    assert "has no .robust-transfer marker" in capsys.readouterr().err
+    assert (user / "table5.csv").read_text() == "x" and sorted(p.name for p in user.iterdir()) == ["table5.csv"]
+    assert main(["summarize", str(sweep)]) == 0 and main(["summarize", str(sweep)]) == 0  # its own: rewritten
+
+
+def test_shown_intervals_are_clipped_and_the_csv_keeps_the_raw_ones(tmp_path):
+    rows = [_row("resnet50-natural", 20_000_000, 0.99), _row("resnet50-natural", 20_100_000, 0.80)]
+    texts = write_summary(rows, tmp_path)
+    iv = Interval.of([99.0, 80.0])
+    assert iv.high > 100 and f"[{max(0, iv.low):.2f}, 100.00]" in texts["table5"]
+    assert f"{round(iv.high, 4)}" in (tmp_path / "table5.csv").read_text()

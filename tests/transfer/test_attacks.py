@@ -86,3 +86,12 @@ def test_keep_best_works_for_a_float64_model():
     adv = pgd_attack(model, x, y, PGDConfig("l2", 1.0, 2, keep_best=True, random_start=True))
     assert adv.dtype == torch.float64 and adv.shape == x.shape
     assert float((adv - x).flatten(1).norm(dim=1).max()) <= 1.0 + 1e-9
+
+
+def test_keep_best_takes_the_losss_dtype_for_a_float32_input_into_a_float64_model():
+    from transfer.zoo import load_source
+
+    model = load_source("mnist5k-l2").model.double().eval()
+    x = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))  # float32 images
+    adv = pgd_attack(model, x, torch.tensor([1, 7]), PGDConfig("l2", 1.0, 2, keep_best=True))
+    assert adv.dtype == torch.float32 and float((adv - x).flatten(1).norm(dim=1).max()) <= 1.0 + 1e-5

@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from transfer.errors import UserError
 from transfer.files import (
@@ -106,3 +107,81 @@ def test_free_space_check(tmp_path):
     check_free_space(tmp_path, 1, "a byte")
     with pytest.raises(UserError, match="not enough disk space .* for the moon"):
         check_free_space(tmp_path, 10**20, "the moon")
+
+
+def test_an_output_directory_is_marked_locked_and_never_takes_foreign_files(tmp_path):
+    from transfer.errors import UserError
+    from transfer.files import MARKER_NAME, OutputDir, name_patterns
+
+    ours = name_patterns("table.csv", "fig_*.png")
+    with OutputDir(tmp_path / "o", "summary", ours):
+        (tmp_path / "o" / "table.csv").write_text("1")
+        with pytest.raises(UserError, match="being written by another robust-transfer process"):
+            OutputDir(tmp_path / "o", "summary", ours).__enter__()
+    assert (tmp_path / "o" / MARKER_NAME).read_text() == "summary\n"
+    with OutputDir(tmp_path / "o", "summary", ours):  # its own directory again
+        pass
+    with pytest.raises(UserError, match="belongs to robust-transfer's summary, not its figures"):
+        with OutputDir(tmp_path / "o", "figures", ours):
+            pass
+    (tmp_path / "o" / "thesis.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"holds files that are not robust-transfer's summary \(thesis.txt\)"):
+        with OutputDir(tmp_path / "o", "summary", ours):
+            pass
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "table.csv").write_text("the user's")
+    with pytest.raises(UserError, match="has no .robust-transfer marker"):
+        with OutputDir(tmp_path / "u", "summary", ours):
+            pass
+    assert sorted(p.name for p in (tmp_path / "u").iterdir()) == ["table.csv"]  # not even a lock file was left
+
+
+def test_a_failed_command_leaves_no_directory_it_created(tmp_path):
+    from transfer.files import OutputDir, name_patterns
+
+    with pytest.raises(RuntimeError):
+        with OutputDir(tmp_path / "new", "summary", name_patterns("*.csv")):
+            raise RuntimeError("a bad setting found late")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 3 MB tmpfs (root only; skipped where mounting is not allowed)."""
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_full_disk_is_reported_as_a_full_disk_by_checkpoint_writes(tiny_disk):
+    import errno
+
+    from cli.main import os_error_message
+    from transfer.files import atomic_torch_save
+
+    state = {"weights": torch.zeros(2_000_000), "note": "8 MB of float32"}
+    with pytest.raises(OSError) as info:  # torch.save itself says "[enforce fail at inline_container.cc] unexpected pos"
+        atomic_torch_save(state, tiny_disk / "state.pt")
+    assert info.value.errno == errno.ENOSPC
+    message = os_error_message(info.value)
+    assert f"no space left on the device of {tiny_disk / 'state.pt'} (needed ~8.0 MB" in message
+    assert "the disk is full" in message
+    assert list(tiny_disk.iterdir()) == []  # no temporary left behind
+
+
+def test_a_sweep_run_on_a_full_disk_fails_with_the_disk_named(tiny_disk):
+    from study.worker import execute_run
+
+    (tiny_disk / "filler").write_bytes(b"\0" * 2_400_000)  # leaves less than the run's state and model need
+    settings = {"source": "mnist5k-l2", "target": "digits", "blocks": "all", "subset": "100", "epochs": "1",
+                "augment": "none", "device": "cpu", "save_every": 0.0}  # fmt: skip
+    result = execute_run(settings, tiny_disk / "run")
+    assert result["summary"] is None and "no space left on the device of" in result["error"], result["error"]
+    assert "unexpected pos" not in result["error"]
