@@ -17,6 +17,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -78,8 +79,8 @@ DEMO_FILES = ("grid.toml", "sweep", "summary", "figures", "influence", "validate
 class Demo:
     """The demo's directory, its command log, the stage records and the time-left estimate."""
 
-    def __init__(self, cfg: DemoConfig, progress: bool = True):
-        self.cfg, self.progress = cfg, progress
+    def __init__(self, cfg: DemoConfig, run_command: Callable[[list[str]], int], progress: bool = True):
+        self.cfg, self.progress, self.run_command = cfg, progress, run_command
         self.root = Path(cfg.out)
         self.commands: list[str] = []
         self.clock = Clock()
@@ -89,8 +90,6 @@ class Demo:
 
         A line per command says which it is and the time left, updated by how long the stage has
         taken so far, so a long stage never sits under one unchanging estimate."""
-        from cli.main import main
-
         argv = [str(a) for a in argv]
         line = "robust-transfer " + shlex.join(argv)
         _say(f"    {stage}: {' '.join(argv[:1])} ... (about {_minutes(self.clock.left())} left in the demo)",
@@ -100,7 +99,7 @@ class Demo:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
             print(f"$ {line}", flush=True)
-            code = main(argv)
+            code = self.run_command(argv)
         if code != 0:
             tail = log.read_text().strip().splitlines()[-1:]
             raise UserError(f"demo stage {stage}: `{line}` failed ({tail[0] if tail else code}); see {log}")
@@ -144,12 +143,15 @@ def _say(text: str, progress: bool) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
-    """Every stage in order (finished ones skipped), then ``results.json`` and ``report.html``."""
+def run_demo(cfg: DemoConfig, run_command: Callable[[list[str]], int], progress: bool = True) -> dict:
+    """Every stage in order (finished ones skipped), then ``results.json`` and ``report.html``.
+
+    ``run_command(argv) -> exit code`` runs one ``robust-transfer`` command in-process (the CLI's
+    ``main``, passed in so that this module does not import the module that registers it)."""
     from transfer.device import resolve_device
 
     device = str(resolve_device(cfg.device))
-    demo = Demo(cfg, progress)
+    demo = Demo(cfg, run_command, progress)
     # held for the demo's whole life, not only by the commands inside it; a directory with a user's files is refused
     with OutputDir(demo.root, "demo", name_patterns(*DEMO_FILES)):
         return _stages(demo, cfg.scale, device, progress)
@@ -341,7 +343,8 @@ def _demo_argv(cfg: DemoConfig) -> list[str]:
 def _demo(args) -> None:
     from cli.dataclass_args import dataclass_from_args
 
-    report = run_demo(dataclass_from_args(DemoConfig, args), progress=not args.no_progress)
+    # args.run_command is the CLI's main, set by the parser that registered this command
+    report = run_demo(dataclass_from_args(DemoConfig, args), args.run_command, progress=not args.no_progress)
     print(f"demo finished in {_minutes(report['seconds']['total'])}; open {Path(args.out) / 'report.html'}")
     for line in report["readings"]:
         print("  " + line)

@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     # what Ctrl-C leaves behind; commands that can continue a run say so themselves
     parser.set_defaults(on_interrupt="nothing incomplete was kept; run the command again")
+    parser.set_defaults(run_command=main)  # how a command that runs others (the demo) runs them, in-process
     transfer_commands.register(sub)
     interp_commands.register(sub)
     viz_commands.register(sub)

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from interp.device import ieee_float32, resolve, to_device
 from interp.errors import InterpError, require_finite
 from interp.inverse import pseudo_inverse
+from interp.memory import check_dense_fits
 
 
 def softmax_residuals(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -218,7 +219,6 @@ def reduce_head(
     progress: bool = False,
 ) -> ReducedHead:
     """Reduced gradients and Hessian of a softmax head, on ``device`` (default: that of ``z_train``)."""
-    from interp.hessian import check_dense_fits
 
     for t, what in ((z_train, "the training features"), (logits_train, "the training logits"),
                     (z_test, "the test features"), (logits_test, "the test logits")):  # fmt: skip
