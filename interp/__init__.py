@@ -16,26 +16,35 @@ from interp.head import head_features, head_influence, linear_head_grads, linear
 from interp.hessian import hessian
 from interp.influence import hessian_vector_product, influence_matrix
 from interp.inverse import (
+    INVERSES,
     CholeskyInverse,
     ConjugateGradientInverse,
+    Curvature,
+    InverseMethod,
     InverseOperator,
     SpectralInverse,
+    build_inverse,
     conjugate_gradient,
     pseudo_inverse,
+    register_inverse,
     resolve_rcond,
 )
 from interp.metrics import ClassMatch, class_match, most_helpful
 from interp.saliency import concentration, saliency_maps
 
 __all__ = [
+    "INVERSES",
     "CholeskyInverse",
     "ClassMatch",
     "ConjugateGradientInverse",
+    "Curvature",
     "FeatVizConfig",
     "FeatVizResult",
     "InterpError",
+    "InverseMethod",
     "InverseOperator",
     "SpectralInverse",
+    "build_inverse",
     "class_match",
     "concentration",
     "conjugate_gradient",
@@ -51,6 +60,7 @@ __all__ = [
     "noise_seeds",
     "per_example_grads",
     "pseudo_inverse",
+    "register_inverse",
     "resolve_rcond",
     "saliency_maps",
     "visualize",

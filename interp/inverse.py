@@ -96,6 +96,18 @@ class InverseOperator(ABC):
     def rank(self) -> int:
         return self.size
 
+    def spectrum(self) -> np.ndarray | None:
+        """Every eigenvalue of ``H`` (damping not added), ascending, where the method has them; else None."""
+        return None
+
+    def dropped_norm_share(self, g: torch.Tensor) -> float:
+        """Share of the gradients' squared norm in directions the operator drops (0 for a full inverse)."""
+        return 0.0
+
+    def with_settings(self, *, rcond: float | str | None = "same", damping: float | None = None):
+        """The same factorisation under another cut-off and/or damping, where the method allows it; else None."""
+        return None
+
     def _columns(self, b: torch.Tensor) -> tuple[torch.Tensor, bool]:
         if b.shape[0] != self.size:
             raise InterpError(
@@ -500,3 +512,108 @@ def extreme_eigenvalues(h: torch.Tensor, inv: InverseOperator, k: int = 20) -> d
     largest, smallest_damped = _lanczos_extremes(h.to(torch.float64), inv.apply, k, tol=1e-6)
     # eigenvalues of H + damping I, less the damping: the spectrum of H itself
     return {"largest": largest, "smallest": smallest_damped - inv.damping}
+
+
+@dataclass(frozen=True)
+class Curvature:
+    """What an inverse is built from: a dense ``(P, P)`` matrix, or Hessian-vector products ``v -> H v``.
+
+    ``matrix`` and ``matvec`` are given as the registered method needs (:attr:`InverseMethod.needs`);
+    ``device`` is where the products run and the operator's results live.
+    """
+
+    size: int
+    matrix: torch.Tensor | None = None
+    matvec: Callable[[torch.Tensor], torch.Tensor] | None = None
+    device: torch.device | str = "cpu"
+
+
+@dataclass(frozen=True)
+class InverseMethod:
+    """A named way to build ``(H + damping I)^+``: one registry entry.
+
+    ``build(curvature, rcond=..., damping=..., **options) -> InverseOperator``. ``needs``: ``"dense"``
+    (``curvature.matrix``) or ``"hvp"`` (``curvature.matvec``). ``cutoff``: whether ``rcond`` applies.
+    ``shared``: the method that factorises once for several (cut-off, damping) settings (its
+    operators answer :meth:`InverseOperator.with_settings`); None builds one operator per setting.
+    """
+
+    name: str
+    build: Callable[..., InverseOperator]
+    needs: str = "dense"
+    cutoff: bool = True
+    shared: str | None = None
+    help: str = ""
+
+
+def _dense(method: str) -> Callable[..., InverseOperator]:
+    def build(curvature: Curvature, *, rcond=None, damping: float = 0.0, **_) -> InverseOperator:
+        if curvature.matrix is None:
+            raise InterpError(f"the {method} inverse needs the dense curvature matrix")
+        return pseudo_inverse(curvature.matrix, rcond=rcond, damping=damping, method=method)
+
+    return build
+
+
+def _cg(curvature: Curvature, *, rcond=None, damping: float = 0.0, tol: float = 1e-10, max_iter: int = 1000,
+        progress: bool = False, **_) -> InverseOperator:  # fmt: skip
+    if curvature.matvec is None:
+        raise InterpError("the cg inverse needs Hessian-vector products (curvature.matvec)")
+    return ConjugateGradientInverse(curvature.matvec, curvature.size, damping=damping, tol=tol, max_iter=max_iter,
+                                    on=curvature.device, progress=progress)  # fmt: skip
+
+
+class InverseRegistry:
+    """Inverse methods by name. A new method is one :class:`InverseOperator` class and one
+    :meth:`register` call (or :func:`interp.register_inverse`); every caller resolves names here."""
+
+    def __init__(self):
+        self._methods: dict[str, InverseMethod] = {}
+
+    def register(self, method: InverseMethod, replace: bool = False) -> InverseMethod:
+        if method.needs not in ("dense", "hvp"):
+            raise InterpError(f"an inverse method needs 'dense' or 'hvp' curvature, got {method.needs!r}")
+        if method.name in self._methods and not replace:
+            raise InterpError(f"an inverse method named {method.name!r} is registered already; pass replace=True")
+        self._methods[method.name] = method
+        return method
+
+    def unregister(self, name: str) -> None:
+        self._methods.pop(name, None)
+
+    def get(self, name: str) -> InverseMethod:
+        try:
+            return self._methods[name]
+        except KeyError:
+            raise InterpError(f"unknown inverse method {name!r}; registered: {', '.join(self._methods)}") from None
+
+    def names(self) -> list[str]:
+        return list(self._methods)
+
+
+INVERSES = InverseRegistry()
+for _entry in (
+    InverseMethod("auto", _dense("auto"), shared="eigh",
+                  help="Cholesky when Lanczos shows no eigenvalue would be cut, else eigh"),
+    InverseMethod("cholesky", _dense("cholesky"), help="H + damping I = L L^T; positive definite only, no cut-off"),
+    InverseMethod("eigh", _dense("eigh"), shared="eigh", help="eigendecomposition, eigenvalues under the cut-off dropped"),
+    InverseMethod("svd", _dense("svd"), shared="svd", help="SVD, as scipy.linalg.pinv"),
+    InverseMethod("cg", _cg, needs="hvp", cutoff=False,
+                  help="conjugate gradient on Hessian-vector products (matrix-free, no cut-off)"),
+):  # fmt: skip
+    INVERSES.register(_entry)
+
+
+def register_inverse(name: str, build: Callable[..., InverseOperator], *, needs: str = "dense", cutoff: bool = True,
+                     shared: str | None = None, help: str = "", replace: bool = False) -> InverseMethod:  # fmt: skip
+    """Register an inverse method under ``name`` for :func:`build_inverse` and ``influence --method NAME``.
+
+    ``build(curvature: Curvature, *, rcond, damping, **options) -> InverseOperator``; see
+    :class:`InverseMethod` for ``needs``, ``cutoff`` and ``shared``.
+    """
+    return INVERSES.register(InverseMethod(name, build, needs, cutoff, shared, help), replace=replace)
+
+
+def build_inverse(name: str, curvature: Curvature, *, rcond=None, damping: float = 0.0, **options) -> InverseOperator:
+    """``(H + damping I)^+`` by the registered method ``name``."""
+    return INVERSES.get(name).build(curvature, rcond=rcond, damping=damping, **options)

@@ -27,14 +27,7 @@ from interp.device import to_numpy
 from interp.grads import as_eval_copy
 from interp.head import reduced_to_folded
 from interp.influence import NORMALIZE, NORMALIZE_HELP, influence_pair
-from interp.inverse import (
-    METHODS,
-    NAMED_RCOND,
-    ConjugateGradientInverse,
-    SpectralInverse,
-    extreme_eigenvalues,
-    spectral_inverse,
-)
+from interp.inverse import INVERSES, NAMED_RCOND, Curvature, build_inverse, extreme_eigenvalues
 from interp.loo import gradient_norm, refit_head
 from study.influence_dir import InfluenceDir
 from transfer import validation as v
@@ -42,6 +35,7 @@ from transfer.datasets import Subset, Transformed, load_raw_splits
 from transfer.device import resolve_device
 from transfer.errors import UserError
 from transfer.files import read_json
+from transfer.models import classifier
 from transfer.runs import RunDir
 from transfer.subsets import class_covering_subset
 from transfer.transforms import build_transform
@@ -98,7 +92,11 @@ class InfluenceConfig:
         },
     )
     method: str = field(
-        default="auto", metadata={"help": "auto, cholesky, eigh, svd, or cg (matrix-free, for large parameter sets)"}
+        default="auto",
+        metadata={
+            "help": "a registered inverse method: auto, cholesky, eigh, svd, or cg (matrix-free, for large parameter "
+            "sets); interp.register_inverse adds more"
+        },
     )
     cg_tol: float = field(default=1e-10, metadata={"help": "cg: relative residual at which a solve stops"})
     cg_max_iter: int = field(
@@ -126,6 +124,13 @@ class InfluenceConfig:
         """The dampings asked for: numbers >= 0, or ``wd`` (resolved by :func:`with_weight_decay`)."""
         return [_setting_value("damping", item, ("wd",), high=None) for item in _items("damping", self.damping)]
 
+    def inverse_method(self) -> interp.inverse.InverseMethod:
+        """The registry entry of ``method`` (:data:`interp.inverse.INVERSES`)."""
+        if self.method not in INVERSES.names():
+            raise UserError(f"--method must be one of {', '.join(INVERSES.names())}; got {self.method!r} "
+                            "(interp.register_inverse adds methods)")  # fmt: skip
+        return INVERSES.get(self.method)
+
     def with_weight_decay(self, weight_decay: float) -> InfluenceConfig:
         """This config with ``wd`` in ``--damping`` replaced by the run's weight decay."""
         values = [weight_decay if d == "wd" else d for d in self.dampings()]
@@ -149,12 +154,12 @@ class InfluenceConfig:
             twice = sorted({str(x) for x in seen if seen.count(x) > 1})
             if twice:
                 raise UserError(f"--{name} lists {', '.join(twice)} more than once; give each value once")
-        v.choice("method", self.method, (*METHODS, "cg"))
+        method = self.inverse_method()
         v.choice("normalize", self.normalize, NORMALIZE)
-        if self.refit_head and (self.params != "fc" or self.method == "cg"):
-            raise UserError("--refit-head applies to the head alone (--params fc, not --method cg)")
-        if self.method == "cg" and (len(rconds) > 1 or self.rcond not in ("paper", "exact")):
-            raise UserError("--rcond does not apply to --method cg (it solves without a cut-off); drop it")
+        if self.refit_head and (self.params != "fc" or method.needs != "dense"):
+            raise UserError(f"--refit-head applies to the head alone (--params fc, not --method {self.method})")
+        if not method.cutoff and (len(rconds) > 1 or self.rcond not in ("paper", "exact")):
+            raise UserError(f"--rcond does not apply to --method {self.method} (it solves without a cut-off); drop it")
         if len(rconds) * len(dampings) > 20:
             raise UserError(f"--rcond x --damping asks for {len(rconds) * len(dampings)} settings; at most 20")
         v.number("cg_tol", self.cg_tol, low=0, high=1, low_open=True, high_open=True)
@@ -275,22 +280,31 @@ def _compute(cfg, out: InfluenceDir, settings, model, names, train, test, device
         "n_test": len(test),
         "timings": {},
     }
-    if cfg.params == "fc" and cfg.method != "cg":
+    # the head's closed form serves a dense method over exactly the classifier's parameters, whatever --params said
+    if cfg.inverse_method().needs == "dense" and sorted(names) == sorted(_head_names(model)):
         lam = run_weight_decay(settings)
         return meta | _head(cfg, model, loader(train), loader(test), out, device, lam, progress)
     return meta | _generic(cfg, model, names, loader(train), loader(test), out, device, progress)
 
 
-def _inverses(h: torch.Tensor, cfg: InfluenceConfig):
-    """One operator per setting, lazily; several settings share one eigendecomposition (eigh or svd)."""
-    settings = cfg.settings()
-    if len(settings) == 1 or cfg.method == "cholesky":
+def _head_names(model) -> list[str]:
+    """The full parameter names of the model's classifier."""
+    head = classifier(model)
+    return [f"{prefix}.{n}" for prefix, m in model.named_modules() if m is head for n, _ in m.named_parameters()]
+
+
+def _inverses(curvature: Curvature, cfg: InfluenceConfig, **options):
+    """One operator per setting, lazily, through the registry; where the method factorises once for several
+    settings (its ``shared`` entry), the others reuse that factorisation (:meth:`InverseOperator.with_settings`)."""
+    settings, method = cfg.settings(), cfg.inverse_method()
+    if len(settings) == 1 or method.shared is None:
         for st in settings:
-            yield st, interp.pseudo_inverse(h, rcond=st["rcond"], damping=st["damping"], method=cfg.method)
+            yield st, build_inverse(cfg.method, curvature, rcond=st["rcond"], damping=st["damping"], **options)
         return
-    base = spectral_inverse(h, rcond=settings[0]["rcond"], method="svd" if cfg.method == "svd" else "eigh")
+    base = build_inverse(method.shared, curvature, rcond=settings[0]["rcond"], damping=0.0, **options)
     for st in settings:
-        yield st, base.with_settings(rcond=st["rcond"], damping=st["damping"])
+        reused = base.with_settings(rcond=st["rcond"], damping=st["damping"])
+        yield st, reused or build_inverse(cfg.method, curvature, rcond=st["rcond"], damping=st["damping"], **options)
 
 
 def _setting_label(st: dict) -> str:
@@ -307,7 +321,7 @@ def _write_settings(cfg, out: InfluenceDir, g_test, g_train, operators, grad_nor
             influence_pair(g_test, g_train, inv, normalize=cfg.normalize, grad_norms=grad_norms,
                            out_test=path_test, out_train=path_train, progress=progress)  # fmt: skip
         info = inv.info()
-        share = inv.dropped_norm_share(g_train) if isinstance(inv, SpectralInverse) else 0.0
+        share = inv.dropped_norm_share(g_train)
         written.append(
             {
                 "index": i,
@@ -315,9 +329,9 @@ def _write_settings(cfg, out: InfluenceDir, g_test, g_train, operators, grad_nor
                 "files": [f"{n}.npy" for n in names],
                 "rcond_name": st["rcond"] if isinstance(st["rcond"], str) else None,
                 "rcond_meaning": (
-                    "no cut-off: conjugate gradient converges to the minimum-norm solution"
-                    if inv.method == "cg"
-                    else NAMED_RCOND.get(st["rcond"], "a number: that fraction of the largest eigenvalue")
+                    NAMED_RCOND.get(st["rcond"], "a number: that fraction of the largest eigenvalue")
+                    if cfg.inverse_method().cutoff
+                    else f"no cut-off: {cfg.method} solves without one"
                 ),
                 **{k: info.get(k) for k in ("method", "rcond", "damping", "cutoff", "rank_kept", "size", "n_dropped")},
                 "dropped_gradient_norm_share": share,
@@ -376,13 +390,15 @@ def _head(cfg, model, train_loader, test_loader, out: InfluenceDir, device, lam:
         z_tr.double(), logits_tr, y_tr, z_te.double(), logits_te, y_te, device=device, progress=progress
     )
     t = time.perf_counter()
+    curvature = Curvature(red.hessian.shape[0], matrix=red.hessian, device=red.hessian.device)
     written, inv = _write_settings(
-        cfg, out, red.g_test, red.g_train, _inverses(red.hessian, cfg), red.grad_norms, progress
+        cfg, out, red.g_test, red.g_train, _inverses(curvature, cfg), red.grad_norms, progress
     )
     influence_s = time.perf_counter() - t
     h_r, q, live = red.hessian, red.basis, red.live
     t = time.perf_counter()
-    spec = extreme_eigenvalues(h_r, inv, k=20) if inv.method == "cholesky" else {"all": inv.spectrum()}
+    full = inv.spectrum()
+    spec = {"all": full} if full is not None else extreme_eigenvalues(h_r, inv, k=20)
     removed = red.removed
     null_dim = removed["softmax_null_space"]["directions"] + removed["dead_features"]["directions"]
     out.save("spectrum", np.concatenate([np.zeros(null_dim), *[np.asarray(v) for v in spec.values()]]))
@@ -409,11 +425,11 @@ def _head(cfg, model, train_loader, test_loader, out: InfluenceDir, device, lam:
         "largest_eigenvalue": float(np.max(np.concatenate([np.asarray(v) for v in spec.values()]))),
         "smallest_kept_eigenvalue": float(np.min(np.concatenate([np.asarray(v) for v in spec.values()]))),
         "spectrum": (
-            "spectrum.npy: the exact zeros of the removed null space (softmax and dead features), then the 20 "
-            "smallest and 20 largest eigenvalues of the reduced Hessian (Lanczos)"
-            if inv.method == "cholesky"
-            else "spectrum.npy: the exact zeros of the removed null space (softmax and dead features), then every "
+            "spectrum.npy: the exact zeros of the removed null space (softmax and dead features), then every "
             "eigenvalue of the reduced Hessian"
+            if full is not None
+            else "spectrum.npy: the exact zeros of the removed null space (softmax and dead features), then the 20 "
+            "smallest and 20 largest eigenvalues of the reduced Hessian (Lanczos)"
         ),
         "timings": {
             "features_s": features_s,
@@ -432,24 +448,12 @@ def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, de
     g_test = interp.per_example_grads(model, test_loader, names, device=device, progress=progress)
     timings = {"gradients_s": time.perf_counter() - t}
     t = time.perf_counter()
-    if cfg.method == "cg":
+    method = cfg.inverse_method()
+    if method.needs == "hvp":
         matvec, size = interp.hessian_vector_product(model, train_loader, names, device=device)
-        operators = [
-            (
-                st,
-                ConjugateGradientInverse(
-                    matvec,
-                    size,
-                    damping=st["damping"],
-                    tol=cfg.cg_tol,
-                    max_iter=cfg.cg_max_iter,
-                    on=device,
-                    progress=progress,
-                ),
-            )  # fmt: skip
-            for st in ({"rcond": "none", "damping": d} for d in cfg.dampings())
-        ]
-        path = "matrix-free conjugate gradient"
+        operators = _inverses(Curvature(size, matvec=matvec, device=device), cfg, tol=cfg.cg_tol,
+                              max_iter=cfg.cg_max_iter, progress=progress)  # fmt: skip
+        path = f"matrix-free ({cfg.method}, Hessian-vector products)"
     else:
         h = interp.hessian(model, train_loader, names, device=device, progress=progress)
         timings["hessian_s"] = time.perf_counter() - t
@@ -458,17 +462,17 @@ def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, de
         t = time.perf_counter()
         if cfg.method == "auto":  # the generic Hessian is rarely positive definite: go straight to eigh
             cfg = dataclasses.replace(cfg, method="eigh")
-        operators = _inverses(h, cfg)
+        operators = _inverses(Curvature(h.shape[0], matrix=h, device=h.device), cfg)
         path = "dense Hessian (torch.func)"
     written, inv = _write_settings(cfg, out, g_test, g_train, operators, None, progress)
-    if isinstance(inv, SpectralInverse):
+    if inv.spectrum() is not None:
         out.save("spectrum", inv.spectrum())
     timings["influence_s"] = time.perf_counter() - t
     info = inv.info()
-    if cfg.method == "cg":  # the worst over every setting's solves
-        infos = [w["inverse"] for w in written]
+    infos = [w["inverse"] for w in written]
+    if all("max_relative_residual" in i for i in infos):  # an iterative solver: the worst over every setting
         info = infos[0] | {"max_relative_residual": max(i["max_relative_residual"] for i in infos),
-                           "converged": all(i["converged"] for i in infos)}  # fmt: skip
+                           "converged": all(i.get("converged", True) for i in infos)}  # fmt: skip
     return {
         "params": names,
         "path": path,
@@ -479,6 +483,6 @@ def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, de
         "hessian_layout": "named_parameters order, each flattened",
         "rank_kept": info.get("rank_kept"),
         "inverse": info,
-        **({"cg": info} if cfg.method == "cg" else {}),
+        **({"cg": info} if cfg.method == "cg" else {}),  # where earlier versions put it
         "timings": timings,
     }

@@ -188,3 +188,49 @@ def test_the_eigh_pseudo_inverse_of_a_shipped_head_hessian_matches_an_extended_p
     assert interp.pseudo_inverse(h, method="eigh").rank == p - d - 1
     # at the problem's floor: float64 round-off of H amplified by its condition (measured 1.2e-9 at condition 7e8)
     assert error < 10 * condition * np.finfo(np.float64).eps, (error, condition)
+
+
+class _Scaled(interp.InverseOperator):
+    """A throw-away method: ``b / (1 + damping)`` (the identity as curvature), registered from outside interp."""
+
+    method = "test-identity"
+
+    def __init__(self, size, damping):
+        self.size, self.damping = size, damping
+
+    def apply(self, b):
+        return b.to(torch.float64) / (1.0 + self.damping)
+
+    def info(self):
+        return {"method": self.method, "size": self.size, "rank_kept": self.size, "damping": self.damping}
+
+
+def _build_scaled(curvature, *, rcond=None, damping=0.0, **_):
+    return _Scaled(curvature.size, damping)
+
+
+@pytest.fixture
+def registered():
+    interp.register_inverse("test-identity", _build_scaled, cutoff=False, help="identity curvature (a test)")
+    yield "test-identity"
+    interp.INVERSES.unregister("test-identity")
+
+
+def test_a_method_registered_from_outside_works_from_the_api_and_the_cli(registered, finished_run, tmp_path):
+    from cli.main import main
+    from study.influence_dir import InfluenceDir
+
+    g = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    op = interp.build_inverse(registered, interp.Curvature(6, matrix=torch.eye(6, dtype=torch.float64)), damping=1.0)
+    assert torch.allclose(interp.influence_matrix(g, g, op), -(g @ g.T) / 2)
+    with pytest.raises(interp.InterpError, match="registered already"):
+        interp.register_inverse(registered, _build_scaled)
+    with pytest.raises(interp.InterpError, match="unknown inverse method 'nope'; registered: auto, cholesky"):
+        interp.build_inverse("nope", interp.Curvature(6))
+    out = tmp_path / "inf"
+    assert main(["influence", "--run", str(finished_run), "--out", str(out), "--test", "20", "--method", registered,
+                 "--rcond", "exact"]) == 0  # fmt: skip
+    result = InfluenceDir(out).read()
+    assert result.meta["inverse"]["method"] == registered and result.meta["settings"][0]["method"] == registered
+    assert "no cut-off" in result.meta["settings"][0]["rcond_meaning"]
+    assert main(["influence", "--run", str(finished_run), "--out", str(tmp_path / "x"), "--method", "nope"]) == 2
