@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from study.grid import read_grid
-from study.sweep import SweepConfig, run_sweep
+from study.sweeps.coordinator import SweepConfig, run_sweep
+from study.sweeps.grid import read_grid
 from transfer.finetune import finetune
 
 

@@ -3,7 +3,7 @@
 Each stage runs ordinary ``robust-transfer`` commands (``sweep``, ``summarize``, ``plot``,
 ``influence-study``, ``class-match``, ``plot-influence``, ``validate-influence``, ``featviz``,
 ``saliency``) in-process, logs their output under ``DIR/logs/`` and records the exact command
-lines; the report (:mod:`study.report`) is built from the files those commands wrote. A stage
+lines; the report (:mod:`study.attribution.report`) is built from the files those commands wrote. A stage
 that finished is recorded in ``DIR/stages/<stage>.json`` and skipped when the demo is run again;
 an interrupted one is run again, and its commands resume what they had done (the sweep's ledger,
 the influence-study's complete directories).
@@ -226,8 +226,8 @@ def _tables(demo: Demo, scale: Scale, device: str) -> dict:
 
 
 def _influence(demo: Demo, scale: Scale, device: str) -> dict:
-    from study.influence_study import cell_runs
-    from study.sweep import SweepDir
+    from study.attribution.over_seeds import cell_runs
+    from study.sweeps.coordinator import SweepDir
 
     sweep, out = demo.root / "sweep", demo.root / "influence"
     size = str(scale.influence_size)
@@ -314,7 +314,7 @@ def _features(demo: Demo, scale: Scale, device: str) -> dict:
 
 
 def _report(demo: Demo, results: dict, device: str, total_s: float) -> dict:
-    from study.report import environment, readings, write_report
+    from study.attribution.report import environment, readings, write_report
 
     report = {
         "config": asdict(demo.cfg),

@@ -13,7 +13,7 @@ from transfer.errors import UserError
 
 
 def _influence(args) -> None:
-    from study.influence import InfluenceConfig, run_influence
+    from study.attribution import InfluenceConfig, run_influence
 
     meta = run_influence(dataclass_from_args(InfluenceConfig, args), progress=not args.no_progress)
     cg = meta.get("cg", {})
@@ -47,7 +47,7 @@ def _influence(args) -> None:
 
 
 def _validate(args) -> None:
-    from study.validate import ValidateConfig, validate_influence
+    from study.attribution.leave_one_out import ValidateConfig, validate_influence
 
     report = validate_influence(dataclass_from_args(ValidateConfig, args), progress=not args.no_progress)
     fit = report["refit"]
@@ -65,14 +65,14 @@ def _validate(args) -> None:
 
 
 def _read_all(outs: list[str]):
-    from study.influence_dir import InfluenceDir
+    from study.attribution.store import InfluenceDir
 
     return [InfluenceDir(out).read() for out in outs]
 
 
 def _class_match(args) -> None:
     from interp.plots import class_match_figure, sensitivity_figure
-    from study.class_match import LEVEL, class_match_report
+    from study.attribution.class_match import LEVEL, class_match_report
     from transfer.files import atomic_write_csv, atomic_write_figure
 
     report = class_match_report(args.outs, k=args.k, exclude_self=args.exclude_self)
@@ -153,7 +153,7 @@ class _LazyImages:
 
 
 def register(sub) -> None:
-    from study.influence import InfluenceConfig
+    from study.attribution import InfluenceConfig
 
     p = sub.add_parser("influence", help="influence matrices (test x train, train x train) of a fine-tuned run")
     add_dataclass_arguments(p, InfluenceConfig)
@@ -171,7 +171,7 @@ def register(sub) -> None:
     p.add_argument("--png", default=None, help="PNG path (default: beside the CSV)")
     p.set_defaults(func=_class_match)
 
-    from study.validate import ValidateConfig
+    from study.attribution.leave_one_out import ValidateConfig
 
     p = sub.add_parser(
         "validate-influence", help="predicted vs retrained leave-one-out on a run's refitted head, per cut-off"

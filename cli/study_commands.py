@@ -11,7 +11,7 @@ from transfer.errors import UserError
 
 
 def _sweep(args) -> None:
-    from study.sweep import SweepConfig, failure_message, run_sweep, sweep_status
+    from study.sweeps.coordinator import SweepConfig, failure_message, run_sweep, sweep_status
 
     if args.grid == "status":  # robust-transfer sweep status DIR
         if not args.dir:
@@ -24,8 +24,8 @@ def _sweep(args) -> None:
     if args.dir:
         raise UserError(f"unexpected argument {args.dir!r}; the sweep directory is given with --out")
     if args.dry_run:
-        from study.grid import check_runnable, read_grid
-        from study.plan import format_plan, plan_grid
+        from study.sweeps.grid import check_runnable, read_grid
+        from study.sweeps.plan import format_plan, plan_grid
 
         grid = read_grid(args.grid)
         check_runnable(grid, args.grid)
@@ -41,7 +41,7 @@ def _sweep(args) -> None:
 
 
 def _influence_study(args) -> None:
-    from study.influence_study import InfluenceStudyConfig, run_influence_study
+    from study.attribution.over_seeds import InfluenceStudyConfig, run_influence_study
 
     report = run_influence_study(dataclass_from_args(InfluenceStudyConfig, args), progress=not args.no_progress)
     print(f"{report['cell']} over seeds {report['seeds']}:")
@@ -51,7 +51,7 @@ def _influence_study(args) -> None:
 
 
 def _summarize(args) -> None:
-    from study.summary import summarize_sweep
+    from study.sweeps.summary import summarize_sweep
 
     out = Path(args.out or Path(args.dir) / "summary")
     texts = summarize_sweep(args.dir, out, args.accuracy, args.natural, compare=args.compare == "paper",
@@ -62,7 +62,7 @@ def _summarize(args) -> None:
 
 
 def _plot(args) -> None:
-    from study.figures import plot_sweep
+    from study.sweeps.figures import plot_sweep
 
     options = {"which": args.accuracy, "blocks": args.blocks, "natural": args.natural, "size": args.size,
                "source": args.source}  # fmt: skip
@@ -72,7 +72,7 @@ def _plot(args) -> None:
 
 def _reading_options() -> argparse.ArgumentParser:
     """What summarize and plot share: the sweep directory, where to write, which accuracy, the natural source."""
-    from study.summary import ACCURACIES
+    from study.sweeps.summary import ACCURACIES
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("dir", help="sweep directory")
@@ -87,8 +87,8 @@ def _reading_options() -> argparse.ArgumentParser:
 
 
 def register(sub) -> None:
-    from study.figures import FIGURES
-    from study.sweep import SweepConfig
+    from study.sweeps.coordinator import SweepConfig
+    from study.sweeps.figures import FIGURES
 
     p = sub.add_parser("sweep", help="run a grid of fine-tunes with a resumable ledger (or: sweep status DIR)")
     p.add_argument("grid", help="grid file (TOML), or the word status")
@@ -105,7 +105,7 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_sweep, on_interrupt="the ledger is consistent; run the same command again to resume")
 
-    from study.influence_study import InfluenceStudyConfig
+    from study.attribution.over_seeds import InfluenceStudyConfig
 
     p = sub.add_parser(
         "influence-study",

@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from study.influence_study import InfluenceStudyConfig, run_influence_study
-from study.sweep import SweepConfig, run_sweep
+from study.attribution.over_seeds import InfluenceStudyConfig, run_influence_study
+from study.sweeps.coordinator import SweepConfig, run_sweep
 
 
 def grid(sources: list[str], target: str, blocks: int, size: int, seeds: int, epochs: str, device: str,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from study.class_match import LEVEL, class_match_report
-from study.influence import InfluenceConfig, run_influence
+from study.attribution import InfluenceConfig, run_influence
+from study.attribution.class_match import LEVEL, class_match_report
 from transfer.finetune import FinetuneConfig, finetune
 
 

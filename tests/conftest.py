@@ -41,7 +41,7 @@ def finished_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def influence_out(finished_run, tmp_path_factory):
     """A complete influence directory of :func:`finished_run` (30 test images)."""
-    from study.influence import InfluenceConfig, run_influence
+    from study.attribution import InfluenceConfig, run_influence
 
     out = tmp_path_factory.mktemp("influence") / "rob"
     run_influence(InfluenceConfig(run=str(finished_run), out=str(out), test="30", device="cpu"), progress=False)
@@ -54,9 +54,9 @@ SWEEP_GRID = 'name = "t"\nsources = ["mnist5k-natural", "mnist5k-l2"]\ntargets =
 def make_sweep(root, done: int) -> "Path":  # noqa: F821
     """A sweep directory (marked, with its ledger) of a 2-source x 2-seed grid whose first ``done`` of 4
     runs finished with made-up accuracies; the rest pending. Nothing is trained: for readers of ledgers."""
-    from study.grid import parse_grid
-    from study.ledger import Ledger
-    from study.sweep import SweepDir
+    from study.sweeps.coordinator import SweepDir
+    from study.sweeps.grid import parse_grid
+    from study.sweeps.ledger import Ledger
 
     grid = parse_grid(SWEEP_GRID)
     sweep = SweepDir(root)

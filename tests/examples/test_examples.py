@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from study.influence_dir import InfluenceDir
+from study.attribution.store import InfluenceDir
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -218,7 +218,7 @@ def registered():
 
 def test_a_method_registered_from_outside_works_from_the_api_and_the_cli(registered, finished_run, tmp_path):
     from cli.main import main
-    from study.influence_dir import InfluenceDir
+    from study.attribution.store import InfluenceDir
 
     g = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     op = interp.build_inverse(registered, interp.Curvature(6, matrix=torch.eye(6, dtype=torch.float64)), damping=1.0)

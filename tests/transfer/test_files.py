@@ -177,7 +177,7 @@ def test_a_full_disk_is_reported_as_a_full_disk_by_checkpoint_writes(tiny_disk):
 
 
 def test_a_sweep_run_on_a_full_disk_fails_with_the_disk_named(tiny_disk):
-    from study.worker import execute_run
+    from study.sweeps.worker import execute_run
 
     (tiny_disk / "filler").write_bytes(b"\0" * 2_400_000)  # leaves less than the run's state and model need
     settings = {"source": "mnist5k-l2", "target": "digits", "blocks": "all", "subset": "100", "epochs": "1",

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from study.executors import LocalExecutor
-from study.grid import parse_grid
-from study.sweep import SweepConfig, SweepDir, run_sweep
+from study.sweeps.coordinator import SweepConfig, SweepDir, run_sweep
+from study.sweeps.executors import LocalExecutor
+from study.sweeps.grid import parse_grid
 
 GRID = """
 sources = ["mnist5k-natural", "mnist5k-l2"]

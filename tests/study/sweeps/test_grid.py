@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from study.grid import parse_grid, read_grid
+from study.sweeps.grid import parse_grid, read_grid
 from transfer.errors import UserError
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 def test_the_paper_grid_expands_to_table_2():

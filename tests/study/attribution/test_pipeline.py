@@ -1,11 +1,11 @@
-"""study.influence: the run -> influence directory pipeline, its recorded choices."""
+"""study.attribution: the run -> influence directory pipeline, its recorded choices."""
 
 import json
 
 import numpy as np
 import torch
 
-from study.influence import InfluenceConfig, run_influence
+from study.attribution import InfluenceConfig, run_influence
 
 
 def test_float64_features_are_offered_recorded_and_change_only_round_off(finished_run, influence_out, tmp_path):
@@ -32,7 +32,7 @@ def test_meta_reports_what_was_removed_before_factorising(influence_out):
 
 
 def test_each_setting_of_a_sensitivity_run_equals_a_separate_run(finished_run, tmp_path):
-    from study.influence_dir import InfluenceDir
+    from study.attribution.store import InfluenceDir
 
     multi = tmp_path / "multi"
     meta = run_influence(
@@ -79,7 +79,7 @@ def test_the_cli_default_cut_off_is_the_papers_and_the_api_is_plain(finished_run
 
 
 def test_leave_one_out_validation_on_a_refitted_head(finished_run, tmp_path):
-    from study.validate import ValidateConfig, validate_influence
+    from study.attribution.leave_one_out import ValidateConfig, validate_influence
 
     report = validate_influence(
         ValidateConfig(run=str(finished_run), out=str(tmp_path / "val"), tests=1, removals=6, random=2, test="30"),
@@ -106,7 +106,7 @@ def test_meta_says_how_far_from_stationary_the_fine_tuned_head_is(influence_out)
 def test_refit_head_moves_to_the_optimum_and_influence_is_taken_there(finished_run, tmp_path):
     import interp
     from interp.loo import gradient_norm
-    from study.influence import load_run
+    from study.attribution import load_run
 
     out = tmp_path / "refit"
     cfg = InfluenceConfig(
@@ -143,7 +143,7 @@ def test_refit_head_is_refused_off_the_head(finished_run, tmp_path):
 def test_leave_one_out_reaches_the_target_on_a_500_image_run(tmp_path):
     """Issue 10's target, Pearson >= 0.95 at the refitted head with the exact inverse and damping = weight
     decay, on a 500-image head-only run (measured 0.962 here; 0.988 and 0.990 on the README quick-start runs)."""
-    from study.validate import ValidateConfig, validate_influence
+    from study.attribution.leave_one_out import ValidateConfig, validate_influence
     from transfer.finetune import FinetuneConfig, finetune
 
     run = tmp_path / "run"
@@ -161,7 +161,7 @@ def test_leave_one_out_reaches_the_target_on_a_500_image_run(tmp_path):
 def test_validate_refuses_too_few_removals_and_flags_few_or_constant_ones():
     import pytest
 
-    from study.validate import FEW_PAIRS, ValidateConfig, correlations
+    from study.attribution.leave_one_out import FEW_PAIRS, ValidateConfig, correlations
     from transfer.errors import UserError
 
     with pytest.raises(UserError, match=r"= 1 removal\(s\): a correlation needs at least 3"):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_ready
 from pathlib import Path
 
-from study.grid import RunSpec
+from study.sweeps.grid import RunSpec
 from transfer.errors import UserError
 from transfer.files import atomic_write_bytes
 
@@ -65,7 +65,7 @@ def default_local_workers(cuda_devices: int, cores: int) -> tuple[int, int]:
 class LocalExecutor(Executor):
     """A pool of worker processes on this machine, each importing torch once and running runs in turn.
 
-    Workers are plain ``python -m study.worker`` processes that speak JSON lines over pipes (no
+    Workers are plain ``python -m study.sweeps.worker`` processes that speak JSON lines over pipes (no
     re-import of the caller's main module, as multiprocessing's spawn would do). A worker that dies
     (killed, out of memory) is replaced and its run reported ``lost``. Workers exit by themselves
     when the coordinator dies.
@@ -84,7 +84,7 @@ class LocalExecutor(Executor):
         if self._gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % self._gpus)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "study.worker", str(self.threads)],
+            [sys.executable, "-m", "study.sweeps.worker", str(self.threads)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1,
         )  # fmt: skip
         return {"proc": proc, "job": None, "slot": slot}
@@ -182,7 +182,7 @@ class RayExecutor(Executor):
             import ray
         except ImportError:
             raise UserError('--executor ray needs Ray: pip install "robust-transfer[ray]"') from None
-        from study.worker import ray_run
+        from study.sweeps.worker import ray_run
 
         self._ray = ray
         if not ray.is_initialized():

@@ -2,7 +2,7 @@
 
 Used by ``robust-transfer class-match``; callable from Python::
 
-    from study.class_match import class_match_report
+    from study.attribution.class_match import class_match_report
     report = class_match_report(["influence/rob", "influence/nat"], k=100, exclude_self=True)
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from interp.metrics import ClassMatch, class_match, paired_difference
-from study.influence_dir import InfluenceDir, InfluenceResult
+from study.attribution.store import InfluenceDir, InfluenceResult
 from transfer.errors import UserError
 
 LEVEL = 0.95

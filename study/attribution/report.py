@@ -15,7 +15,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from study.summary import verdict
+from study.sweeps.summary import verdict
 from transfer.files import atomic_write_text
 
 PACKAGES = ("robust-transfer", "torch", "torchvision", "numpy", "scipy", "matplotlib", "captum", "mlxtend")

@@ -24,7 +24,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from study.summary import (  # noqa: E402
+from study.sweeps.summary import (  # noqa: E402
     Interval,
     Progress,
     accuracies,

@@ -21,7 +21,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from study.grid import RunSpec
+from study.sweeps.grid import RunSpec
 from transfer.errors import UserError
 
 STATES = ("pending", "running", "done", "failed")

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from study.executors import Executor, Outcome, check_ray_address
-from study.grid import MAX_RUNS, check_runnable, parse_grid, read_grid, source_dirs
-from study.ledger import Ledger
-from study.sweep import SweepConfig, SweepDir, run_sweep, sweep_status
+from study.sweeps.coordinator import SweepConfig, SweepDir, run_sweep, sweep_status
+from study.sweeps.executors import Executor, Outcome, check_ray_address
+from study.sweeps.grid import MAX_RUNS, check_runnable, parse_grid, read_grid, source_dirs
+from study.sweeps.ledger import Ledger
 from transfer.errors import UserError
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "transfer" / "weights"
+WEIGHTS = Path(__file__).resolve().parents[3] / "transfer" / "weights"
 BASE = 'sources = ["mnist5k-l2"]\ntargets = ["digits"]\nblocks = [0]\n[seeds]\n100 = 1\n'
 
 
@@ -130,10 +130,10 @@ def test_the_same_file_listed_twice_is_refused(tmp_path):
 
 
 def test_a_sweep_with_a_failed_run_exits_non_zero_with_the_first_error(tmp_path, monkeypatch, capsys):
-    import study.sweep
+    import study.sweeps.coordinator
 
     grid = _write(tmp_path, BASE.replace('["mnist5k-l2"]', '["mnist5k-l2", "mnist5k-natural"]'))
-    monkeypatch.setattr(study.sweep, "make_executor", lambda cfg: Scripted(fail="natural"))
+    monkeypatch.setattr(study.sweeps.coordinator, "make_executor", lambda cfg: Scripted(fail="natural"))
     code = main(["sweep", str(grid), "--out", str(tmp_path / "s"), "--no-progress"])
     out, err = capsys.readouterr()
     assert code != 0 and json.loads(out.splitlines()[0])["failed"] == 1

@@ -1,7 +1,7 @@
 import pytest
 
-from study.grid import parse_grid
-from study.ledger import Ledger
+from study.sweeps.grid import parse_grid
+from study.sweeps.ledger import Ledger
 from transfer.errors import UserError
 
 GRID = 'sources = ["mnist5k-natural", "mnist5k-l2"]\ntargets = ["digits"]\nblocks = [0]\n[seeds]\n100 = 2\n'

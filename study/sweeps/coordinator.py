@@ -15,9 +15,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from study.executors import Executor, LocalExecutor, RayExecutor, check_ray_address, default_local_workers
-from study.grid import Grid, check_runnable, read_grid
-from study.ledger import Ledger
+from study.sweeps.executors import Executor, LocalExecutor, RayExecutor, check_ray_address, default_local_workers
+from study.sweeps.grid import Grid, check_runnable, read_grid
+from study.sweeps.ledger import Ledger
 from transfer import validation as v
 from transfer.errors import UserError
 from transfer.files import OutputDir, atomic_write_text, name_patterns

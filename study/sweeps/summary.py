@@ -288,7 +288,7 @@ def read_sweep_rows(sweep: Path | str, allow_partial: bool = False) -> tuple[lis
     A sweep with runs not done (pending, running or failed) is refused unless ``allow_partial``:
     a table over part of the runs must be asked for knowingly.
     """
-    from study.sweep import SweepDir
+    from study.sweeps.coordinator import SweepDir
 
     with SweepDir(sweep).open_ledger() as ledger:
         rows = ledger.rows()

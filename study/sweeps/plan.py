@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from study.grid import Grid
+from study.sweeps.grid import Grid
 from transfer.datasets import dataset_spec, load_raw_splits, split_sizes
 from transfer.device import resolve_device
 from transfer.finetune import FinetuneConfig

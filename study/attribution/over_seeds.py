@@ -1,9 +1,9 @@
 """Influence over seeds: does the natural-vs-robust class-match difference survive the seed and the cut-off?
 
 One cell of a finished sweep (target, blocks, subset size) has one fine-tuned run per source and
-seed. For every such run this computes an ordinary influence directory (:mod:`study.influence`,
+seed. For every such run this computes an ordinary influence directory (:mod:`study.attribution`,
 same settings for all, skipped when a complete one with those settings exists, so a killed study
-resumes), the class-match rates per setting (:mod:`study.class_match`), and then, over seeds:
+resumes), the class-match rates per setting (:mod:`study.attribution.class_match`), and then, over seeds:
 
     rate(source, setting)     mean over seeds, 95% Student-t interval (n - 1 degrees of freedom)
     d_s = rate_s(robust) - rate_s(natural)   per seed s (same subset, same test images)
@@ -11,7 +11,7 @@ resumes), the class-match rates per setting (:mod:`study.class_match`), and then
 
 so that a conclusion never rests on one seed, and each cut-off shows whether it flips it. Python::
 
-    from study.influence_study import InfluenceStudyConfig, run_influence_study
+    from study.attribution.over_seeds import InfluenceStudyConfig, run_influence_study
     report = run_influence_study(InfluenceStudyConfig(sweep="sweeps/cpu", size="400", blocks="1"))
 """
 
@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from study.class_match import class_match_report
-from study.grid import RunSpec, source_dirs
-from study.influence import InfluenceConfig, run_influence
-from study.influence_dir import DERIVED, InfluenceDir
-from study.summary import Interval, natural_source, verdict
+from study.attribution import InfluenceConfig, run_influence
+from study.attribution.class_match import class_match_report
+from study.attribution.store import DERIVED, InfluenceDir
+from study.sweeps.grid import RunSpec, source_dirs
+from study.sweeps.summary import Interval, natural_source, verdict
 from transfer import validation as v
 from transfer.errors import UserError
 from transfer.files import OutputDir, atomic_write_csv, atomic_write_figure, atomic_write_json, name_patterns
@@ -104,7 +104,7 @@ def _up_to_date(path: Path, cfg: InfluenceConfig) -> bool:
 def run_influence_study(cfg: InfluenceStudyConfig, progress: bool = True, rows: list[dict] | None = None) -> dict:
     """Influence, class-match and the over-seed comparison of one sweep cell; writes ``study.json``,
     ``study.csv`` and ``study.png`` under the output directory and returns the report."""
-    from study.sweep import SweepDir
+    from study.sweeps.coordinator import SweepDir
 
     if rows is None:
         with SweepDir(cfg.sweep).open_ledger() as ledger:

@@ -1,10 +1,10 @@
-"""study.figures: the paper's Figures 2-5 drawn from ledger rows."""
+"""study.sweeps.figures: the paper's Figures 2-5 drawn from ledger rows."""
 
 import matplotlib.collections
 import numpy as np
 import pytest
 
-from study.figures import accuracy_figure, blocks_figure, delta_figure, draw
+from study.sweeps.figures import accuracy_figure, blocks_figure, delta_figure, draw
 from transfer.errors import UserError
 
 
@@ -67,7 +67,7 @@ def test_the_accuracy_figure_tells_sources_apart_by_colour_and_says_one_block():
 
 
 def test_a_partial_sweep_is_plotted_only_when_asked_and_says_so(sweep_factory, tmp_path):
-    from study.figures import plot_sweep
+    from study.sweeps.figures import plot_sweep
 
     sweep = sweep_factory("s", done=3)
     with pytest.raises(UserError, match="is incomplete: 3 of 4 runs done"):
@@ -88,7 +88,7 @@ def test_a_partial_sweep_is_plotted_only_when_asked_and_says_so(sweep_factory, t
 
 
 def test_plot_refuses_a_directory_of_other_files(sweep_factory, tmp_path):
-    from study.figures import plot_sweep
+    from study.sweeps.figures import plot_sweep
 
     user = tmp_path / "u"
     user.mkdir()
@@ -99,7 +99,7 @@ def test_plot_refuses_a_directory_of_other_files(sweep_factory, tmp_path):
 
 
 def test_the_epochs_figure_reads_runs_from_the_sweep_wherever_it_is_run(sweep_factory, tmp_path, monkeypatch):
-    from study.figures import plot_sweep
+    from study.sweeps.figures import plot_sweep
 
     sweep = sweep_factory("s", done=4)
     for key in ("mnist5k-natural", "mnist5k-l2"):

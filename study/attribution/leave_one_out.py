@@ -6,7 +6,7 @@ computed there with ``damping = weight decay`` for each cut-off asked for, and f
 images the most influential training images (plus random ones) are removed one at a time and the
 head refitted: predicted ``-I/n`` against the actual change of test loss, Pearson and Spearman.
 
-    from study.validate import ValidateConfig, validate_influence
+    from study.attribution.leave_one_out import ValidateConfig, validate_influence
     report = validate_influence(ValidateConfig(run="runs/rob", out="validate/rob"))
 """
 
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 import interp
 from interp.loo import leave_one_out, refit_head
-from study.influence import InfluenceConfig, load_run, run_weight_decay
+from study.attribution import InfluenceConfig, load_run, run_weight_decay
 from transfer import validation as v
 from transfer.device import resolve_device
 from transfer.errors import UserError

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from cli.main import main
-from study.influence import InfluenceConfig, run_influence
-from study.influence_dir import FORMAT, InfluenceDir
+from study.attribution import InfluenceConfig, run_influence
+from study.attribution.store import FORMAT, InfluenceDir
 from transfer.errors import UserError
 
 _KILL_MIDWAY = """

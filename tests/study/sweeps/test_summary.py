@@ -3,7 +3,7 @@ import math
 import pytest
 from scipy import stats
 
-from study.summary import (
+from study.sweeps.summary import (
     Interval,
     accuracies,
     compare_with_paper,
@@ -94,7 +94,7 @@ def test_written_tables_say_which_accuracy_and_interval(tmp_path):
 
 
 def test_a_partial_sweep_is_refused_unless_asked_for_and_then_marked(sweep_factory, tmp_path):
-    from study.summary import read_sweep_rows, summarize_sweep
+    from study.sweeps.summary import read_sweep_rows, summarize_sweep
     from transfer.errors import UserError
 
     sweep = sweep_factory("s", done=3)
@@ -112,7 +112,7 @@ def test_a_partial_sweep_is_refused_unless_asked_for_and_then_marked(sweep_facto
 
 
 def test_a_cell_with_no_finished_run_is_listed_not_dropped(sweep_factory):
-    from study.summary import summarize_sweep
+    from study.sweeps.summary import summarize_sweep
 
     texts = summarize_sweep(sweep_factory("s", done=2), allow_partial=True)  # the first seed of both sources
     assert "no run done" not in texts["table5"]  # each cell has a seed done

@@ -1,4 +1,4 @@
-"""study.influence_study: influence and class-match over the seeds of a sweep cell, compared with intervals."""
+"""study.attribution.over_seeds: influence and class-match over the seeds of a sweep cell, compared with intervals."""
 
 import json
 
@@ -7,9 +7,9 @@ import pytest
 from scipy import stats
 
 from interp.metrics import class_match
-from study.influence_dir import InfluenceDir
-from study.influence_study import InfluenceStudyConfig, run_influence_study
-from study.sweep import SweepConfig, run_sweep
+from study.attribution.over_seeds import InfluenceStudyConfig, run_influence_study
+from study.attribution.store import InfluenceDir
+from study.sweeps.coordinator import SweepConfig, run_sweep
 from transfer.errors import UserError
 
 GRID = """

@@ -1,0 +1,62 @@
+"""Both influence matrices for every (cut-off, damping) setting, through the inverse registry.
+
+One operator per setting; where the method factorises once for several settings, the others reuse
+that factorisation. Each setting's matrices and what it kept and dropped are written to the directory.
+"""
+
+from __future__ import annotations
+
+from interp.influence import influence_pair
+from interp.inverse import NAMED_RCOND, Curvature, build_inverse
+from study.attribution.settings import InfluenceConfig
+from study.attribution.store import InfluenceDir
+
+
+def operators_per_setting(curvature: Curvature, cfg: InfluenceConfig, **options):
+    """One operator per setting, lazily, through the registry; where the method factorises once for several
+    settings (its ``shared`` entry), the others reuse that factorisation (:meth:`InverseOperator.with_settings`)."""
+    settings, method = cfg.settings(), cfg.inverse_method()
+    if len(settings) == 1 or method.shared is None:
+        for st in settings:
+            yield st, build_inverse(cfg.method, curvature, rcond=st["rcond"], damping=st["damping"], **options)
+        return
+    base = build_inverse(method.shared, curvature, rcond=settings[0]["rcond"], damping=0.0, **options)
+    for st in settings:
+        reused = base.with_settings(rcond=st["rcond"], damping=st["damping"])
+        yield st, reused or build_inverse(cfg.method, curvature, rcond=st["rcond"], damping=st["damping"], **options)
+
+
+def _setting_label(st: dict) -> str:
+    return f"rcond={st['rcond']} damping={st['damping']:g}"
+
+
+def write_matrices(cfg, out: InfluenceDir, g_test, g_train, operators, grad_norms, progress) -> list[dict]:
+    """Both matrices for every (cut-off, damping) setting: the first as ``influence_{test,train}.npy``,
+    the others as ``influence_{test,train}.s<i>.npy``. Returns what each setting kept and dropped."""
+    written = []
+    for i, (st, inv) in enumerate(operators):
+        names = ("influence_test", "influence_train") if i == 0 else (f"influence_test.s{i}", f"influence_train.s{i}")
+        with out.staged(names[0]) as path_test, out.staged(names[1]) as path_train:
+            influence_pair(g_test, g_train, inv, normalize=cfg.normalize, grad_norms=grad_norms,
+                           out_test=path_test, out_train=path_train, progress=progress)  # fmt: skip
+        info = inv.info()
+        share = inv.dropped_norm_share(g_train)
+        written.append(
+            {
+                "index": i,
+                "label": _setting_label(st),
+                "files": [f"{n}.npy" for n in names],
+                "rcond_name": st["rcond"] if isinstance(st["rcond"], str) else None,
+                "rcond_meaning": (
+                    NAMED_RCOND.get(st["rcond"], "a number: that fraction of the largest eigenvalue")
+                    if cfg.inverse_method().cutoff
+                    else f"no cut-off: {cfg.method} solves without one"
+                ),
+                **{k: info.get(k) for k in ("method", "rcond", "damping", "cutoff", "rank_kept", "size", "n_dropped")},
+                "dropped_gradient_norm_share": share,
+                "inverse": info,
+            }
+        )
+        if i == 0:
+            first = inv
+    return written, first

@@ -1,0 +1,134 @@
+"""Run directory -> influence directory: the composition of ``transfer`` (data, model) and ``interp``.
+
+Callable from Python with the same result as ``robust-transfer influence``::
+
+    from study.attribution import InfluenceConfig, run_influence
+    meta = run_influence(InfluenceConfig(run="runs/rob", out="influence/rob"))
+
+The directory's files are described in :mod:`study.attribution.store`; ``meta.json`` records the sign
+convention, cut-off, rank kept and timings. Everything is checked (settings, the run, sizes, free
+disk space) before the directory is touched, and it is complete or refused by readers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+import interp
+import interp.head
+from interp.influence import NORMALIZE_HELP
+from interp.inverse import Curvature
+from study.attribution.head_path import compute_head
+from study.attribution.inputs import load_run, output_bytes, run_weight_decay
+from study.attribution.matrices import operators_per_setting, write_matrices
+from study.attribution.settings import SIGN_CONVENTION, InfluenceConfig
+from study.attribution.store import InfluenceDir
+from transfer.device import resolve_device
+from transfer.errors import UserError
+from transfer.models import classifier
+
+
+def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
+    """Compute and write both influence matrices of a fine-tuned run; return ``meta``.
+
+    The directory is locked while written and complete only once ``meta.json`` exists.
+    """
+    device = resolve_device(cfg.device)
+    t0 = time.perf_counter()
+    settings, model, train, test, idx_train, idx_test = load_run(cfg)
+    requested = asdict(cfg)  # meta.json's "config" is what was asked for; its "settings" the values used
+    cfg = cfg.with_weight_decay(run_weight_decay(settings))
+    model = model.to(device).eval()
+    names = _param_names(model, cfg.params)
+    out = InfluenceDir(cfg.out)
+    with out.writing(len(cfg.settings()) * output_bytes(len(train), len(test))):
+        meta = _compute(cfg, out, settings, model, names, train, test, device, progress) | {"config": requested}
+        for name, arr in (("y_train", train.targets), ("y_test", test.targets), ("idx_train", idx_train),
+                          ("idx_test", idx_test)):  # fmt: skip
+            out.save(name, np.asarray(arr))
+        meta["timings"]["total_s"] = time.perf_counter() - t0
+        out.complete(meta)
+    return meta
+
+
+def _param_names(model, params: str) -> list[str]:
+    try:
+        return [
+            n for path in params.split(",") if path.strip() for n in interp.params.select_params(model, path.strip())
+        ]
+    except interp.InterpError as exc:
+        raise UserError(f"--params: {exc}") from None
+
+
+def _compute(cfg, out: InfluenceDir, settings, model, names, train, test, device, progress) -> dict:
+    loader = lambda ds: DataLoader(ds, batch_size=cfg.batch_size)  # noqa: E731
+    meta = {
+        "config": asdict(cfg),
+        "sign_convention": SIGN_CONVENTION,
+        "run_settings": settings,
+        "n_train": len(train),
+        "n_test": len(test),
+        "timings": {},
+    }
+    # the head's closed form serves a dense method over exactly the classifier's parameters, whatever --params said
+    if cfg.inverse_method().needs == "dense" and sorted(names) == sorted(_head_names(model)):
+        lam = run_weight_decay(settings)
+        return meta | compute_head(cfg, model, loader(train), loader(test), out, device, lam, progress)
+    return meta | _generic(cfg, model, names, loader(train), loader(test), out, device, progress)
+
+
+def _head_names(model) -> list[str]:
+    """The full parameter names of the model's classifier."""
+    head = classifier(model)
+    return [f"{prefix}.{n}" for prefix, m in model.named_modules() if m is head for n, _ in m.named_parameters()]
+
+
+def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, device, progress) -> dict:
+    t = time.perf_counter()
+    g_train = interp.per_example_grads(model, train_loader, names, device=device, progress=progress)
+    g_test = interp.per_example_grads(model, test_loader, names, device=device, progress=progress)
+    timings = {"gradients_s": time.perf_counter() - t}
+    t = time.perf_counter()
+    method = cfg.inverse_method()
+    if method.needs == "hvp":
+        matvec, size = interp.hessian_vector_product(model, train_loader, names, device=device)
+        operators = operators_per_setting(Curvature(size, matvec=matvec, device=device), cfg, tol=cfg.cg_tol,
+                              max_iter=cfg.cg_max_iter, progress=progress)  # fmt: skip
+        path = f"matrix-free ({cfg.method}, Hessian-vector products)"
+    else:
+        h = interp.hessian(model, train_loader, names, device=device, progress=progress)
+        timings["hessian_s"] = time.perf_counter() - t
+        if cfg.save_hessian:
+            out.save("hessian", h.cpu().numpy())
+        t = time.perf_counter()
+        if cfg.method == "auto":  # the generic Hessian is rarely positive definite: go straight to eigh
+            cfg = dataclasses.replace(cfg, method="eigh")
+        operators = operators_per_setting(Curvature(h.shape[0], matrix=h, device=h.device), cfg)
+        path = "dense Hessian (torch.func)"
+    written, inv = write_matrices(cfg, out, g_test, g_train, operators, None, progress)
+    if inv.spectrum() is not None:
+        out.save("spectrum", inv.spectrum())
+    timings["influence_s"] = time.perf_counter() - t
+    info = inv.info()
+    infos = [w["inverse"] for w in written]
+    if all("max_relative_residual" in i for i in infos):  # an iterative solver: the worst over every setting
+        info = infos[0] | {"max_relative_residual": max(i["max_relative_residual"] for i in infos),
+                           "converged": all(i.get("converged", True) for i in infos)}  # fmt: skip
+    return {
+        "params": names,
+        "path": path,
+        "device": str(device),
+        "normalize": cfg.normalize,
+        "normalize_meaning": NORMALIZE_HELP[cfg.normalize],
+        "settings": written,
+        "hessian_layout": "named_parameters order, each flattened",
+        "rank_kept": info.get("rank_kept"),
+        "inverse": info,
+        **({"cg": info} if cfg.method == "cg" else {}),  # where earlier versions put it
+        "timings": timings,
+    }

@@ -1,0 +1,163 @@
+"""Settings of ``robust-transfer influence``: what is computed, validated where it is declared.
+
+``--rcond`` and ``--damping`` lists are parsed here, once (:meth:`InfluenceConfig.rconds`,
+:meth:`InfluenceConfig.dampings`), for ``influence``, ``influence-study`` and ``validate-influence``;
+``--method`` resolves through ``interp``'s inverse registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import interp
+import interp.head
+from interp.influence import NORMALIZE
+from interp.inverse import INVERSES
+from transfer import validation as v
+from transfer.errors import UserError
+
+SIGN_CONVENTION = (
+    "I[i, j] = -g_test_i^T (H + damping I)^+ g_train_j (Koh & Liang's I_up,loss; H = Hessian of the MEAN "
+    "training loss): the change in test loss i per unit up-weighting of training image j. Negative = helpful; "
+    "removing j changes test loss by about -I[i, j] / n_train."
+)
+
+
+@dataclass
+class InfluenceConfig:
+    """Settings of ``robust-transfer influence``."""
+
+    run: str = field(metadata={"help": "run directory from robust-transfer finetune"})
+    out: str = field(metadata={"help": "influence directory to write"})
+    params: str = field(
+        default="fc",
+        metadata={"help": "parameters: fc (closed form), or comma-separated module paths such as layer4.2,fc"},
+    )
+    test: str = field(
+        default="all", metadata={"help": "test images: all, or N (a class-covering random subset, seed 0)"}
+    )
+    rcond: str = field(
+        default="paper",
+        metadata={
+            "help": "pseudo-inverse cut-off relative to the largest eigenvalue: paper (0.05, as the paper's code, "
+            "scipy pinv2 rcond=5e-2), exact (P * eps, scipy.linalg.pinv's default) or a number in [0, 1); a "
+            "comma-separated list (paper,1e-2,1e-4,exact) factorises once and writes one matrix pair per setting"
+        },
+    )
+    damping: str = field(
+        default="0",
+        metadata={
+            "help": "added to the Hessian's diagonal: a number, or wd (the run's weight decay, which makes H + damping "
+            "I the Hessian of the regularised objective); a comma-separated list gives one matrix pair per value"
+        },
+    )
+    refit_head: bool = field(
+        default=False,
+        metadata={
+            "help": "fc path: first move the head, on the run's frozen features, to the optimum of mean loss + "
+            "weight_decay/2 ||[W, b]||^2 (float64, L-BFGS), where influence's first-order model holds; meta.json "
+            "says how far it moved (without it, meta.json still reports how far from stationary the head is)"
+        },
+    )
+    normalize: str = field(
+        default="none",
+        metadata={
+            "help": "none (I_up,loss), relatif (divided by ||H^+ g_train||, Barshan et al. 2020) or cosine (-cos of "
+            "the gradients, no Hessian)"
+        },
+    )
+    method: str = field(
+        default="auto",
+        metadata={
+            "help": "a registered inverse method: auto, cholesky, eigh, svd, or cg (matrix-free, for large parameter "
+            "sets); interp.register_inverse adds more"
+        },
+    )
+    cg_tol: float = field(default=1e-10, metadata={"help": "cg: relative residual at which a solve stops"})
+    cg_max_iter: int = field(
+        default=1000, metadata={"help": "cg: iteration limit; a solve that reaches it unconverged is reported"}
+    )
+    batch_size: int = field(default=256, metadata={"help": "batch size of the forward passes"})
+    features_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "precision of the network's forward pass before the float64 algebra (fc path): float32 (as "
+            "trained; features differ from a float64 pass by ~1e-6 relative) or float64"
+        },
+    )
+    save_hessian: bool = field(
+        default=True, metadata={"help": "write hessian.npy (P x P float64; 3.4 GB for a ResNet-50 head)"}
+    )
+    data_root: str | None = field(default=None, metadata={"help": "where torchvision datasets live"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+
+    def rconds(self) -> list[float | str]:
+        """The cut-offs asked for: ``paper``, ``exact`` or numbers in [0, 1), in the order given."""
+        return [_setting_value("rcond", item, ("paper", "exact"), high=1) for item in _items("rcond", self.rcond)]
+
+    def dampings(self) -> list[float | str]:
+        """The dampings asked for: numbers >= 0, or ``wd`` (resolved by :func:`with_weight_decay`)."""
+        return [_setting_value("damping", item, ("wd",), high=None) for item in _items("damping", self.damping)]
+
+    def inverse_method(self) -> interp.inverse.InverseMethod:
+        """The registry entry of ``method`` (:data:`interp.inverse.INVERSES`)."""
+        if self.method not in INVERSES.names():
+            raise UserError(f"--method must be one of {', '.join(INVERSES.names())}; got {self.method!r} "
+                            "(interp.register_inverse adds methods)")  # fmt: skip
+        return INVERSES.get(self.method)
+
+    def with_weight_decay(self, weight_decay: float) -> InfluenceConfig:
+        """This config with ``wd`` in ``--damping`` replaced by the run's weight decay."""
+        values = [weight_decay if d == "wd" else d for d in self.dampings()]
+        return dataclasses.replace(self, damping=",".join(repr(float(d)) for d in values))
+
+    def settings(self) -> list[dict]:
+        """Every (cut-off, damping) pair, the first being the directory's main matrices."""
+        return [{"rcond": r, "damping": d} for r in self.rconds() for d in self.dampings()]
+
+    def __post_init__(self):
+        """Every setting checked before the run is read or the output touched."""
+        if not [p for p in self.params.split(",") if p.strip()]:
+            raise UserError("--params must name at least one module, e.g. fc or layer4.2,fc")
+        v.count_or_word("test", self.test, ("all",))
+        self.rcond = "exact" if self.rcond is None else str(self.rcond)
+        self.damping = str(self.damping)
+        rconds, dampings = self.rconds(), self.dampings()
+        for name, values in (("rcond", rconds), ("damping", dampings)):
+            # one matrix pair per setting: the same value twice would write two identical pairs
+            seen = [str(x) if isinstance(x, str) else float(x) for x in values]
+            twice = sorted({str(x) for x in seen if seen.count(x) > 1})
+            if twice:
+                raise UserError(f"--{name} lists {', '.join(twice)} more than once; give each value once")
+        method = self.inverse_method()
+        v.choice("normalize", self.normalize, NORMALIZE)
+        if self.refit_head and (self.params != "fc" or method.needs != "dense"):
+            raise UserError(f"--refit-head applies to the head alone (--params fc, not --method {self.method})")
+        if not method.cutoff and (len(rconds) > 1 or self.rcond not in ("paper", "exact")):
+            raise UserError(f"--rcond does not apply to --method {self.method} (it solves without a cut-off); drop it")
+        if len(rconds) * len(dampings) > 20:
+            raise UserError(f"--rcond x --damping asks for {len(rconds) * len(dampings)} settings; at most 20")
+        v.number("cg_tol", self.cg_tol, low=0, high=1, low_open=True, high_open=True)
+        v.integer("cg_max_iter", self.cg_max_iter, low=1)
+        v.integer("batch_size", self.batch_size, low=1)
+        v.choice("features_dtype", self.features_dtype, ("float32", "float64"))
+        v.device_name("device", self.device)
+
+
+def _items(name: str, text: str) -> list[str]:
+    items = [t.strip() for t in str(text).split(",")]
+    if not items or any(not t for t in items):
+        raise UserError(f"--{name} must be a value or a comma-separated list of values, got {text!r}")
+    return items
+
+
+def _setting_value(name: str, item: str, words: tuple[str, ...], high: float | None):
+    if item in words:
+        return item
+    try:
+        x = float(item)
+    except ValueError:
+        allowed = f"{', '.join(words)} or a number" if words else "a number"
+        raise UserError(f"--{name} must be {allowed}, got {item!r}") from None
+    return v.number(name, x, low=0, high=high, high_open=high is not None)
