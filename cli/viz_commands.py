@@ -65,6 +65,7 @@ def _featviz(args) -> None:
 
 
 def _featviz_into(args) -> None:
+    from cli.dataclass_args import dataclass_from_args
     from interp.featviz import FeatVizConfig, visualize
     from interp.plots import featviz_figure
     from transfer.device import resolve_device
@@ -73,15 +74,7 @@ def _featviz_into(args) -> None:
     models, size = _models(args.model, device)
     seeds, seed_labels = _seeds(args.seeds, size)
     features = _ints(args.features, "features")
-    cfg = FeatVizConfig(
-        layer=args.layer,
-        iterations=args.iterations,
-        step_size=args.step_size,
-        eps=args.eps,
-        fake_relu=args.fake_relu,
-        keep_best=args.keep_best,
-        lucid=args.lucid,
-    )
+    cfg = dataclass_from_args(FeatVizConfig, args)
     results = {label: visualize(model, seeds, features, cfg) for label, model in models}
     out = Path(args.out)
     atomic_write_figure(out / "featviz.png", featviz_figure(seeds, results, seed_labels))
@@ -157,19 +150,16 @@ def _saliency_into(args) -> None:
 
 
 def register(sub) -> None:
+    from cli.dataclass_args import add_dataclass_arguments
+    from interp.featviz import FeatVizConfig
+
     p = sub.add_parser("featviz", help="feature visualisation from noise seeds, natural vs robust side by side")
     p.add_argument("--model", action="append", required=True, help="run directory, source name or checkpoint (repeat)")
-    p.add_argument("--layer", default=None, help="module name; default: the penultimate representation")
     p.add_argument("--features", required=True, help="comma-separated unit indices, e.g. 4,7,8")
     p.add_argument(
         "--seeds", action="append", default=None, help="noise:N, grey or image:PATH (repeat; default noise:3)"
     )
-    p.add_argument("--iterations", type=int, default=200)
-    p.add_argument("--step-size", type=float, default=1.0)
-    p.add_argument("--eps", type=float, default=1000.0, help="L2 radius around the seed")
-    p.add_argument("--fake-relu", action="store_true")
-    p.add_argument("--keep-best", action="store_true")
-    p.add_argument("--lucid", action="store_true", help="Lucid-style regularised parameterisation (for natural models)")
+    add_dataclass_arguments(p, FeatVizConfig)  # --layer, --iterations, ...: FeatVizConfig's fields, help and defaults
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_featviz)

@@ -69,3 +69,9 @@ def test_there_is_no_import_circle():
         if m not in state:
             visit(m, [m])
     assert not circles, circles
+
+
+def test_no_file_in_study_is_over_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "study").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}  # fmt: skip
+    assert not long, long

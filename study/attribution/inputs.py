@@ -34,7 +34,8 @@ def load_run(cfg: InfluenceConfig):
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{run.config} or {run.subset} lacks the resolution or the training indices") from None
     source = load_source(run.root)
-    train_raw, test_raw = load_raw_splits(settings["target"], cfg.data_root)
+    # the data root given now, else the one the run was fine-tuned with (its config.json records it)
+    train_raw, test_raw = load_raw_splits(settings["target"], cfg.data_root or settings.get("data_root"))
     if len(indices) == 0 or indices.min() < 0 or indices.max() >= len(train_raw):
         raise UserError(f"{run.subset} holds indices outside the {len(train_raw)} training images of the target")
     if cfg.test == "all":

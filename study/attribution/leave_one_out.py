@@ -63,6 +63,9 @@ class ValidateConfig:
     test: str = field(default="200", metadata={"help": "test images the candidates are drawn from: all or N"})
     seed: int = field(default=0, metadata={"help": "seed of the random removals"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda or cuda:N"})
+    data_root: str | None = field(
+        default=None, metadata={"help": "where torchvision datasets live (default: the one the run recorded)"}
+    )
 
     def __post_init__(self):
         for name in ("tests", "removals"):
@@ -75,7 +78,11 @@ class ValidateConfig:
                 f"--tests {self.tests} x (--removals {self.removals} + --random {self.random}) = {pairs} removal(s): "
                 f"a correlation needs at least {MIN_PAIRS} (and means little under {FEW_PAIRS}); raise them"
             )
-        InfluenceConfig(run=self.run, out=self.out, rcond=self.rcond, test=self.test, device=self.device)
+        self.influence_config()
+
+    def influence_config(self) -> InfluenceConfig:
+        return InfluenceConfig(run=self.run, out=self.out, rcond=self.rcond, test=self.test, device=self.device,
+                               data_root=self.data_root)  # fmt: skip
 
 
 def validate_influence(cfg: ValidateConfig, progress: bool = True) -> dict:
@@ -89,7 +96,7 @@ def validate_influence(cfg: ValidateConfig, progress: bool = True) -> dict:
 
 
 def _validate(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
-    icfg = InfluenceConfig(run=cfg.run, out=cfg.out, rcond=cfg.rcond, test=cfg.test, device=cfg.device)
+    icfg = cfg.influence_config()
     settings, model, train, test, _, _ = load_run(icfg)
     lam = run_weight_decay(settings)
     model = model.to(resolve_device(cfg.device)).eval()

@@ -60,6 +60,9 @@ class InfluenceStudyConfig:
     )
     exclude_self: bool = field(default=True, metadata={"help": "train x train: leave each image's own entry out"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    data_root: str | None = field(
+        default=None, metadata={"help": "where torchvision datasets live (default: the one each run recorded)"}
+    )
 
     def __post_init__(self):
         v.count_or_word("size", self.size, ("all",))
@@ -68,7 +71,8 @@ class InfluenceStudyConfig:
         self.influence_config("run", "out")  # every influence setting checked before anything runs
 
     def influence_config(self, run: str, out: str) -> InfluenceConfig:
-        return InfluenceConfig(run=run, out=out, device=self.device, **{k: getattr(self, k) for k in SHARED})
+        return InfluenceConfig(run=run, out=out, device=self.device, data_root=self.data_root,
+                               **{k: getattr(self, k) for k in SHARED})  # fmt: skip
 
 
 def cell_runs(

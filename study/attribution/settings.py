@@ -89,7 +89,9 @@ class InfluenceConfig:
     save_hessian: bool = field(
         default=True, metadata={"help": "write hessian.npy (P x P float64; 3.4 GB for a ResNet-50 head)"}
     )
-    data_root: str | None = field(default=None, metadata={"help": "where torchvision datasets live"})
+    data_root: str | None = field(
+        default=None, metadata={"help": "where torchvision datasets live (default: the one the run recorded)"}
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
 
     def rconds(self) -> list[float | str]:

@@ -174,3 +174,27 @@ def test_validate_refuses_too_few_removals_and_flags_few_or_constant_ones():
     assert np.isnan(flat["pearson"]) and "actual changes are all equal" in flat["warning"]
     many = correlations(np.arange(FEW_PAIRS, dtype=float), np.arange(FEW_PAIRS, dtype=float) ** 2)
     assert "warning" not in many
+
+
+def test_influence_reads_the_data_root_the_run_recorded_unless_given_one(finished_run, tmp_path, monkeypatch):
+    import shutil
+
+    import study.attribution.inputs as inputs
+    from study.attribution import load_run
+    from study.attribution.leave_one_out import ValidateConfig
+    from study.attribution.over_seeds import InfluenceStudyConfig
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["settings"]["data_root"] = str(tmp_path / "recorded")
+    (run / "config.json").write_text(json.dumps(config))
+    roots = []
+    real = inputs.load_raw_splits
+    monkeypatch.setattr(inputs, "load_raw_splits", lambda name, root=None: roots.append(root) or real(name, root))
+    load_run(InfluenceConfig(run=str(run), out="unused", test="20"))
+    load_run(InfluenceConfig(run=str(run), out="unused", test="20", data_root=str(tmp_path / "given")))
+    assert roots == [str(tmp_path / "recorded"), str(tmp_path / "given")]
+    # the commands built on influence pass --data-root through
+    assert ValidateConfig(run=str(run), out="o", data_root="/d").influence_config().data_root == "/d"
+    assert InfluenceStudyConfig(sweep="s", size="100", data_root="/d").influence_config("r", "o").data_root == "/d"
