@@ -127,7 +127,7 @@ def test_the_demo_refuses_a_directory_holding_a_users_file(tmp_path, capsys):
 
 
 def test_a_failed_stage_is_reported_with_its_cause_and_not_recorded_as_done(tmp_path, capsys):
-    from cli.demo import DEMO_FILES
+    from study.demo.stages import DEMO_FILES
     from transfer.files import OutputDir, name_patterns
 
     out = tmp_path / "demo"
@@ -141,7 +141,7 @@ def test_a_failed_stage_is_reported_with_its_cause_and_not_recorded_as_done(tmp_
 
 
 def test_the_time_left_grows_when_a_stage_runs_over_its_estimate():
-    from cli.demo import Clock
+    from study.demo.stages import Clock
 
     clock = Clock()
     clock.start(stage_expected=10, rest_expected=20)

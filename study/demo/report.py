@@ -1,6 +1,6 @@
 """``report.html``: one self-contained page of a demo's results (figures as data URIs, no network).
 
-Built from the ``results.json`` dictionary of :mod:`cli.demo` (every number in the page is in that
+Built from the ``results.json`` dictionary that :mod:`study.demo.stages` writes (every number in the page is in that
 file, and in the CSVs the commands wrote). :func:`readings` turns the numbers into plain sentences
 that say which way each comparison falls, including where robust does not beat natural.
 """

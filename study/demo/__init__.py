@@ -1,0 +1,1 @@
+"""The demo: its stages (ordinary commands, resumable, with time left) and its self-contained report."""
