@@ -6,10 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from cli.dataclass_args import add_dataclass_arguments, dataclass_from_args
-from transfer.errors import UserError
 
 
 def _influence(args) -> None:
@@ -64,16 +61,8 @@ def _validate(args) -> None:
     print(f"wrote {args.out}/validate.json, validate.csv, validate.png")
 
 
-def _read_all(outs: list[str]):
-    from study.attribution.store import InfluenceDir
-
-    return [InfluenceDir(out).read() for out in outs]
-
-
 def _class_match(args) -> None:
-    from interp.plots import class_match_figure, sensitivity_figure
-    from study.attribution.class_match import LEVEL, class_match_report
-    from transfer.files import atomic_write_csv, atomic_write_figure
+    from study.attribution.class_match import LEVEL, class_match_report, write_class_match
 
     report = class_match_report(args.outs, k=args.k, exclude_self=args.exclude_self)
     for (label, setting), per_target in report.curves.items():
@@ -88,68 +77,15 @@ def _class_match(args) -> None:
         d, lo, hi = stats["top1"]
         first, second = report.results[0].label, report.results[1].label
         print(f"paired {first} - {second} ({setting}, {target}): top-1 {d:+.3f} [{lo:+.3f}, {hi:+.3f}] (95% bootstrap)")
-    csv_path = Path(args.csv or Path(args.outs[0]) / "class_match.csv")
-    png = Path(args.png or csv_path.with_suffix(".png"))
-    atomic_write_csv(csv_path, *report.csv_rows())
-    written = [csv_path, png]
-    main_curves = {
-        f"{r.label} [{r.describe()}]": report.curves[(r.label, r.settings[0]["label"])] for r in report.results
-    }
-    atomic_write_figure(png, class_match_figure(main_curves))
-    if report.paired:
-        paired_csv = csv_path.with_name(csv_path.stem + "_paired.csv")
-        atomic_write_csv(paired_csv, *report.paired_rows())
-        written.append(paired_csv)
-    if any(len(r.settings) > 1 for r in report.results):
-        sens = csv_path.with_name(csv_path.stem + "_sensitivity.png")
-        series = {
-            r.label: [(st["label"], report.curves[(r.label, st["label"])]["test"]) for st in r.settings]
-            for r in report.results
-        }
-        atomic_write_figure(sens, sensitivity_figure(series))
-        written.append(sens)
+    written = write_class_match(report, args.csv or Path(args.outs[0]) / "class_match.csv", args.png)
     print("wrote " + ", ".join(map(str, written)))
 
 
 def _plot_influence(args) -> None:
-    from interp.plots import heatmap_figure, influence_grid_figure
-    from transfer.datasets import load_raw_splits
-    from transfer.files import atomic_write_figure
+    from study.attribution.visual import plot_influence_dirs
 
-    if args.top < 1:
-        raise UserError(f"--top must be an integer >= 1, got {args.top}")
-    results = _read_all(args.outs)
-    panels = [
-        (f"{r.label}\n{r.describe()}", np.asarray(r["influence_test"]), r["y_test"], r["y_train"]) for r in results
-    ]
-    dest = Path(args.png_dir or results[0].root)
-    atomic_write_figure(dest / "influence_heatmap.png", heatmap_figure(panels))
-    written = [dest / "influence_heatmap.png"]
-    for res, (label, inf, y_test, y_train) in zip(results, panels, strict=True):
-        try:
-            target, data_root = res.meta["run_settings"]["target"], res.meta["config"].get("data_root")
-        except (KeyError, AttributeError):
-            raise UserError(f"{res.root}/meta.json does not name the run's target dataset") from None
-        train_raw, test_raw = load_raw_splits(target, data_root)
-        test_imgs = [test_raw[int(i)][0].numpy() for i in res["idx_test"]]
-        train_imgs = _LazyImages(train_raw, res["idx_train"])
-        fig = influence_grid_figure(
-            inf, test_imgs, train_imgs, np.asarray(y_test), np.asarray(y_train), top=args.top, title=label
-        )
-        path = dest / f"influence_grid_{res.root.name}.png"
-        atomic_write_figure(path, fig)
-        written.append(path)
+    written = plot_influence_dirs(args.outs, args.top, args.png_dir)
     print("wrote " + ", ".join(map(str, written)))
-
-
-class _LazyImages:
-    """Training images by position in the subset, read only when shown."""
-
-    def __init__(self, raw, indices):
-        self.raw, self.indices = raw, indices
-
-    def __getitem__(self, j):
-        return self.raw[int(self.indices[j])][0].numpy()
 
 
 def register(sub) -> None:

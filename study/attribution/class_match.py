@@ -9,6 +9,7 @@ Used by ``robust-transfer class-match``; callable from Python::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -95,3 +96,33 @@ def class_match_report(dirs: list[str], k: int | None = None, exclude_self: bool
                         report.curves[(a.label, st["label"])][target], report.curves[(b.label, st["label"])][target]
                     )
     return report
+
+
+def write_class_match(report: ClassMatchReport, csv_path: Path | str, png: Path | str | None = None) -> list[Path]:
+    """The report's files: rates per rank (CSV), the main curves (PNG, default beside the CSV), the paired
+    differences (``<csv>_paired.csv``, where there are two directories with the same test images) and, for
+    directories with several settings, the sensitivity figure (``<csv>_sensitivity.png``). Returns the paths."""
+    from interp.plots import class_match_figure, sensitivity_figure
+    from transfer.files import atomic_write_csv, atomic_write_figure
+
+    csv_path = Path(csv_path)
+    png = Path(png or csv_path.with_suffix(".png"))
+    atomic_write_csv(csv_path, *report.csv_rows())
+    written = [csv_path, png]
+    main_curves = {
+        f"{r.label} [{r.describe()}]": report.curves[(r.label, r.settings[0]["label"])] for r in report.results
+    }
+    atomic_write_figure(png, class_match_figure(main_curves))
+    if report.paired:
+        paired_csv = csv_path.with_name(csv_path.stem + "_paired.csv")
+        atomic_write_csv(paired_csv, *report.paired_rows())
+        written.append(paired_csv)
+    if any(len(r.settings) > 1 for r in report.results):
+        sens = csv_path.with_name(csv_path.stem + "_sensitivity.png")
+        series = {
+            r.label: [(st["label"], report.curves[(r.label, st["label"])]["test"]) for st in r.settings]
+            for r in report.results
+        }
+        atomic_write_figure(sens, sensitivity_figure(series))
+        written.append(sens)
+    return written
