@@ -23,7 +23,7 @@ import torch
 
 from transfer.errors import UserError
 from transfer.files import atomic_torch_save
-from transfer.models import NormalizedModel, build_model, check_arch
+from transfer.models import ARCHITECTURES, NormalizedModel, build_model, check_arch, classifier
 
 FORMAT = "robust-transfer/1"
 
@@ -41,10 +41,10 @@ class ParsedCheckpoint:
 
     @property
     def num_classes(self) -> int:
-        for key in ("fc.weight", "linear.weight"):
+        for key in ARCHITECTURES.linear_keys():  # fc.weight, classifier.1.weight, ...
             if key in self.state_dict:
                 return int(self.state_dict[key].shape[0])
-        raise UserError("the checkpoint has no final layer 'fc.weight'; is it a classifier?")
+        raise UserError("the checkpoint has no final layer 'fc.weight' (nor another known classifier); is it one?")
 
 
 def read_checkpoint(path: Path | str) -> dict:
@@ -146,7 +146,7 @@ def save_checkpoint(
         {
             "format": FORMAT,
             "arch": arch,
-            "num_classes": int(model.model.fc.out_features),
+            "num_classes": int(classifier(model).out_features),
             "mean": _norm_stats(model.normalizer.mean),
             "std": _norm_stats(model.normalizer.std),
             "input_size": int(input_size),

@@ -12,19 +12,15 @@ from dataclasses import dataclass
 from torch import nn
 
 from transfer.errors import UserError
-from transfer.models import NormalizedModel
+from transfer.models import NormalizedModel, architecture_of
 
 ALL_BLOCKS = "all"
 
 
 def residual_blocks(model: NormalizedModel) -> list[tuple[str, nn.Module]]:
-    """The residual blocks in forward order, named as in ``named_parameters`` (``layer4.2``)."""
-    net = model.model
-    blocks = []
-    for stage in ("layer1", "layer2", "layer3", "layer4"):
-        if hasattr(net, stage):
-            blocks += [(f"{stage}.{i}", b) for i, b in enumerate(getattr(net, stage))]
-    return blocks
+    """The blocks in forward order, named relative to the bare network (``layer4.2``, ``features.17``):
+    what the model's architecture entry says "the last k blocks" are."""
+    return architecture_of(model).blocks(model.model)
 
 
 def parse_blocks(value: str | int) -> int | str:
@@ -41,16 +37,8 @@ def parse_blocks(value: str | int) -> int | str:
 
 
 def trainable_module_names(model: NormalizedModel, blocks: int | str) -> list[str]:
-    """Names (relative to ``model.model``) of the modules that train: the last ``blocks`` and ``fc``."""
-    all_blocks = residual_blocks(model)
-    if blocks == ALL_BLOCKS:
-        return [name for name, _ in model.model.named_children()]
-    if blocks > len(all_blocks):
-        raise UserError(
-            f"--blocks {blocks} exceeds the {len(all_blocks)} residual blocks of this model; "
-            f"use at most {len(all_blocks)} or 'all'"
-        )
-    return [name for name, _ in all_blocks[len(all_blocks) - blocks :]] + ["fc"]
+    """Names (relative to ``model.model``) of the modules that train: the last ``blocks`` and the head."""
+    return architecture_of(model).trainable(model.model, blocks)
 
 
 def unfreeze_last_blocks(model: NormalizedModel, blocks: int | str) -> list[str]:
@@ -73,14 +61,11 @@ class Split:
 
 
 def split_frozen_prefix(model: NormalizedModel, blocks: int | str) -> Split:
-    """Cut a torchvision-style ResNet before its first trainable block.
+    """Cut the network before its first trainable block (its architecture entry gives the stages).
 
     The stages share their modules with ``model`` (no copy), so training the suffix trains the model.
     """
-    net = model.model
-    stages: list[nn.Module] = [model.normalizer, nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)]
-    stages += [b for _, b in residual_blocks(model)]
-    stages += [nn.Sequential(net.avgpool, nn.Flatten(1)), net.fc]
+    stages: list[nn.Module] = [model.normalizer, *architecture_of(model).stages(model.model)]
     trainable_module_names(model, blocks)  # validates the block count
     # the last two stages (pool, fc) always train; before them, ``blocks`` residual blocks
     cut = 0 if blocks == ALL_BLOCKS else len(stages) - 2 - blocks

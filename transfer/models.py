@@ -7,19 +7,22 @@ and visualisations work in pixel space.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torchvision.models import resnet18, resnet50, wide_resnet50_2
-from torchvision.models.resnet import BasicBlock
 
+from transfer.architectures import (  # noqa: F401  (ARCHITECTURES, SmallResNet and the constants are re-exported)
+    ARCHITECTURES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MNIST_MEAN,
+    MNIST_STD,
+    Architecture,
+    SmallResNet,
+    get_architecture,
+)
 from transfer.errors import UserError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-MNIST_MEAN = (0.1307, 0.1307, 0.1307)
-MNIST_STD = (0.3081, 0.3081, 0.3081)
 
 
 class Normalize(nn.Module):
@@ -37,56 +40,14 @@ class Normalize(nn.Module):
 class NormalizedModel(nn.Module):
     """A classifier over [0, 1] images: ``model(normalizer(x))``."""
 
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], arch: str | None = None):
         super().__init__()
         self.normalizer = Normalize(mean, std)
         self.model = model
+        self.arch = arch  # its entry in transfer.architectures (anatomy: blocks, classifier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.normalizer(x))
-
-
-class SmallResNet(nn.Module):
-    """A ResNet for 28x28 inputs that trains in minutes on two CPU cores.
-
-    Three stages of two torchvision ``BasicBlock``s (widths 16, 32, 64; strides 1, 2, 2), a 3x3
-    stem and no max-pool: about 0.27 M parameters. Attribute names follow torchvision's ResNet
-    (``conv1 bn1 relu maxpool layer1..layer3 avgpool fc``) so freezing treats both alike.
-    """
-
-    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (16, 32, 64), depth: int = 2):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.Identity()
-        in_ch = widths[0]
-        for i, (width, stride) in enumerate(zip(widths, (1, 2, 2), strict=True)):
-            blocks = []
-            for j in range(depth):
-                s = stride if j == 0 else 1
-                down = None
-                if s != 1 or in_ch != width:
-                    down = nn.Sequential(nn.Conv2d(in_ch, width, 1, stride=s, bias=False), nn.BatchNorm2d(width))
-                blocks.append(BasicBlock(in_ch, width, stride=s, downsample=down))
-                in_ch = width
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_ch, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-# name -> (constructor taking num_classes, native input size, default normalisation)
-ARCHITECTURES: dict[str, tuple[Callable[[int], nn.Module], int, tuple, tuple]] = {
-    "resnet18": (lambda n: resnet18(weights=None, num_classes=n), 224, IMAGENET_MEAN, IMAGENET_STD),
-    "resnet50": (lambda n: resnet50(weights=None, num_classes=n), 224, IMAGENET_MEAN, IMAGENET_STD),
-    "wide_resnet50_2": (lambda n: wide_resnet50_2(weights=None, num_classes=n), 224, IMAGENET_MEAN, IMAGENET_STD),
-    "small_resnet": (lambda n: SmallResNet(n), 28, MNIST_MEAN, MNIST_STD),
-}
 
 
 HEAD_INITS = ("paper", "default")
@@ -95,13 +56,11 @@ MIN_RESOLUTION, MAX_RESOLUTION = 8, 2048
 
 
 def check_arch(arch: str) -> None:
-    if arch not in ARCHITECTURES:
-        raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    get_architecture(arch)
 
 
 def native_size(arch: str) -> int:
-    check_arch(arch)
-    return ARCHITECTURES[arch][1]
+    return get_architecture(arch).native_size
 
 
 def build_model(
@@ -111,14 +70,18 @@ def build_model(
     std: Sequence[float] | None = None,
 ) -> NormalizedModel:
     """A randomly initialised ``arch`` with ``num_classes`` outputs and its normalisation inside."""
-    check_arch(arch)
-    make, _, default_mean, default_std = ARCHITECTURES[arch]
-    return NormalizedModel(make(num_classes), mean or default_mean, std or default_std)
+    entry = get_architecture(arch)
+    return NormalizedModel(entry.make(num_classes), mean or entry.mean, std or entry.std, arch=arch)
+
+
+def architecture_of(model: NormalizedModel) -> Architecture:
+    """The registry entry of a model built by :func:`build_model` (a ResNet's anatomy for any other)."""
+    return get_architecture(getattr(model, "arch", None) or "resnet50")
 
 
 def classifier(model: NormalizedModel) -> nn.Linear:
-    """The final linear layer (``fc``)."""
-    return model.model.fc
+    """The final linear layer, wherever the architecture keeps it (``fc``, ``classifier.1``)."""
+    return architecture_of(model).classifier(model.model)
 
 
 def replace_classifier(
@@ -142,5 +105,5 @@ def replace_classifier(
             head.bias.copy_(torch.empty(head.bias.shape).uniform_(-bound, bound, generator=generator))
         else:
             raise UserError(f"--head-init must be one of {', '.join(HEAD_INITS)}; got {init!r}")
-    model.model.fc = head
+    architecture_of(model).set_classifier(model.model, head)
     return head

@@ -27,6 +27,7 @@ from transfer import validation as v
 from transfer.device import resolve_device
 from transfer.errors import UserError
 from transfer.files import OutputDir, atomic_write_csv, atomic_write_figure, atomic_write_json, name_patterns
+from transfer.models import classifier
 
 MIN_PAIRS = 3  # fewer points than this have no correlation (two points always lie on a line)
 FEW_PAIRS = 10  # under this a correlation is reported with a warning
@@ -100,7 +101,7 @@ def _validate(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
     settings, model, train, test, _, _ = load_run(icfg)
     lam = run_weight_decay(settings)
     model = model.to(resolve_device(cfg.device)).eval()
-    head = model.model.fc
+    head = classifier(model)
     z_tr, _, y_tr = interp.head_features(model, head, DataLoader(train, batch_size=256), progress=progress)
     z_te, _, y_te = interp.head_features(model, head, DataLoader(test, batch_size=256), progress=progress)
     # the head problem is small (C x (D+1) parameters): its many L-BFGS refits run faster on the CPU than as

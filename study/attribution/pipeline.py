@@ -26,7 +26,7 @@ from interp.inverse import Curvature
 from study.attribution.head_path import compute_head
 from study.attribution.inputs import load_run, output_bytes, run_weight_decay
 from study.attribution.matrices import operators_per_setting, write_matrices
-from study.attribution.settings import SIGN_CONVENTION, InfluenceConfig
+from study.attribution.settings import HEAD_ALIASES, SIGN_CONVENTION, InfluenceConfig
 from study.attribution.store import InfluenceDir
 from transfer.device import resolve_device
 from transfer.errors import UserError
@@ -57,6 +57,10 @@ def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
 
 
 def _param_names(model, params: str) -> list[str]:
+    """Full parameter names of ``--params``: ``head`` (alias ``fc``) is the classifier, whatever the
+    architecture calls it; anything else is comma-separated module paths."""
+    if params in HEAD_ALIASES:
+        return _head_names(model)
     try:
         return [
             n for path in params.split(",") if path.strip() for n in interp.params.select_params(model, path.strip())

@@ -17,6 +17,7 @@ from interp.inverse import INVERSES
 from transfer import validation as v
 from transfer.errors import UserError
 
+HEAD_ALIASES = ("head", "fc")  # --params naming the classifier of any architecture
 SIGN_CONVENTION = (
     "I[i, j] = -g_test_i^T (H + damping I)^+ g_train_j (Koh & Liang's I_up,loss; H = Hessian of the MEAN "
     "training loss): the change in test loss i per unit up-weighting of training image j. Negative = helpful; "
@@ -32,7 +33,8 @@ class InfluenceConfig:
     out: str = field(metadata={"help": "influence directory to write"})
     params: str = field(
         default="fc",
-        metadata={"help": "parameters: fc (closed form), or comma-separated module paths such as layer4.2,fc"},
+        metadata={"help": "parameters: head (alias fc: the classifier, in closed form, whatever the architecture "
+                  "calls it), or comma-separated module paths such as layer4.2,fc"},  # fmt: skip
     )
     test: str = field(
         default="all", metadata={"help": "test images: all, or N (a class-covering random subset, seed 0)"}
@@ -134,7 +136,7 @@ class InfluenceConfig:
                 raise UserError(f"--{name} lists {', '.join(twice)} more than once; give each value once")
         method = self.inverse_method()
         v.choice("normalize", self.normalize, NORMALIZE)
-        if self.refit_head and (self.params != "fc" or method.needs != "dense"):
+        if self.refit_head and (self.params not in HEAD_ALIASES or method.needs != "dense"):
             raise UserError(f"--refit-head applies to the head alone (--params fc, not --method {self.method})")
         if not method.cutoff and (len(rconds) > 1 or self.rcond not in ("paper", "exact")):
             raise UserError(f"--rcond does not apply to --method {self.method} (it solves without a cut-off); drop it")

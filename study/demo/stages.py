@@ -29,6 +29,7 @@ import torch
 from transfer import validation as v
 from transfer.errors import UserError
 from transfer.files import OutputDir, atomic_write_json, atomic_write_text, name_patterns
+from transfer.models import classifier
 
 NATURAL, ROBUST = "mnist5k-natural", "mnist5k-l2"
 SEED0 = 20000000
@@ -277,7 +278,7 @@ def live_units(models: list[torch.nn.Module], images: torch.Tensor, count: int =
 
     means = []
     for model in models:
-        head = model.model.fc
+        head = classifier(model)
         z, _, _ = interp.head_features(model, head, [(images, torch.zeros(len(images), dtype=torch.long))])
         means.append(z.mean(0).cpu().numpy())
     floor = np.min(np.stack(means), axis=0)
