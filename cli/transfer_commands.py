@@ -23,13 +23,14 @@ def _datasets(args) -> None:
 def _sources(args) -> None:
     from transfer.zoo import SOURCES, source_path
 
-    print(f"{'name':<17} {'arch':<13} {'threat':<6} {'eps':<6} {'top-1':>6}  {'status':<8} file / download")
+    wn, wa = max(len(s.name) for s in SOURCES), max(len(s.arch) for s in SOURCES)
+    print(f"{'name':<{wn}} {'arch':<{wa}} {'threat':<6} {'eps':<6} {'top-1':>6}  {'status':<8} file / download")
     for s in SOURCES:
         path = source_path(s, args.cache_dir)
         status = "present" if path.is_file() else "missing"
         acc = "-" if math.isnan(s.accuracy) else f"{s.accuracy:.2f}"
         where = f"{path}" + ("" if s.embedded else f"  <- {s.url}")
-        print(f"{s.name:<17} {s.arch:<13} {s.constraint:<6} {s.eps_label:<6} {acc:>6}  {status:<8} {where}")
+        print(f"{s.name:<{wn}} {s.arch:<{wa}} {s.constraint:<6} {s.eps_label:<6} {acc:>6}  {status:<8} {where}")
 
 
 def _pretrain(args) -> None:

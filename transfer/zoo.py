@@ -42,11 +42,14 @@ class Source:
         return self.url is None
 
 
-def _madry(constraint: str, eps: float, eps_label: str, accuracy: float, file_eps: str) -> Source:
-    """A Madry-lab ResNet-50 from ``madrylab/robust-imagenet-models``."""
-    filename = f"resnet50_{constraint}_eps{file_eps}.ckpt"
-    name = f"resnet50-{constraint}-{eps_label.split('/')[0]}"
-    return Source(name, "resnet50", constraint, eps, eps_label, accuracy, "imagenet", filename, _MADRY + filename)
+def _madry(constraint: str, eps: float, eps_label: str, accuracy: float, file_eps: str, arch: str = "resnet50",
+           file_arch: str | None = None, sha256_prefix: str | None = None) -> Source:  # fmt: skip
+    """A Salman et al. (2020) ImageNet model from ``madrylab/robust-imagenet-models`` (``file_arch``: the hub's
+    name of the architecture, e.g. ``mobilenet``); ``eps = 0`` is their naturally trained counterpart."""
+    filename = f"{file_arch or arch}_{constraint}_eps{file_eps}.ckpt"
+    name = f"{arch}-natural" if eps == 0 else f"{arch}-{constraint}-{eps_label.split('/')[0]}"
+    return Source(name, arch, "none" if eps == 0 else constraint, eps, eps_label, accuracy, "imagenet", filename,
+                  _MADRY + filename, sha256_prefix)  # fmt: skip
 
 
 SOURCES: tuple[Source, ...] = (
@@ -58,6 +61,13 @@ SOURCES: tuple[Source, ...] = (
     _madry("l2", 3.0, "3", 62.83, "3"),
     _madry("linf", 4 / 255, "4/255", 63.86, "4.0"),
     _madry("linf", 8 / 255, "8/255", 54.53, "8.0"),
+    # other architectures from the same hub (its README's accuracy tables): natural (eps 0) and L2 eps 3
+    _madry("l2", 0.0, "0", 69.79, "0", arch="resnet18"),
+    _madry("l2", 3.0, "3", 53.12, "3", arch="resnet18"),
+    _madry("l2", 0.0, "0", 76.97, "0", arch="wide_resnet50_2"),
+    _madry("l2", 3.0, "3", 66.90, "3", arch="wide_resnet50_2"),
+    _madry("l2", 0.0, "0", 65.26, "0", arch="mobilenet_v2", file_arch="mobilenet", sha256_prefix="c0bee2ca"),
+    _madry("l2", 3.0, "3", 50.40, "3", arch="mobilenet_v2", file_arch="mobilenet"),
     Source("mnist5k-natural", "small_resnet", "none", 0.0, "0", float("nan"), "mnist5k", "mnist5k-natural.pt", None),
     Source("mnist5k-l2", "small_resnet", "l2", 1.0, "1", float("nan"), "mnist5k", "mnist5k-l2.pt", None),
 )  # fmt: skip

@@ -51,3 +51,29 @@ def test_download_verifies_and_places_the_file_and_failure_names_the_path(tmp_pa
     gone = dataclasses.replace(src, filename="w3.pth", url=(tmp_path / "nowhere.pth").as_uri())
     with pytest.raises(UserError, match=str(tmp_path / "cache" / "w3.pth")):
         download_source(gone, tmp_path / "cache")
+
+
+@pytest.mark.parametrize("name,arch,blocks", [("resnet18-l2-3", "resnet18", 8), ("mobilenet_v2-natural", "mobilenet_v2", 18)])
+def test_hub_sources_of_other_architectures_load_from_their_robustness_files(name, arch, blocks, tmp_path):
+    from transfer.freezing import residual_blocks
+
+    source = get_source(name)
+    assert source.arch == arch and source.url.startswith("https://huggingface.co/madrylab/robust-imagenet-models/")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = build_model(arch, 1000).model
+    sd = {f"module.model.{k}": v for k, v in net.state_dict().items()}
+    sd |= {f"module.attacker.model.{k}": v for k, v in net.state_dict().items()}
+    sd |= {"module.normalizer.new_mean": torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1),
+           "module.normalizer.new_std": torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)}  # fmt: skip
+    torch.save({"model": sd, "epoch": 90}, tmp_path / source.filename)
+    loaded = load_source(name, cache_dir=tmp_path, download=False)
+    assert loaded.arch == arch and len(residual_blocks(loaded.model)) == blocks
+    assert torch.equal(next(iter(loaded.model.model.state_dict().values())), next(iter(net.state_dict().values())))
+
+
+def test_the_zoo_lists_a_natural_and_a_robust_source_per_hub_architecture():
+    for arch, natural, robust in (("resnet18", 69.79, 53.12), ("wide_resnet50_2", 76.97, 66.90),
+                                  ("mobilenet_v2", 65.26, 50.40)):  # fmt: skip
+        assert get_source(f"{arch}-natural").constraint == "none" and get_source(f"{arch}-natural").accuracy == natural
+        assert get_source(f"{arch}-l2-3").eps == 3.0 and get_source(f"{arch}-l2-3").accuracy == robust
