@@ -28,6 +28,7 @@ from study.sweeps.summary import (  # noqa: E402
     Interval,
     Progress,
     accuracies,
+    in_sweep,
     natural_source,
     paired_differences,
     read_sweep_rows,
@@ -296,5 +297,6 @@ def plot_sweep(sweep: Path | str, figures: list[str], out: Path | str | None = N
             raise UserError(f"--figure must be one of {', '.join(FIGURES)}; got {figure!r}")
     rows, progress = read_sweep_rows(sweep, allow_partial)
     out = Path(out or Path(sweep) / "figures")
-    with OutputDir(out, "figures", name_patterns(*(f"{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")))):
+    ours = name_patterns(*(f"{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")))
+    with OutputDir(out, "figures", ours, adopt=in_sweep(sweep, "figures")):
         return [p for figure in figures for p in draw(rows, figure, out, progress, **options)]

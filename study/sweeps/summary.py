@@ -304,6 +304,12 @@ def read_sweep_rows(sweep: Path | str, allow_partial: bool = False) -> tuple[lis
     return [r for r in rows if r["state"] == "done"], progress
 
 
+def in_sweep(sweep: Path | str, name: str):
+    """``adopt`` for :class:`~transfer.files.OutputDir`: a directory at its default place in the sweep
+    (``SWEEP/summary``, ``SWEEP/figures``), written there by a version from before the markers."""
+    return lambda root: Path(root).resolve() == (Path(sweep) / name).resolve()
+
+
 def summarize_sweep(sweep: Path | str, out: Path | str | None = None, which: str = "final", natural: str | None = None,
                     compare: bool = False, allow_partial: bool = False) -> dict[str, str]:  # fmt: skip
     """``robust-transfer summarize``: Table 5 of a sweep into ``out`` (default ``SWEEP/summary``).
@@ -315,5 +321,5 @@ def summarize_sweep(sweep: Path | str, out: Path | str | None = None, which: str
 
     rows, progress = read_sweep_rows(sweep, allow_partial)
     out = Path(out or Path(sweep) / "summary")
-    with OutputDir(out, "summary", name_patterns(*SUMMARY_FILES)):
+    with OutputDir(out, "summary", name_patterns(*SUMMARY_FILES), adopt=in_sweep(sweep, "summary")):
         return write_summary(rows, out, which, natural, compare, progress)

@@ -139,3 +139,13 @@ def test_shown_intervals_are_clipped_and_the_csv_keeps_the_raw_ones(tmp_path):
     iv = Interval.of([99.0, 80.0])
     assert iv.high > 100 and f"[{max(0, iv.low):.2f}, 100.00]" in texts["table5"]
     assert f"{round(iv.high, 4)}" in (tmp_path / "table5.csv").read_text()
+
+
+def test_a_summary_an_earlier_version_wrote_inside_the_sweep_is_rewritten(sweep_factory):
+    from study.sweeps.summary import summarize_sweep
+
+    sweep = sweep_factory("s", done=4)
+    (sweep / "summary").mkdir()
+    (sweep / "summary" / "table5.csv").write_text("old, unmarked")  # written before markers existed
+    summarize_sweep(sweep)
+    assert (sweep / "summary" / "table5.csv").read_text().startswith("target,n_train")
