@@ -299,8 +299,9 @@ class OutputDir:
                 "choose another --out"
             )
         refuse_foreign(self.root, foreign_entries(self.root, self.ours), f"robust-transfer's {self.kind}")
-        if owner is None and foreign_entries(self.root, lambda _: False) and not (self.adopt and self.adopt(self.root)):
-            shown = ", ".join(foreign_entries(self.root, lambda _: False)[:4])
+        present = foreign_entries(self.root, lambda _: False)  # every visible name
+        if owner is None and present and not (self.adopt and self.adopt(self.root)):
+            shown = ", ".join(present[:4])
             raise UserError(
                 f"{self.root} is not empty ({shown}) and has no {MARKER_NAME} marker, so it was not written by "
                 f"robust-transfer's {self.kind}; nothing was written: choose a new or empty --out"

@@ -84,6 +84,12 @@ def classifier(model: NormalizedModel) -> nn.Linear:
     return architecture_of(model).classifier(model.model)
 
 
+def classifier_names(model: NormalizedModel) -> list[str]:
+    """Full parameter names of the classifier (``model.fc.weight``, ``model.classifier.1.bias``)."""
+    path = architecture_of(model).linear
+    return [f"model.{path}.{n}" for n, _ in classifier(model).named_parameters()]
+
+
 def replace_classifier(
     model: NormalizedModel, num_classes: int, init: str = "paper", generator: torch.Generator | None = None
 ) -> nn.Linear:

@@ -21,7 +21,7 @@ from interp.inverse import Curvature, extreme_eigenvalues
 from interp.loo import gradient_norm, refit_head
 from study.attribution.matrices import operators_per_setting, write_matrices
 from study.attribution.store import InfluenceDir
-from transfer.models import classifier
+from transfer.models import classifier, classifier_names
 
 
 def _stationary_head(cfg, head, z_tr, logits_tr, y_tr, z_te, logits_te, lam: float, out: InfluenceDir):
@@ -90,7 +90,7 @@ def compute_head(cfg, model, train_loader, test_loader, out: InfluenceDir, devic
         hessian_save_s = time.perf_counter() - t
     info = inv.info()
     return {
-        "params": [f"{prefix}.{n}" for prefix, m in model.named_modules() if m is head for n, _ in m.named_parameters()],
+        "params": classifier_names(model),
         "path": "closed form on the softmax head, reduced to the complement of its exact null space",
         "device": str(device),
         "features_dtype": cfg.features_dtype,

@@ -30,7 +30,7 @@ from study.attribution.settings import HEAD_ALIASES, SIGN_CONVENTION, InfluenceC
 from study.attribution.store import InfluenceDir
 from transfer.device import resolve_device
 from transfer.errors import UserError
-from transfer.models import classifier
+from transfer.models import classifier_names
 
 
 def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
@@ -60,7 +60,7 @@ def _param_names(model, params: str) -> list[str]:
     """Full parameter names of ``--params``: ``head`` (alias ``fc``) is the classifier, whatever the
     architecture calls it; anything else is comma-separated module paths."""
     if params in HEAD_ALIASES:
-        return _head_names(model)
+        return classifier_names(model)
     try:
         return [
             n for path in params.split(",") if path.strip() for n in interp.params.select_params(model, path.strip())
@@ -80,16 +80,10 @@ def _compute(cfg, out: InfluenceDir, settings, model, names, train, test, device
         "timings": {},
     }
     # the head's closed form serves a dense method over exactly the classifier's parameters, whatever --params said
-    if cfg.inverse_method().needs == "dense" and sorted(names) == sorted(_head_names(model)):
+    if cfg.inverse_method().needs == "dense" and sorted(names) == sorted(classifier_names(model)):
         lam = run_weight_decay(settings)
         return meta | compute_head(cfg, model, loader(train), loader(test), out, device, lam, progress)
     return meta | _generic(cfg, model, names, loader(train), loader(test), out, device, progress)
-
-
-def _head_names(model) -> list[str]:
-    """The full parameter names of the model's classifier."""
-    head = classifier(model)
-    return [f"{prefix}.{n}" for prefix, m in model.named_modules() if m is head for n, _ in m.named_parameters()]
 
 
 def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, device, progress) -> dict:
