@@ -7,6 +7,8 @@ import dataclasses
 import types
 import typing
 
+from transfer.runtime import RUNTIME_FIELDS, Runtime
+
 
 def _base_type(tp):
     if isinstance(tp, str):  # postponed annotations
@@ -16,9 +18,16 @@ def _base_type(tp):
     return tp
 
 
+def _offered(cls) -> list[dataclasses.Field]:
+    """The fields a command offers: its own first, then the runtime settings it reads (``cls.RUNTIME``)."""
+    runtime = set(RUNTIME_FIELDS) if issubclass(cls, Runtime) else set()
+    own = [f for f in dataclasses.fields(cls) if f.name not in runtime]
+    return own + [f for f in dataclasses.fields(cls) if f.name in runtime and f.name in cls.RUNTIME]
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, exclude: tuple[str, ...] = ()) -> None:
     """One ``--field-name`` option per dataclass field, with the field's help text and default."""
-    for f in dataclasses.fields(cls):
+    for f in _offered(cls):
         if f.name in exclude:
             continue
         required = f.default is dataclasses.MISSING

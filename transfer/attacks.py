@@ -18,6 +18,7 @@ onto [0, 1].
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,37 @@ class PGDConfig:
     @property
     def step_size(self) -> float:
         return self.step_scale * self.eps / self.steps
+
+
+# the help of the PGD settings that ``pretrain`` (training attacks) and ``evaluate`` (test attacks) both offer
+ATTACK_HELP = {
+    "eps": "attack radius in [0, 1] pixel units",
+    "attack_steps": "PGD steps",
+    "step_scale": "PGD step size = step_scale * eps / steps",
+    "random_start": "start PGD at a random point of the ball",
+    "random_start_radius": "L2 random start: sphere (radius eps, as robustness) or ball (radius uniform in [0, eps])",
+    "keep_best": "use each image's PGD iterate of highest loss",
+}
+
+
+def attack_field(name: str, default, why: str = ""):
+    """A settings-dataclass field for PGD setting ``name`` with its one help text, ``why`` appended."""
+    return dataclasses.field(default=default, metadata={"help": ATTACK_HELP[name] + (f" ({why})" if why else "")})
+
+
+def check_attack_settings(cfg) -> None:
+    """The PGD settings of a command's settings dataclass checked as :class:`PGDConfig` checks them."""
+    if getattr(cfg, "eps", None) is not None:
+        v.number("eps", cfg.eps, low=0)
+    v.integer("attack_steps", cfg.attack_steps, low=1)
+    v.number("step_scale", cfg.step_scale, low=0, low_open=True)
+    v.choice("random_start_radius", cfg.random_start_radius, START_RADII)
+
+
+def attack_from(cfg, constraint: str, eps: float) -> PGDConfig:
+    """The :class:`PGDConfig` of a command's PGD settings (fields named as :data:`ATTACK_HELP`)."""
+    return PGDConfig(constraint, eps, cfg.attack_steps, cfg.step_scale, random_start=cfg.random_start,
+                     keep_best=cfg.keep_best, random_start_radius=cfg.random_start_radius)  # fmt: skip
 
 
 def _per_example_norm(t: torch.Tensor) -> torch.Tensor:

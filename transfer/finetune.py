@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,8 @@ from transfer.device import resolve_device
 from transfer.errors import UserError
 from transfer.freezing import ALL_BLOCKS, parse_blocks, residual_blocks
 from transfer.models import HEAD_INITS, MAX_RESOLUTION, MIN_RESOLUTION, build_model, check_arch, replace_classifier
-from transfer.runs import RunDir, atomic_write_json, recorded_settings
+from transfer.runs import RunDir, atomic_write_json
+from transfer.runtime import Runtime, torch_threads
 from transfer.subsets import MAX_SEED, class_covering_subset
 from transfer.train import FROZEN_BN, TrainConfig, finish_run, fit, paper_epochs, paper_eval_every
 from transfer.transforms import AUGMENTS, build_transform
@@ -23,8 +24,9 @@ from transfer.zoo import get_source, load_source, source_names
 
 
 @dataclass
-class FinetuneConfig:
-    """Every setting of a fine-tuning run; each is saved in the run's ``config.json``."""
+class FinetuneConfig(Runtime):
+    """Every setting of a fine-tuning run; each but :data:`transfer.runtime.RESUMABLE` is saved in the run's
+    ``config.json``."""
 
     source: str = field(metadata={"help": "zoo name (robust-transfer sources), run directory or checkpoint path"})
     target: str = field(metadata={"help": "target dataset (robust-transfer datasets)"})
@@ -70,20 +72,6 @@ class FinetuneConfig:
     resolution: int | None = field(
         default=None, metadata={"help": "input size images are resized to (default: the source's native size)"}
     )
-    data_root: str | None = field(
-        default=None, metadata={"help": "where torchvision datasets live (default ~/.cache/robust-transfer/data)"}
-    )
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "where downloaded source models live (default ~/.cache/robust-transfer/models)"}
-    )
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
-    workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
-    save_every: float = field(
-        default=60.0,
-        metadata={
-            "help": "seconds between saves of the training state (also saved at every evaluation); a killed run loses at most this much"
-        },
-    )
 
     def __post_init__(self):
         """Every setting checked here, before any file is read or written (names the flag and the range)."""
@@ -104,9 +92,7 @@ class FinetuneConfig:
         v.choice("frozen_bn", self.frozen_bn, FROZEN_BN)
         if self.resolution is not None:
             v.integer("resolution", self.resolution, low=MIN_RESOLUTION, high=MAX_RESOLUTION)
-        v.device_name("device", self.device)
-        v.integer("workers", self.workers, low=0)
-        v.number("save_every", self.save_every, low=0)
+        super().__post_init__()
 
 
 def _count(value: str | int, words: dict[str, int]) -> int:
@@ -201,7 +187,7 @@ def finetune(
         save_every_s=cfg.save_every,
     )
     settings = {
-        **asdict(cfg),
+        **cfg.recorded(),
         "resolved": {
             "epochs": epochs,
             "n_train": int(n_train),
@@ -211,8 +197,8 @@ def finetune(
         },
     }
     run = RunDir(out)
-    with run.lock():
-        run.open(recorded_settings(settings), resume)
+    with torch_threads(cfg.threads), run.lock():
+        run.open(settings, resume)
         if run.finished():  # only reached with resume, after the settings were compared
             return run.read_summary()
         if not run.subset.exists():

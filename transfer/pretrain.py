@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from transfer import validation as v
-from transfer.attacks import START_RADII, PGDConfig
+from transfer.attacks import PGDConfig, attack_field, attack_from, check_attack_settings
 from transfer.datasets import Transformed, dataset_spec, load_raw_splits
 from transfer.device import resolve_device
 from transfer.freezing import ALL_BLOCKS
 from transfer.models import MAX_RESOLUTION, MIN_RESOLUTION, build_model, check_arch, native_size
-from transfer.runs import RunDir, recorded_settings
+from transfer.runs import RunDir
+from transfer.runtime import Runtime, torch_threads
 from transfer.subsets import MAX_SEED
 from transfer.train import TrainConfig, finish_run, fit
 from transfer.transforms import AUGMENTS, build_transform
@@ -23,32 +24,22 @@ CONSTRAINTS = ("none", "l2", "linf")
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(Runtime):
     """Every setting of a source-training run."""
 
     dataset: str = field(default="mnist5k", metadata={"help": "training dataset"})
     arch: str = field(default="small_resnet", metadata={"help": "architecture"})
     constraint: str = field(default="none", metadata={"help": "adversarial training threat model: none, l2 or linf"})
-    eps: float = field(default=1.0, metadata={"help": "attack radius in [0, 1] pixel units"})
-    attack_steps: int = field(default=7, metadata={"help": "PGD steps per training batch"})
-    step_scale: float = field(default=2.5, metadata={"help": "PGD step size = step_scale * eps / steps"})
-    random_start: bool = field(
-        default=True,
-        metadata={
-            "help": "start each training attack at a random point of the ball (robustness's default is off; on here "
-            "as in Madry et al.'s PGD training, so the attack does not start where the gradient may be masked)"
-        },
+    eps: float = attack_field("eps", 1.0)
+    attack_steps: int = attack_field("attack_steps", 7, "per training batch")
+    step_scale: float = attack_field("step_scale", 2.5)
+    random_start: bool = attack_field(
+        "random_start", True, "robustness's default is off; on here as in Madry et al.'s PGD training, so the attack "
+        "does not start where the gradient may be masked"
     )
-    random_start_radius: str = field(
-        default="sphere",
-        metadata={"help": "L2 random start: sphere (radius eps, as robustness) or ball (radius uniform in [0, eps])"},
-    )
-    keep_best: bool = field(
-        default=False,
-        metadata={
-            "help": "train on each image's PGD iterate of highest loss (robustness's default is on; off here: it costs "
-            "one more forward pass per batch)"
-        },
+    random_start_radius: str = attack_field("random_start_radius", "sphere")
+    keep_best: bool = attack_field(
+        "keep_best", False, "robustness's default is on; off here: it costs one more forward pass per batch"
     )
     epochs: int = field(default=15, metadata={"help": "epochs"})
     batch_size: int = field(default=128, metadata={"help": "batch size"})
@@ -62,15 +53,8 @@ class PretrainConfig:
     )
     eval_every: int = field(default=5, metadata={"help": "epochs between test evaluations"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation and batch order"})
-    data_root: str | None = field(default=None, metadata={"help": "where torchvision datasets live"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
-    workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
-    save_every: float = field(
-        default=60.0,
-        metadata={
-            "help": "seconds between saves of the training state (also saved at every evaluation); a killed run loses at most this much"
-        },
-    )
+
+    RUNTIME = ("device", "workers", "threads", "data_root", "save_every")
 
     def __post_init__(self):
         """Every setting checked here, before any file is read or written (names the flag and the range)."""
@@ -78,9 +62,7 @@ class PretrainConfig:
         check_arch(self.arch)
         v.choice("constraint", self.constraint, CONSTRAINTS)
         v.number("eps", self.eps, low=0, low_open=self.constraint != "none")
-        v.integer("attack_steps", self.attack_steps, low=1)
-        v.number("step_scale", self.step_scale, low=0, low_open=True)
-        v.choice("random_start_radius", self.random_start_radius, START_RADII)
+        check_attack_settings(self)
         v.integer("epochs", self.epochs, low=1)
         v.integer("batch_size", self.batch_size, low=1)
         v.number("lr", self.lr, low=0, low_open=True)
@@ -90,22 +72,12 @@ class PretrainConfig:
             v.integer("resolution", self.resolution, low=MIN_RESOLUTION, high=MAX_RESOLUTION)
         v.integer("eval_every", self.eval_every, low=1)
         v.integer("seed", self.seed, low=0, high=MAX_SEED)
-        v.device_name("device", self.device)
-        v.integer("workers", self.workers, low=0)
-        v.number("save_every", self.save_every, low=0)
+        super().__post_init__()
 
     def attack(self) -> PGDConfig | None:
         if self.constraint == "none":
             return None
-        return PGDConfig(
-            self.constraint,
-            self.eps,
-            self.attack_steps,
-            self.step_scale,
-            random_start=self.random_start,
-            keep_best=self.keep_best,
-            random_start_radius=self.random_start_radius,
-        )
+        return attack_from(self, self.constraint, self.eps)
 
 
 def pretrain(
@@ -148,8 +120,8 @@ def pretrain(
         "attack_steps": cfg.attack_steps,
     }
     run = RunDir(out)
-    with run.lock():
-        run.open(recorded_settings(asdict(cfg)), resume)
+    with torch_threads(cfg.threads), run.lock():
+        run.open(cfg.recorded(), resume)
         if run.finished():  # only reached with resume, after the settings were compared
             return run.read_summary()
         history, wall = fit(model, ALL_BLOCKS, train_set, test_set, train_cfg, run, device, progress, on_epoch_end)

@@ -32,14 +32,12 @@ from transfer.files import (
 )
 
 __all__ = [
-    "RESUMABLE",
     "RunDir",
     "atomic_torch_save",
     "atomic_write_json",
     "atomic_write_jsonl",
     "atomic_write_text",
     "read_json",
-    "recorded_settings",
     "versions",
 ]
 
@@ -55,15 +53,6 @@ def versions() -> dict:
         "torchvision": torchvision.__version__,
         "numpy": numpy.__version__,
     }
-
-
-# settings that may differ when a run is resumed (where and how fast it runs, not what it computes)
-RESUMABLE = ("device", "workers", "save_every")
-
-
-def recorded_settings(settings: dict) -> dict:
-    """The settings a run directory records and checks on resume: all but :data:`RESUMABLE`."""
-    return {k: v for k, v in settings.items() if k not in RESUMABLE}
 
 
 class RunDir:

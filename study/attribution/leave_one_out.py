@@ -23,11 +23,13 @@ from torch.utils.data import DataLoader
 import interp
 from interp.loo import leave_one_out, refit_head
 from study.attribution import InfluenceConfig, load_run, run_weight_decay
+from study.attribution.settings import RCOND_VALIDATE, RUN_DATA_ROOT
 from transfer import validation as v
 from transfer.device import resolve_device
 from transfer.errors import UserError
 from transfer.files import OutputDir, atomic_write_csv, atomic_write_figure, atomic_write_json, name_patterns
 from transfer.models import classifier
+from transfer.runtime import Runtime, runtime_help, torch_threads
 
 MIN_PAIRS = 3  # fewer points than this have no correlation (two points always lie on a line)
 FEW_PAIRS = 10  # under this a correlation is reported with a warning
@@ -51,8 +53,8 @@ def correlations(predicted: np.ndarray, actual: np.ndarray) -> dict:
     return out
 
 
-@dataclass
-class ValidateConfig:
+@dataclass(kw_only=True)
+class ValidateConfig(Runtime):
     """Settings of ``robust-transfer validate-influence``."""
 
     run: str = field(metadata={"help": "run directory from robust-transfer finetune"})
@@ -60,13 +62,13 @@ class ValidateConfig:
     tests: int = field(default=3, metadata={"help": "test images (the highest-loss ones after the refit)"})
     removals: int = field(default=10, metadata={"help": "most influential training images removed per test image"})
     random: int = field(default=5, metadata={"help": "random training images removed per test image"})
-    rcond: str = field(default="exact,paper", metadata={"help": "cut-offs to compare (as influence --rcond)"})
+    rcond: str = field(default=RCOND_VALIDATE, metadata={"help": "cut-offs to compare (as influence --rcond)"})
     test: str = field(default="200", metadata={"help": "test images the candidates are drawn from: all or N"})
     seed: int = field(default=0, metadata={"help": "seed of the random removals"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda or cuda:N"})
-    data_root: str | None = field(
-        default=None, metadata={"help": "where torchvision datasets live (default: the one the run recorded)"}
-    )
+    device: str = field(default="cpu", metadata=runtime_help("device"))
+    data_root: str | None = field(default=None, metadata=runtime_help("data_root", help=RUN_DATA_ROOT))
+
+    RUNTIME = ("device", "threads", "data_root")
 
     def __post_init__(self):
         for name in ("tests", "removals"):
@@ -79,11 +81,12 @@ class ValidateConfig:
                 f"--tests {self.tests} x (--removals {self.removals} + --random {self.random}) = {pairs} removal(s): "
                 f"a correlation needs at least {MIN_PAIRS} (and means little under {FEW_PAIRS}); raise them"
             )
+        super().__post_init__()
         self.influence_config()
 
     def influence_config(self) -> InfluenceConfig:
         return InfluenceConfig(run=self.run, out=self.out, rcond=self.rcond, test=self.test, device=self.device,
-                               data_root=self.data_root)  # fmt: skip
+                               threads=self.threads, data_root=self.data_root)  # fmt: skip
 
 
 def validate_influence(cfg: ValidateConfig, progress: bool = True) -> dict:
@@ -92,7 +95,7 @@ def validate_influence(cfg: ValidateConfig, progress: bool = True) -> dict:
     ``cfg.out`` is held (:class:`~transfer.files.OutputDir`) from the start, so a directory holding
     other files is refused before any work."""
     out = Path(cfg.out)
-    with OutputDir(out, "validate-influence", name_patterns(*VALIDATE_FILES)):
+    with torch_threads(cfg.threads), OutputDir(out, "validate-influence", name_patterns(*VALIDATE_FILES)):
         return _validate(cfg, out, progress)
 
 

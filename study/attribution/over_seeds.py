@@ -25,12 +25,14 @@ from tqdm.auto import tqdm
 
 from study.attribution import InfluenceConfig, run_influence
 from study.attribution.class_match import class_match_report
+from study.attribution.settings import DAMPING_DEFAULT, RCOND_STUDY, RUN_DATA_ROOT
 from study.attribution.store import DERIVED, InfluenceDir
 from study.sweeps.grid import RunSpec, source_dirs
 from study.sweeps.summary import Interval, natural_source, verdict
 from transfer import validation as v
 from transfer.errors import UserError
 from transfer.files import OutputDir, atomic_write_csv, atomic_write_figure, atomic_write_json, name_patterns
+from transfer.runtime import Runtime, runtime_help
 
 STATISTICS = {"top1": "top-1", "at_least_3_of_5": ">= 3 of top 5"}
 # the influence settings a study fixes for every run; the rest are InfluenceConfig's defaults
@@ -38,8 +40,8 @@ STUDY_FILES = ("study.json", "study.csv", "study.png")
 SHARED = ("params", "test", "rcond", "damping", "normalize", "refit_head", "features_dtype")
 
 
-@dataclass
-class InfluenceStudyConfig:
+@dataclass(kw_only=True)
+class InfluenceStudyConfig(Runtime):
     """Settings of ``robust-transfer influence-study``."""
 
     sweep: str = field(metadata={"help": "sweep directory (robust-transfer sweep) holding the fine-tuned runs"})
@@ -49,8 +51,8 @@ class InfluenceStudyConfig:
     out: str | None = field(default=None, metadata={"help": "default: SWEEP/influence/<target>/b<blocks>/n<size>"})
     natural: str | None = field(default=None, metadata={"help": "the natural source (default: the zoo's)"})
     test: str = field(default="200", metadata={"help": "test images per run: all or N (the same ones for every run)"})
-    rcond: str = field(default="paper,1e-2,1e-3,exact", metadata={"help": "cut-offs, as influence --rcond"})
-    damping: str = field(default="0", metadata={"help": "dampings, as influence --damping (wd: the weight decay)"})
+    rcond: str = field(default=RCOND_STUDY, metadata={"help": "cut-offs, as influence --rcond"})
+    damping: str = field(default=DAMPING_DEFAULT, metadata={"help": "dampings, as influence --damping (wd: the weight decay)"})
     normalize: str = field(default="none", metadata={"help": "none, relatif or cosine, as influence --normalize"})
     refit_head: bool = field(default=False, metadata={"help": "as influence --refit-head"})
     features_dtype: str = field(default="float32", metadata={"help": "as influence --features-dtype"})
@@ -59,19 +61,21 @@ class InfluenceStudyConfig:
         default=None, metadata={"help": "ranks of the class-match curves (default 100, or all training images if fewer)"}
     )
     exclude_self: bool = field(default=True, metadata={"help": "train x train: leave each image's own entry out"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     data_root: str | None = field(
-        default=None, metadata={"help": "where torchvision datasets live (default: the one each run recorded)"}
+        default=None, metadata=runtime_help("data_root", help=RUN_DATA_ROOT.replace("the run", "each run"))
     )
+
+    RUNTIME = ("device", "threads", "data_root")
 
     def __post_init__(self):
         v.count_or_word("size", self.size, ("all",))
         if self.k is not None:
             v.integer("k", self.k, low=1)
+        super().__post_init__()
         self.influence_config("run", "out")  # every influence setting checked before anything runs
 
     def influence_config(self, run: str, out: str) -> InfluenceConfig:
-        return InfluenceConfig(run=run, out=out, device=self.device, data_root=self.data_root,
+        return InfluenceConfig(run=run, out=out, device=self.device, threads=self.threads, data_root=self.data_root,
                                **{k: getattr(self, k) for k in SHARED})  # fmt: skip
 
 

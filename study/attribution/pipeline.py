@@ -31,6 +31,7 @@ from study.attribution.store import InfluenceDir
 from transfer.device import resolve_device
 from transfer.errors import UserError
 from transfer.models import classifier_names
+from transfer.runtime import torch_threads
 
 
 def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
@@ -46,7 +47,7 @@ def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
     model = model.to(device).eval()
     names = _param_names(model, cfg.params)
     out = InfluenceDir(cfg.out)
-    with out.writing(len(cfg.settings()) * output_bytes(len(train), len(test))):
+    with torch_threads(cfg.threads), out.writing(len(cfg.settings()) * output_bytes(len(train), len(test))):
         meta = _compute(cfg, out, settings, model, names, train, test, device, progress) | {"config": requested}
         for name, arr in (("y_train", train.targets), ("y_test", test.targets), ("idx_train", idx_train),
                           ("idx_test", idx_test)):  # fmt: skip

@@ -16,6 +16,7 @@ from interp.influence import NORMALIZE
 from interp.inverse import INVERSES
 from transfer import validation as v
 from transfer.errors import UserError
+from transfer.runtime import Runtime, runtime_help
 
 HEAD_ALIASES = ("head", "fc")  # --params naming the classifier of any architecture
 SIGN_CONVENTION = (
@@ -25,8 +26,19 @@ SIGN_CONVENTION = (
 )
 
 
-@dataclass
-class InfluenceConfig:
+# The cut-offs and dampings have one parser (InfluenceConfig.rconds / dampings) and these defaults, one per
+# purpose: a single matrix pair follows the paper; validation sets the exact inverse beside it; the study over
+# seeds reads how the comparison moves with the cut-off. No damping unless asked (``wd``: the weight decay).
+RCOND_DEFAULT = "paper"
+RCOND_VALIDATE = "exact,paper"
+RCOND_STUDY = "paper,1e-2,1e-3,exact"
+DAMPING_DEFAULT = "0"
+
+RUN_DATA_ROOT = "where torchvision datasets live (default: the one the run recorded)"
+
+
+@dataclass(kw_only=True)
+class InfluenceConfig(Runtime):
     """Settings of ``robust-transfer influence``."""
 
     run: str = field(metadata={"help": "run directory from robust-transfer finetune"})
@@ -40,7 +52,7 @@ class InfluenceConfig:
         default="all", metadata={"help": "test images: all, or N (a class-covering random subset, seed 0)"}
     )
     rcond: str = field(
-        default="paper",
+        default=RCOND_DEFAULT,
         metadata={
             "help": "pseudo-inverse cut-off relative to the largest eigenvalue: paper (0.05, as the paper's code, "
             "scipy pinv2 rcond=5e-2), exact (P * eps, scipy.linalg.pinv's default) or a number in [0, 1); a "
@@ -48,7 +60,7 @@ class InfluenceConfig:
         },
     )
     damping: str = field(
-        default="0",
+        default=DAMPING_DEFAULT,
         metadata={
             "help": "added to the Hessian's diagonal: a number, or wd (the run's weight decay, which makes H + damping "
             "I the Hessian of the regularised objective); a comma-separated list gives one matrix pair per value"
@@ -91,10 +103,9 @@ class InfluenceConfig:
     save_hessian: bool = field(
         default=True, metadata={"help": "write hessian.npy (P x P float64; 3.4 GB for a ResNet-50 head)"}
     )
-    data_root: str | None = field(
-        default=None, metadata={"help": "where torchvision datasets live (default: the one the run recorded)"}
-    )
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    data_root: str | None = field(default=None, metadata=runtime_help("data_root", help=RUN_DATA_ROOT))
+
+    RUNTIME = ("device", "threads", "data_root")
 
     def rconds(self) -> list[float | str]:
         """The cut-offs asked for: ``paper``, ``exact`` or numbers in [0, 1), in the order given."""
@@ -146,7 +157,7 @@ class InfluenceConfig:
         v.integer("cg_max_iter", self.cg_max_iter, low=1)
         v.integer("batch_size", self.batch_size, low=1)
         v.choice("features_dtype", self.features_dtype, ("float32", "float64"))
-        v.device_name("device", self.device)
+        super().__post_init__()
 
 
 def _items(name: str, text: str) -> list[str]:

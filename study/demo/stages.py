@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transfer import validation as v
 from transfer.errors import UserError
 from transfer.files import OutputDir, atomic_write_json, atomic_write_text, name_patterns
 from transfer.models import classifier
+from transfer.runtime import Runtime
 
 NATURAL, ROBUST = "mnist5k-natural", "mnist5k-l2"
 SEED0 = 20000000
@@ -59,15 +59,13 @@ FULL = Scale(blocks=(0, 1, 3), seeds={100: 3, 400: 3}, epochs=10, influence_size
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Runtime):
     """Settings of ``robust-transfer demo``."""
 
     out: str = field(default="demo", metadata={"help": "directory for everything the demo writes (re-run resumes)"})
     quick: bool = field(default=False, metadata={"help": "the short version: fewer runs, seeds and settings"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
 
-    def __post_init__(self):
-        v.device_name("device", self.device)
+    RUNTIME = ("device",)
 
     @property
     def scale(self) -> Scale:
@@ -230,6 +228,7 @@ def _tables(demo: Demo, scale: Scale, device: str) -> dict:
 
 def _influence(demo: Demo, scale: Scale, device: str) -> dict:
     from study.attribution.over_seeds import cell_runs
+    from study.attribution.settings import RCOND_VALIDATE
     from study.sweeps.coordinator import SweepDir
 
     sweep, out = demo.root / "sweep", demo.root / "influence"
@@ -246,7 +245,7 @@ def _influence(demo: Demo, scale: Scale, device: str) -> dict:
     for source in (ROBUST, NATURAL):
         target = demo.root / "validate" / source
         demo.run("influence", "validate-influence", "--run", runs[source][SEED0], "--out", target, "--tests", tests,
-                 "--removals", removals, "--random", random, "--rcond", "exact,paper", "--test", scale.test,
+                 "--removals", removals, "--random", random, "--rcond", RCOND_VALIDATE, "--test", scale.test,
                  "--device", device)  # fmt: skip
         validation[source] = json.loads((target / "validate.json").read_text())
     study = json.loads((out / "study.json").read_text())
