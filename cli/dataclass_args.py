@@ -7,7 +7,7 @@ import dataclasses
 import types
 import typing
 
-from transfer.runtime import RUNTIME_FIELDS, Runtime
+from transfer.runtime import offered_fields
 
 
 def _base_type(tp):
@@ -18,16 +18,9 @@ def _base_type(tp):
     return tp
 
 
-def _offered(cls) -> list[dataclasses.Field]:
-    """The fields a command offers: its own first, then the runtime settings it reads (``cls.RUNTIME``)."""
-    runtime = set(RUNTIME_FIELDS) if issubclass(cls, Runtime) else set()
-    own = [f for f in dataclasses.fields(cls) if f.name not in runtime]
-    return own + [f for f in dataclasses.fields(cls) if f.name in runtime and f.name in cls.RUNTIME]
-
-
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, exclude: tuple[str, ...] = ()) -> None:
     """One ``--field-name`` option per dataclass field, with the field's help text and default."""
-    for f in _offered(cls):
+    for f in offered_fields(cls):
         if f.name in exclude:
             continue
         required = f.default is dataclasses.MISSING

@@ -77,6 +77,16 @@ class Runtime:
         return {k: val for k, val in dataclasses.asdict(self).items() if k not in dropped}
 
 
+def offered_fields(cls) -> list[dataclasses.Field]:
+    """A settings dataclass's fields as a user sees them: its own first, then the runtime settings it reads
+    (``cls.RUNTIME``); the runtime settings it does not read are left out."""
+    every = dataclasses.fields(cls)
+    if not (isinstance(cls, type) and issubclass(cls, Runtime)):
+        return list(every)
+    own = [f for f in every if f.name not in RUNTIME_FIELDS]
+    return own + [f for f in every if f.name in RUNTIME_FIELDS and f.name in cls.RUNTIME]
+
+
 def runtime_help(name: str, **replace: str) -> dict:
     """The help metadata of runtime setting ``name``, for a subclass that changes its default."""
     text = next(f for f in dataclasses.fields(Runtime) if f.name == name).metadata["help"]

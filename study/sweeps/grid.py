@@ -35,6 +35,7 @@ from pathlib import Path
 
 from transfer.errors import UserError
 from transfer.finetune import FinetuneConfig, check_feasible, source_block_count, training_split_size
+from transfer.runtime import offered_fields
 from transfer.subsets import paper_seeds
 from transfer.zoo import source_names
 
@@ -46,7 +47,7 @@ else:  # pragma: no cover
 AXES = ("sources", "targets", "blocks", "seeds")
 TOP_LEVEL = (*AXES, "name", "finetune")
 PER_RUN = ("source", "target", "blocks", "subset", "seed")  # set by the axes, not by [finetune]
-SETTABLE = tuple(f.name for f in fields(FinetuneConfig) if f.name not in PER_RUN)
+SETTABLE = tuple(f.name for f in offered_fields(FinetuneConfig) if f.name not in PER_RUN)
 _TEXT_FIELDS = {f.name for f in fields(FinetuneConfig) if f.type in ("str", "str | None")}
 # the paper's grid is 12,576 runs; a grid far beyond it is a typo (a seed count of 100000000), refused with its count
 MAX_RUNS = 200_000
