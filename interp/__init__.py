@@ -8,9 +8,13 @@ it does not depend on ``transfer``. Sign convention (Koh & Liang's ``I_up,loss``
 negative = helpful: up-weighting training point j lowers test point i's loss.
 """
 
+import interp.curvature_methods  # noqa: F401  (registers ggn, blockdiag, kfac, ekfac, arnoldi)
+from interp.arnoldi import ArnoldiInverse, arnoldi_inverse
+from interp.blockdiag import BlockDiagonalInverse
 from interp.device import model_device
 from interp.errors import InterpError
 from interp.featviz import FeatVizConfig, FeatVizResult, noise_seeds, visualize
+from interp.ggn import ggn, ggn_blocks, ggn_vector_product
 from interp.grads import per_example_grads
 from interp.head import head_features, head_influence, linear_head_grads, linear_head_hessian
 from interp.hessian import hessian
@@ -29,10 +33,19 @@ from interp.inverse import (
     register_inverse,
     resolve_rcond,
 )
+from interp.kronecker import KroneckerInverse, kronecker_inverse
 from interp.metrics import ClassMatch, class_match, most_helpful
 from interp.saliency import concentration, saliency_maps
 
 __all__ = [
+    "ArnoldiInverse",
+    "BlockDiagonalInverse",
+    "KroneckerInverse",
+    "arnoldi_inverse",
+    "ggn",
+    "ggn_blocks",
+    "ggn_vector_product",
+    "kronecker_inverse",
     "INVERSES",
     "CholeskyInverse",
     "ClassMatch",

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 
@@ -516,9 +516,12 @@ def extreme_eigenvalues(h: torch.Tensor, inv: InverseOperator, k: int = 20) -> d
 
 @dataclass(frozen=True)
 class Curvature:
-    """What an inverse is built from: a dense ``(P, P)`` matrix, or Hessian-vector products ``v -> H v``.
+    """What an inverse is built from: a dense ``(P, P)`` Hessian, Hessian-vector products ``v -> H v``, or the
+    model itself with its training batches and the selected parameter names (methods that build their own
+    curvature: the GGN, its blocks, K-FAC, EK-FAC, Arnoldi).
 
-    ``matrix`` and ``matvec`` are given as the registered method needs (:attr:`InverseMethod.needs`);
+    ``matrix``, ``matvec`` or ``model``/``data``/``params`` are given as the registered method needs
+    (:attr:`InverseMethod.needs`);
     ``device`` is where the products run and the operator's results live.
     """
 
@@ -526,6 +529,9 @@ class Curvature:
     matrix: torch.Tensor | None = None
     matvec: Callable[[torch.Tensor], torch.Tensor] | None = None
     device: torch.device | str = "cpu"
+    model: torch.nn.Module | None = None  # needs="model": the network, its training batches and the parameter names
+    data: Iterable | None = None
+    params: Sequence[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -533,7 +539,8 @@ class InverseMethod:
     """A named way to build ``(H + damping I)^+``: one registry entry.
 
     ``build(curvature, rcond=..., damping=..., **options) -> InverseOperator``. ``needs``: ``"dense"``
-    (``curvature.matrix``) or ``"hvp"`` (``curvature.matvec``). ``cutoff``: whether ``rcond`` applies.
+    (``curvature.matrix``), ``"hvp"`` (``curvature.matvec``) or ``"model"`` (``curvature.model``, ``data``,
+    ``params``). ``cutoff``: whether ``rcond`` applies. ``damped``: whether it needs ``damping > 0``.
     ``shared``: the method that factorises once for several (cut-off, damping) settings (its
     operators answer :meth:`InverseOperator.with_settings`); None builds one operator per setting.
     """
@@ -544,6 +551,7 @@ class InverseMethod:
     cutoff: bool = True
     shared: str | None = None
     help: str = ""
+    damped: bool = False
 
 
 def _dense(method: str) -> Callable[..., InverseOperator]:
@@ -563,6 +571,9 @@ def _cg(curvature: Curvature, *, rcond=None, damping: float = 0.0, tol: float = 
                                     on=curvature.device, progress=progress)  # fmt: skip
 
 
+NEEDS = ("dense", "hvp", "model")
+
+
 class InverseRegistry:
     """Inverse methods by name. A new method is one :class:`InverseOperator` class and one
     :meth:`register` call (or :func:`interp.register_inverse`); every caller resolves names here."""
@@ -571,8 +582,8 @@ class InverseRegistry:
         self._methods: dict[str, InverseMethod] = {}
 
     def register(self, method: InverseMethod, replace: bool = False) -> InverseMethod:
-        if method.needs not in ("dense", "hvp"):
-            raise InterpError(f"an inverse method needs 'dense' or 'hvp' curvature, got {method.needs!r}")
+        if method.needs not in NEEDS:
+            raise InterpError(f"an inverse method needs one of {NEEDS} curvature, got {method.needs!r}")
         if method.name in self._methods and not replace:
             raise InterpError(f"an inverse method named {method.name!r} is registered already; pass replace=True")
         self._methods[method.name] = method
@@ -605,13 +616,14 @@ for _entry in (
 
 
 def register_inverse(name: str, build: Callable[..., InverseOperator], *, needs: str = "dense", cutoff: bool = True,
-                     shared: str | None = None, help: str = "", replace: bool = False) -> InverseMethod:  # fmt: skip
+                     shared: str | None = None, help: str = "", damped: bool = False,
+                     replace: bool = False) -> InverseMethod:  # fmt: skip
     """Register an inverse method under ``name`` for :func:`build_inverse` and ``influence --method NAME``.
 
     ``build(curvature: Curvature, *, rcond, damping, **options) -> InverseOperator``; see
     :class:`InverseMethod` for ``needs``, ``cutoff`` and ``shared``.
     """
-    return INVERSES.register(InverseMethod(name, build, needs, cutoff, shared, help), replace=replace)
+    return INVERSES.register(InverseMethod(name, build, needs, cutoff, shared, help, damped), replace=replace)
 
 
 def build_inverse(name: str, curvature: Curvature, *, rcond=None, damping: float = 0.0, **options) -> InverseOperator:

@@ -125,3 +125,28 @@ def paired_difference(a: ClassMatch, b: ClassMatch, level: float = 0.95, n_boot:
         diff = a.rows[name] - b.rows[name]
         out[name] = (float(diff.mean()), *bootstrap_interval(diff, level, n_boot, seed))
     return out
+
+
+def ranking_agreement(approx, exact, k: int = 10) -> dict:
+    """How well an approximate influence matrix ranks training images as the exact one does, per test row.
+
+    ``approx`` and ``exact`` ``(n_test, n_train)`` (this module's sign convention: negative = helpful).
+    Returns ``pearson`` (of all entries), ``spearman`` (mean over rows of the rank correlation of a row),
+    ``top_k_overlap`` (mean over rows of |top-k most helpful by approx intersected with exact| / k) and ``k``.
+    What class-match reads is the ranking of each row, so the last two are the ones that matter there.
+    """
+    from scipy.stats import spearmanr
+
+    a, e = np.asarray(approx, dtype=np.float64), np.asarray(exact, dtype=np.float64)
+    if a.shape != e.shape or a.ndim != 2:
+        raise InterpError(f"approx and exact must be 2-D of the same shape, got {a.shape} and {e.shape}")
+    k = min(k, a.shape[1])
+    top_a, top_e = most_helpful(a, k), most_helpful(e, k)
+    overlap = [len(set(top_a[i]) & set(top_e[i])) / k for i in range(len(a))]
+    rows = [spearmanr(a[i], e[i])[0] for i in range(len(a))]
+    return {
+        "pearson": float(np.corrcoef(a.ravel(), e.ravel())[0, 1]),
+        "spearman": float(np.nanmean(rows)),
+        "top_k_overlap": float(np.mean(overlap)),
+        "k": k,
+    }

@@ -41,14 +41,17 @@ def trainable_module_names(model: NormalizedModel, blocks: int | str) -> list[st
     return architecture_of(model).trainable(model.model, blocks)
 
 
+def trainable_names(model: NormalizedModel, blocks: int | str) -> list[str]:
+    """Full names of the parameters that fine-tuning ``blocks`` trains (the last ``blocks`` and the head)."""
+    prefixes = tuple(f"model.{n}." for n in trainable_module_names(model, blocks))
+    return [name for name, _ in model.named_parameters() if name.startswith(prefixes)]
+
+
 def unfreeze_last_blocks(model: NormalizedModel, blocks: int | str) -> list[str]:
     """Set ``requires_grad`` on exactly the trainable parameters; return their full names."""
-    prefixes = tuple(f"model.{n}." for n in trainable_module_names(model, blocks))
-    names = []
+    names = trainable_names(model, blocks)
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith(prefixes))
-        if p.requires_grad:
-            names.append(name)
+        p.requires_grad_(name in set(names))
     return names
 
 

@@ -20,7 +20,7 @@ def operators_per_setting(curvature: Curvature, cfg: InfluenceConfig, **options)
         for st in settings:
             yield st, build_inverse(cfg.method, curvature, rcond=st["rcond"], damping=st["damping"], **options)
         return
-    base = build_inverse(method.shared, curvature, rcond=settings[0]["rcond"], damping=0.0, **options)
+    base = build_inverse(method.shared, curvature, rcond=settings[0]["rcond"], damping=settings[0]["damping"], **options)
     for st in settings:
         reused = base.with_settings(rcond=st["rcond"], damping=st["damping"])
         yield st, reused or build_inverse(cfg.method, curvature, rcond=st["rcond"], damping=st["damping"], **options)

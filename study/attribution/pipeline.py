@@ -26,10 +26,11 @@ from interp.inverse import Curvature
 from study.attribution.head_path import compute_head
 from study.attribution.inputs import load_run, output_bytes, run_weight_decay
 from study.attribution.matrices import operators_per_setting, write_matrices
-from study.attribution.settings import HEAD_ALIASES, SIGN_CONVENTION, InfluenceConfig
+from study.attribution.settings import HEAD_ALIASES, SIGN_CONVENTION, TRAINABLE, InfluenceConfig
 from study.attribution.store import InfluenceDir
 from transfer.device import resolve_device
 from transfer.errors import UserError
+from transfer.freezing import parse_blocks, trainable_names
 from transfer.models import classifier_names
 from transfer.runtime import torch_threads
 
@@ -45,7 +46,7 @@ def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
     requested = asdict(cfg)  # meta.json's "config" is what was asked for; its "settings" the values used
     cfg = cfg.with_weight_decay(run_weight_decay(settings))
     model = model.to(device).eval()
-    names = _param_names(model, cfg.params)
+    names = _param_names(model, cfg.params, settings)
     out = InfluenceDir(cfg.out)
     with torch_threads(cfg.threads), out.writing(len(cfg.settings()) * output_bytes(len(train), len(test))):
         meta = _compute(cfg, out, settings, model, names, train, test, device, progress) | {"config": requested}
@@ -57,11 +58,14 @@ def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
     return meta
 
 
-def _param_names(model, params: str) -> list[str]:
+def _param_names(model, params: str, settings: dict) -> list[str]:
     """Full parameter names of ``--params``: ``head`` (alias ``fc``) is the classifier, whatever the
-    architecture calls it; anything else is comma-separated module paths."""
+    architecture calls it; ``trainable`` every parameter the run fine-tuned (its ``blocks`` setting);
+    anything else is comma-separated module paths."""
     if params in HEAD_ALIASES:
         return classifier_names(model)
+    if params == TRAINABLE:
+        return trainable_names(model, parse_blocks(settings.get("blocks", "1")))
     try:
         return [
             n for path in params.split(",") if path.strip() for n in interp.params.select_params(model, path.strip())
@@ -94,7 +98,12 @@ def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, de
     timings = {"gradients_s": time.perf_counter() - t}
     t = time.perf_counter()
     method = cfg.inverse_method()
-    if method.needs == "hvp":
+    if method.needs == "model":
+        curvature = Curvature(sum(dict(model.named_parameters())[n].numel() for n in names), device=device,
+                              model=model, data=train_loader, params=names)  # fmt: skip
+        operators = operators_per_setting(curvature, cfg, progress=progress, rank=cfg.arnoldi_rank)
+        path = f"{cfg.method} ({method.help})"
+    elif method.needs == "hvp":
         matvec, size = interp.hessian_vector_product(model, train_loader, names, device=device)
         operators = operators_per_setting(Curvature(size, matvec=matvec, device=device), cfg, tol=cfg.cg_tol,
                               max_iter=cfg.cg_max_iter, progress=progress)  # fmt: skip

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import interp
 import interp.head
+from interp.curvature_methods import ARNOLDI_RANK
 from interp.influence import NORMALIZE
 from interp.inverse import INVERSES
 from transfer import validation as v
@@ -19,6 +20,7 @@ from transfer.errors import UserError
 from transfer.runtime import Runtime, runtime_help
 
 HEAD_ALIASES = ("head", "fc")  # --params naming the classifier of any architecture
+TRAINABLE = "trainable"  # --params naming every parameter the run fine-tuned: its unfrozen blocks and the head
 SIGN_CONVENTION = (
     "I[i, j] = -g_test_i^T (H + damping I)^+ g_train_j (Koh & Liang's I_up,loss; H = Hessian of the MEAN "
     "training loss): the change in test loss i per unit up-weighting of training image j. Negative = helpful; "
@@ -46,7 +48,8 @@ class InfluenceConfig(Runtime):
     params: str = field(
         default="fc",
         metadata={"help": "parameters: head (alias fc: the classifier, in closed form, whatever the architecture "
-                  "calls it), or comma-separated module paths such as layer4.2,fc"},  # fmt: skip
+                  "calls it), trainable (every parameter the run fine-tuned: its unfrozen blocks and the head), or "
+                  "comma-separated module paths such as layer4.2,fc"},  # fmt: skip
     )
     test: str = field(
         default="all", metadata={"help": "test images: all, or N (a class-covering random subset, seed 0)"}
@@ -84,9 +87,14 @@ class InfluenceConfig(Runtime):
     method: str = field(
         default="auto",
         metadata={
-            "help": "a registered inverse method: auto, cholesky, eigh, svd, or cg (matrix-free, for large parameter "
-            "sets); interp.register_inverse adds more"
+            "help": "a registered inverse method: auto, cholesky, eigh, svd (the Hessian, dense), cg (the Hessian, "
+            "matrix-free), ggn (the exact Gauss-Newton matrix, dense), blockdiag (its per-layer blocks), kfac and "
+            "ekfac (Kronecker-factored GGN, curvlinops; need --damping > 0), arnoldi (the GGN's top --arnoldi-rank "
+            "eigenpairs); interp.register_inverse adds more"
         },
+    )
+    arnoldi_rank: int = field(
+        default=ARNOLDI_RANK, metadata={"help": "arnoldi: eigenpairs of the GGN kept (the subspace's dimension)"}
     )
     cg_tol: float = field(default=1e-10, metadata={"help": "cg: relative residual at which a solve stops"})
     cg_max_iter: int = field(
@@ -151,6 +159,10 @@ class InfluenceConfig(Runtime):
             raise UserError(f"--refit-head applies to the head alone (--params fc, not --method {self.method})")
         if not method.cutoff and (len(rconds) > 1 or self.rcond not in ("paper", "exact")):
             raise UserError(f"--rcond does not apply to --method {self.method} (it solves without a cut-off); drop it")
+        if method.damped and any(d != "wd" and float(d) <= 0 for d in dampings):
+            raise UserError(f"--method {self.method} needs --damping > 0 (its curvature has zero eigenvalues); "
+                            "give e.g. wd (the run's weight decay) or 1e-3")  # fmt: skip
+        v.integer("arnoldi_rank", self.arnoldi_rank, low=1)
         if len(rconds) * len(dampings) > 20:
             raise UserError(f"--rcond x --damping asks for {len(rconds) * len(dampings)} settings; at most 20")
         v.number("cg_tol", self.cg_tol, low=0, high=1, low_open=True, high_open=True)

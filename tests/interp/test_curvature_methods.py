@@ -1,0 +1,156 @@
+"""The GGN, its blocks, K-FAC / EK-FAC (curvlinops) and Arnoldi: checked against exact results on small nets."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import interp
+from interp.arnoldi import arnoldi_inverse
+from interp.errors import InterpError
+from interp.ggn import ggn, ggn_blocks, ggn_factor, ggn_products, ggn_vector_product, layer_blocks
+from interp.inverse import Curvature, build_inverse
+from interp.kronecker import kronecker_coverage, kronecker_inverse
+from interp.metrics import ranking_agreement
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 10)
+    ).double().eval()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x / 16.0).view(-1, 1, 8, 8)
+    y = torch.tensor(y)
+    return DataLoader(TensorDataset(x[:60], y[:60]), batch_size=25), DataLoader(TensorDataset(x[60:80], y[60:80]), batch_size=20)
+
+
+NAMES = ["0.weight", "0.bias", "4.weight", "4.bias"]
+
+
+def _exact_inverse(g, damping):
+    return torch.linalg.inv(g + damping * torch.eye(len(g), dtype=torch.float64))
+
+
+def test_ggn_is_the_curvlinops_ggn_and_the_head_hessian(digits):
+    train, _ = digits
+    net = _net()
+    g = ggn(net, train, NAMES)
+    assert torch.allclose(g, g.T, atol=1e-12) and float(torch.linalg.eigvalsh(g).min()) > -1e-10
+    matvec, size = ggn_vector_product(net, train, NAMES)
+    v = torch.randn(size, 3, dtype=torch.float64)
+    assert torch.allclose(matvec(v), g @ v, atol=1e-10)
+    f = ggn_factor(net, train, NAMES)
+    assert torch.allclose(f.T @ f, g, atol=1e-10)
+    fast, _, how = ggn_products(net, train, NAMES)
+    assert "cached" in how and torch.allclose(fast(v), g @ v, atol=1e-10)
+    slow, _, how = ggn_products(net, train, NAMES, max_bytes=1)
+    assert "curvlinops" in how and torch.allclose(slow(v), g @ v, atol=1e-10)
+    # for the linear head alone the GGN is the Hessian (cross-entropy of an affine map)
+    head = ["4.weight", "4.bias"]
+    assert torch.allclose(ggn(net, train, head), interp.hessian(net, train, head, method="func"), atol=1e-10)
+
+
+def test_blocks_are_the_diagonal_blocks_of_the_ggn(digits):
+    train, _ = digits
+    net = _net()
+    g = ggn(net, train, NAMES)
+    groups = layer_blocks(net, NAMES)
+    assert groups == [["0.weight", "0.bias"], ["4.weight", "4.bias"]]
+    b0, b1 = ggn_blocks(net, train, NAMES, groups)
+    assert torch.allclose(b0, g[:40, :40], atol=1e-12) and torch.allclose(b1, g[40:, 40:], atol=1e-12)
+    with pytest.raises(InterpError, match="exactly once"):
+        ggn_blocks(net, train, NAMES, [["0.weight"]])
+    inv = build_inverse("blockdiag", Curvature(len(g), model=net, data=train, params=NAMES), rcond="exact",
+                        damping=1e-3)  # fmt: skip
+    dense = torch.block_diag(_exact_inverse(g[:40, :40], 1e-3), _exact_inverse(g[40:, 40:], 1e-3))
+    v = torch.randn(len(g), 2, dtype=torch.float64)
+    assert torch.allclose(inv.apply(v), dense @ v, rtol=1e-8, atol=1e-8)
+    assert [b["size"] for b in inv.info()["blocks"]] == [40, 2570]
+    assert len(inv.spectrum()) == len(g)
+
+
+@pytest.mark.parametrize("kind", ["kfac", "ekfac"])
+def test_kronecker_is_exact_where_the_ggn_is_a_kronecker_product(kind):
+    """One training example through a linear layer: G = a a^T (x) (diag p - p p^T), a Kronecker product, so the
+    K-FAC and EK-FAC inverses equal the exact damped inverse."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(6, 4, bias=False)).double()
+    data = [(torch.randn(1, 6, dtype=torch.float64), torch.tensor([2]))]
+    g = ggn(net, data, ["0.weight"])
+    inv = kronecker_inverse(net, data, ["0.weight"], kind=kind, damping=1e-2)
+    v = torch.randn(24, 3, dtype=torch.float64)
+    assert torch.allclose(inv.apply(v), _exact_inverse(g, 1e-2) @ v, rtol=1e-8, atol=1e-8)
+
+
+def test_kronecker_names_what_it_cannot_factorise_and_inverts_it_exactly(digits):
+    train, test = digits
+    net = _net()
+    covered, uncovered = kronecker_coverage(net, ["0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "4.bias"])
+    assert uncovered == ["1.weight", "1.bias"] and "0.bias" in covered
+    names = ["0.weight", "1.weight", "1.bias", "4.weight"]
+    inv = kronecker_inverse(net, train, names, kind="ekfac", damping=1e-3)
+    info = inv.info()
+    assert info["fallback_names"] == ["1.weight", "1.bias"] and info["fallback_params"] == 8
+    assert info["kronecker_params"] == 36 + 2560
+    # the fallback block is the exact GGN block of the BatchNorm parameters, damped
+    bn = ggn(net, train, ["1.weight", "1.bias"])
+    v = torch.zeros(inv.size, 1, dtype=torch.float64)
+    v[36:44] = torch.randn(8, 1, dtype=torch.float64)
+    assert torch.allclose(inv.apply(v)[36:44], _exact_inverse(bn, 1e-3) @ v[36:44], rtol=1e-8, atol=1e-10)
+    with pytest.raises(InterpError, match="damping > 0"):
+        kronecker_inverse(net, train, names, kind="kfac", damping=0.0)
+    # another damping re-uses the factors
+    other = inv.with_settings(damping=1e-1)
+    assert other.factors is inv.factors and other.info()["damping"] == 1e-1
+
+
+def test_ekfac_approximates_the_ggn_influence(digits):
+    train, test = digits
+    net = _net()
+    g_train = interp.per_example_grads(net, train, NAMES)
+    g_test = interp.per_example_grads(net, test, NAMES)
+    exact = interp.influence_matrix(g_test, g_train, ggn(net, train, NAMES), damping=1e-2, rcond="exact")
+    curvature = Curvature(g_train.shape[1], model=net, data=train, params=NAMES)
+    agree = {m: ranking_agreement(interp.influence_matrix(g_test, g_train, build_inverse(m, curvature, damping=1e-2)),
+                                  exact, k=5) for m in ("kfac", "ekfac")}  # fmt: skip
+    for m, a in agree.items():
+        assert a["pearson"] > 0.5 and a["spearman"] > 0.3, (m, a)  # an approximation, not noise
+
+
+def test_arnoldi_at_full_rank_is_the_exact_pseudo_inverse_and_below_it_the_top_subspace(digits):
+    train, _ = digits
+    net = _net()
+    names = ["0.weight", "0.bias"]
+    g = ggn(net, train, names)
+    matvec = lambda v: g @ v  # noqa: E731
+    v = torch.randn(len(g), 4, dtype=torch.float64)
+    full = arnoldi_inverse(matvec, len(g), rank=len(g), damping=1e-3)
+    assert full.info()["solver"].startswith("dense") and full.rank == len(g)
+    assert torch.allclose(full.apply(v), _exact_inverse(g, 1e-3) @ v, rtol=1e-8, atol=1e-8)
+    w, q = torch.linalg.eigh(g)
+    r = 12
+    top = arnoldi_inverse(matvec, len(g), rank=r, damping=1e-3, tol=1e-12)
+    qr, wr = q[:, -r:], w[-r:]
+    assert torch.allclose(top.apply(v), qr @ ((qr.T @ v) / (wr + 1e-3)[:, None]), rtol=1e-6, atol=1e-8)
+    info = top.info()
+    assert info["rank_kept"] == r and info["solver"].startswith("Lanczos")
+    assert 0 < info["captured_trace_share"] <= 1.2  # a Hutchinson estimate of the trace is the denominator
+    assert abs(info["largest_eigenvalue"] - float(w[-1])) < 1e-8
+    with pytest.raises(InterpError, match="rank"):
+        arnoldi_inverse(matvec, len(g), rank=0)
+
+
+def test_model_methods_are_registry_entries_and_say_what_they_need():
+    for name in ("ggn", "blockdiag", "kfac", "ekfac", "arnoldi"):
+        assert interp.INVERSES.get(name).needs == "model"
+    assert interp.INVERSES.get("ekfac").damped and not interp.INVERSES.get("ggn").damped
+    with pytest.raises(InterpError, match="needs the model"):
+        build_inverse("ekfac", Curvature(3, matrix=torch.eye(3)), damping=1.0)
+    np.testing.assert_equal(ranking_agreement(np.eye(3) * -1, np.eye(3) * -1, k=1)["top_k_overlap"], 1.0)
