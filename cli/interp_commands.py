@@ -33,6 +33,17 @@ def _influence(args) -> None:
             f"gradient norm of the regularised objective at the fine-tuned head: {g:.2e}"
             + (" (not a stationary point, where influence assumes one: consider --refit-head)" if g > 1e-4 else "")
         )
+    inverse = meta.get("inverse", {})
+    if inverse.get("curvature"):
+        print(f"curvature: {inverse['curvature']}")
+    if inverse.get("fallback_names"):
+        names = inverse["fallback_names"]
+        print(f"{inverse['fallback_params']} parameters Kronecker factors do not cover ({len(names)} tensors: "
+              f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): {inverse['fallback']}")  # fmt: skip
+    if inverse.get("method") == "arnoldi":
+        share = inverse.get("captured_trace_share")
+        print(f"arnoldi: {inverse['rank_kept']} eigenpairs of {inverse['size']}"
+              + (f", about {share:.0%} of the trace" if share is not None else ""))  # fmt: skip
     for st in meta.get("settings", []):
         print(
             f"{st['label']:<32} kept {st['rank_kept']} of {st['size']} directions; the dropped ones carried "

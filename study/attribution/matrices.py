@@ -26,8 +26,8 @@ def operators_per_setting(curvature: Curvature, cfg: InfluenceConfig, **options)
         yield st, reused or build_inverse(cfg.method, curvature, rcond=st["rcond"], damping=st["damping"], **options)
 
 
-def _setting_label(st: dict) -> str:
-    return f"rcond={st['rcond']} damping={st['damping']:g}"
+def _setting_label(st: dict, cutoff: bool = True) -> str:
+    return f"rcond={st['rcond']} damping={st['damping']:g}" if cutoff else f"damping={st['damping']:g}"
 
 
 def write_matrices(cfg, out: InfluenceDir, g_test, g_train, operators, grad_norms, progress) -> list[dict]:
@@ -44,7 +44,7 @@ def write_matrices(cfg, out: InfluenceDir, g_test, g_train, operators, grad_norm
         written.append(
             {
                 "index": i,
-                "label": _setting_label(st),
+                "label": _setting_label(st, cfg.inverse_method().cutoff),
                 "files": [f"{n}.npy" for n in names],
                 "rcond_name": st["rcond"] if isinstance(st["rcond"], str) else None,
                 "rcond_meaning": (

@@ -198,3 +198,42 @@ def test_influence_reads_the_data_root_the_run_recorded_unless_given_one(finishe
     # the commands built on influence pass --data-root through
     assert ValidateConfig(run=str(run), out="o", data_root="/d").influence_config().data_root == "/d"
     assert InfluenceStudyConfig(sweep="s", size="100", data_root="/d").influence_config("r", "o").data_root == "/d"
+
+
+def test_trainable_parameters_through_every_model_method(tmp_path):
+    """--params trainable of a 1-block run: the unfrozen block and the head; EK-FAC, K-FAC, the block-diagonal
+    GGN and Arnoldi run through the pipeline; BatchNorm is named as the Kronecker methods' fallback."""
+    import pytest
+
+    from study.attribution.store import InfluenceDir
+    from transfer.errors import UserError
+    from transfer.finetune import FinetuneConfig, finetune
+
+    run = tmp_path / "run"
+    finetune(FinetuneConfig(source="mnist5k-l2", target="digits", blocks="1", subset="40", epochs="1",
+                            augment="none", device="cpu"), run, progress=False)  # fmt: skip
+    with pytest.raises(UserError, match="--damping > 0"):
+        InfluenceConfig(run=str(run), out=str(tmp_path / "x"), method="ekfac")
+    metas = {}
+    for method, extra in (("ekfac", {}), ("kfac", {}), ("arnoldi", {"arnoldi_rank": 20})):
+        metas[method] = run_influence(
+            InfluenceConfig(run=str(run), out=str(tmp_path / method), params="trainable", test="20", method=method,
+                            damping="wd,1e-2", device="cpu", **extra),  # fmt: skip
+            progress=False,
+        )
+    names = metas["ekfac"]["params"]
+    assert names[-2:] == ["model.fc.weight", "model.fc.bias"] and all(
+        n.startswith(("model.layer3.1.", "model.fc.")) for n in names
+    )
+    info = metas["ekfac"]["inverse"]
+    assert info["method"] == "ekfac" and info["damping"] == 5e-4
+    assert info["fallback_names"] == [n for n in names if ".bn" in n] and info["fallback_params"] == 4 * 64
+    assert [s["label"] for s in metas["kfac"]["settings"]] == ["damping=0.0005", "damping=0.01"]
+    arn = metas["arnoldi"]["inverse"]
+    assert arn["rank_kept"] == 20 and arn["size"] == info["size"] and "GGN factor" in arn["curvature"]
+    res = InfluenceDir(tmp_path / "ekfac").read()
+    assert res["influence_test"].shape == (20, 40) and np.isfinite(res["influence_test"]).all()
+    head = run_influence(InfluenceConfig(run=str(run), out=str(tmp_path / "bd"), params="layer3.1.bn2,fc",
+                                         method="blockdiag", rcond="exact", damping="1e-3", test="20", device="cpu"),
+                         progress=False)  # fmt: skip
+    assert [b["params"][0] for b in head["inverse"]["blocks"]] == ["model.layer3.1.bn2.weight", "model.fc.weight"]
