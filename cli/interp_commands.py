@@ -69,7 +69,15 @@ def _validate(args) -> None:
             f"Spearman {st['spearman']:.4f} over {st['n_pairs']} removals"
             + (f" (warning: {st['warning']})" if st.get("warning") else "")
         )
-    print(f"wrote {args.out}/validate.json, validate.csv, validate.png")
+    lds = report.get("lds")
+    if lds:
+        print(f"linear datamodeling score over {lds['subsets']} retrainings on {lds['subset_size']} of "
+              f"{lds['n_train']} training images (Spearman per test image, mean, 95% bootstrap interval):")  # fmt: skip
+        for r in lds["scores"]:
+            lo, hi = r["interval"]
+            print(f"  {r['method']:<9} {r['setting'] or '':<28} LDS {r['lds']:+.3f} [{lo:+.3f}, {hi:+.3f}] "
+                  f"(margin: {r['lds_margin']:+.3f}) over {r['n_test']} test images  {r['influence']}")  # fmt: skip
+    print(f"wrote {args.out}/validate.json, validate.csv, validate.png" + (", lds.csv, lds.png" if lds else ""))
 
 
 def _class_match(args) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,8 +151,13 @@ def finetune(
     resume: bool = False,
     progress: bool = True,
     on_epoch_end: Callable[[int], None] | None = None,
+    indices: np.ndarray | None = None,
 ) -> dict:
     """Fine-tune ``cfg.source`` on ``cfg.target`` into the run directory ``out``; return its summary.
+
+    ``indices``: train on exactly these images of the training split instead of ``cfg.subset``'s
+    class-covering draw (retraining on chosen subsets, as the linear datamodeling score does); their
+    hash is recorded with the settings, so a resume with other indices is refused.
 
     The classifier is replaced for the target's classes, the last ``cfg.blocks`` residual blocks and
     the classifier train, everything else stays frozen. With ``resume`` a killed run continues from
@@ -166,12 +172,19 @@ def finetune(
     # the checks a sweep makes before it starts, here before any write
     check_feasible(cfg, len(residual_blocks(src.model)), len(train_raw))
     resolution = cfg.resolution or src.input_size
-    n_train = _count(cfg.subset, {"all": len(train_raw)})
-    indices = (
-        class_covering_subset(train_raw.targets, n_train, cfg.seed)
-        if n_train != len(train_raw)
-        else np.arange(len(train_raw))
-    )
+    given = indices is not None
+    if given:
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.ndim != 1 or len(indices) == 0 or indices.min() < 0 or indices.max() >= len(train_raw):
+            raise UserError(f"indices must be a non-empty list of training images in [0, {len(train_raw)})")
+        n_train = len(indices)
+    else:
+        n_train = _count(cfg.subset, {"all": len(train_raw)})
+        indices = (
+            class_covering_subset(train_raw.targets, n_train, cfg.seed)
+            if n_train != len(train_raw)
+            else np.arange(len(train_raw))
+        )
     epochs = _count(cfg.epochs, {"auto": paper_epochs(n_train)})
     train_cfg = TrainConfig(
         epochs=epochs,
@@ -196,6 +209,8 @@ def finetune(
             "eval_every": train_cfg.eval_every,
         },
     }
+    if given:
+        settings["resolved"]["indices_sha256"] = hashlib.sha256(indices.tobytes()).hexdigest()
     run = RunDir(out)
     with torch_threads(cfg.threads), run.lock():
         run.open(settings, resume)

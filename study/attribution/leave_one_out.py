@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 
 import interp
 from interp.loo import leave_one_out, refit_head
-from study.attribution import InfluenceConfig, load_run, run_weight_decay
+from study.attribution import InfluenceConfig, load_run, run_influence, run_weight_decay
+from study.attribution.lds import MIN_SUBSETS, lds_figure, lds_report
 from study.attribution.settings import RCOND_VALIDATE, RUN_DATA_ROOT
 from transfer import validation as v
 from transfer.device import resolve_device
@@ -33,7 +34,7 @@ from transfer.runtime import Runtime, runtime_help, torch_threads
 
 MIN_PAIRS = 3  # fewer points than this have no correlation (two points always lie on a line)
 FEW_PAIRS = 10  # under this a correlation is reported with a warning
-VALIDATE_FILES = ("validate.json", "validate.csv", "validate.png")
+VALIDATE_FILES = ("validate.json", "validate.csv", "validate.png", "lds", "lds.csv", "lds.png")
 
 
 def correlations(predicted: np.ndarray, actual: np.ndarray) -> dict:
@@ -64,7 +65,19 @@ class ValidateConfig(Runtime):
     random: int = field(default=5, metadata={"help": "random training images removed per test image"})
     rcond: str = field(default=RCOND_VALIDATE, metadata={"help": "cut-offs to compare (as influence --rcond)"})
     test: str = field(default="200", metadata={"help": "test images the candidates are drawn from: all or N"})
-    seed: int = field(default=0, metadata={"help": "seed of the random removals"})
+    seed: int = field(default=0, metadata={"help": "seed of the random removals and of the --lds subsets"})
+    lds: int = field(
+        default=0,
+        metadata={"help": "also the linear datamodeling score: retrain the run's fine-tune (same settings and seed) on "
+                  "this many random subsets and correlate each influence setting's prediction with the retrained "
+                  "test losses (0: off; at least 5, dattri and TRAK use 100)"},
+    )  # fmt: skip
+    fraction: float = field(default=0.5, metadata={"help": "--lds: share of the run's training images in each subset"})
+    influence: str | None = field(
+        default=None,
+        metadata={"help": "--lds: comma-separated influence directories of this run to score (any --method and "
+                  "--params); default: one computed here (head, the cut-offs of --rcond, damping = weight decay)"},
+    )  # fmt: skip
     device: str = field(default="cpu", metadata=runtime_help("device"))
     data_root: str | None = field(default=None, metadata=runtime_help("data_root", help=RUN_DATA_ROOT))
 
@@ -75,6 +88,11 @@ class ValidateConfig(Runtime):
             v.integer(name, getattr(self, name), low=1)
         v.integer("random", self.random, low=0)
         v.integer("seed", self.seed, low=0)
+        if self.lds:
+            v.integer("lds", self.lds, low=MIN_SUBSETS)
+        v.number("fraction", self.fraction, low=0, high=1, low_open=True, high_open=True)
+        if self.influence is not None and not self.lds:
+            raise UserError("--influence names directories for --lds to score; give --lds M too")
         pairs = self.tests * (self.removals + self.random)
         if pairs < MIN_PAIRS:
             raise UserError(
@@ -154,9 +172,32 @@ def _validate(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
         "prediction": "-I[t, j] / n with damping = weight decay",
         "settings": results,
     }
+    if cfg.lds:
+        report["lds"] = _lds(cfg, out, progress)
     atomic_write_csv(out / "validate.csv", ["setting", "test_index", "train_index", "kind", "predicted", "actual"], rows)
     atomic_write_figure(out / "validate.png", _figure(rows, results))
     atomic_write_json(out / "validate.json", report)
+    return report
+
+
+def _lds(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
+    """The linear datamodeling score of the named influence directories (or of one computed here)."""
+    if cfg.influence:
+        dirs = [Path(d.strip()) for d in cfg.influence.split(",") if d.strip()]
+    else:
+        own = out / "lds" / "influence"
+        if not (own / "meta.json").exists():
+            run_influence(InfluenceConfig(run=cfg.run, out=str(own), rcond=cfg.rcond, damping="wd", test=cfg.test,
+                                          device=cfg.device, data_root=cfg.data_root), progress=progress)  # fmt: skip
+        dirs = [own]
+    report, scatter = lds_report(Path(cfg.run), dirs, out / "lds", cfg.lds, cfg.fraction, cfg.seed, cfg.device,
+                                 cfg.data_root, progress)  # fmt: skip
+    atomic_write_csv(out / "lds.csv", ["influence", "method", "setting", "params", "lds", "low", "high", "lds_margin",
+                                       "n_test"],
+                     [[r["influence"], r["method"], r["setting"], ",".join(r["params"]) if isinstance(r["params"], list)
+                       else r["params"], r["lds"], *r["interval"], r["lds_margin"], r["n_test"]]
+                      for r in report["scores"]])  # fmt: skip
+    atomic_write_figure(out / "lds.png", lds_figure(scatter))
     return report
 
 

@@ -1,0 +1,74 @@
+"""The linear datamodeling score: subsets, the score itself, retraining through finetune, the report."""
+
+import json
+
+import numpy as np
+import pytest
+
+from study.attribution.lds import score, subsets
+from study.attribution.leave_one_out import ValidateConfig, validate_influence
+from transfer.errors import UserError
+
+
+def test_score_is_the_rank_correlation_of_the_summed_influence_with_the_outcome():
+    rng = np.random.default_rng(0)
+    inf = rng.normal(size=(4, 30))
+    chosen = subsets(np.arange(30) % 3, 8, 0.5, seed=1)
+    masks = np.zeros((8, 30))
+    for k, c in enumerate(chosen):
+        masks[k, c] = 1
+    pred = masks @ inf.T
+    per, predicted = score(inf, chosen, np.exp(pred))  # any increasing function of the prediction
+    np.testing.assert_allclose(per, 1.0)
+    np.testing.assert_allclose(predicted, pred)
+    per, _ = score(inf, chosen, -pred)
+    np.testing.assert_allclose(per, -1.0)
+    per, _ = score(inf, chosen, np.exp(pred), sign=-1.0)  # the margin's sign
+    np.testing.assert_allclose(per, -1.0)
+    const = np.ones((8, 4))
+    assert np.isnan(score(inf, chosen, const)[0]).all()  # nothing to rank
+
+
+def test_subsets_are_class_covering_seeded_and_of_the_asked_size():
+    labels = np.repeat(np.arange(5), 8)
+    a, b = subsets(labels, 6, 0.5, seed=3), subsets(labels, 6, 0.5, seed=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert all(len(x) == 20 and set(labels[x]) == set(range(5)) for x in a)
+    assert len({tuple(x) for x in a}) == 6
+
+
+def test_finetune_on_given_indices_records_them(tmp_path):
+    from transfer.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(source="mnist5k-l2", target="digits", blocks="0", subset="12", epochs="1", augment="none",
+                         device="cpu")  # fmt: skip
+    idx = np.arange(0, 120, 10)
+    finetune(cfg, tmp_path / "r", progress=False, indices=idx)
+    assert json.loads((tmp_path / "r" / "subset.json").read_text())["indices"] == idx.tolist()
+    with pytest.raises(UserError, match="settings differ"):
+        finetune(cfg, tmp_path / "r", resume=True, progress=False, indices=idx + 1)
+    with pytest.raises(UserError, match="indices"):
+        finetune(cfg, tmp_path / "bad", progress=False, indices=np.array([-1]))
+
+
+def test_validate_influence_reports_lds_for_named_influence_directories(finished_run, influence_out, tmp_path):
+    with pytest.raises(UserError, match="--lds"):
+        ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), lds=3)
+    with pytest.raises(UserError, match="give --lds"):
+        ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), influence=str(influence_out))
+    cfg = ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), tests=2, removals=3, random=2, lds=5,
+                         influence=str(influence_out), test="30")  # fmt: skip
+    report = validate_influence(cfg, progress=False)
+    lds = report["lds"]
+    assert lds["subsets"] == 5 and lds["subset_size"] == 40 and lds["n_train"] == 80
+    (row,) = lds["scores"]
+    assert -1 <= row["lds"] <= 1 and row["interval"][0] <= row["lds"] <= row["interval"][1]
+    assert row["n_test"] > 0 and row["influence"] == str(influence_out)
+    for name in ("lds.csv", "lds.png", "validate.json"):
+        assert (tmp_path / "v" / name).exists()
+    runs = sorted((tmp_path / "v" / "lds" / "runs").iterdir())
+    assert len(runs) == 5 and all((r / "summary.json").exists() for r in runs)
+    before = [(r / "summary.json").stat().st_mtime_ns for r in runs]
+    again = validate_influence(cfg, progress=False)  # finished retrainings are kept, not redone
+    assert [(r / "summary.json").stat().st_mtime_ns for r in runs] == before
+    assert again["lds"]["scores"][0]["lds"] == pytest.approx(row["lds"])
