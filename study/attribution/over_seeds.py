@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from interp.curvature_methods import ARNOLDI_RANK
+from interp.inverse import INVERSES
 from study.attribution import InfluenceConfig, run_influence
 from study.attribution.class_match import class_match_report
 from study.attribution.settings import DAMPING_DEFAULT, RCOND_STUDY, RUN_DATA_ROOT
@@ -37,7 +39,7 @@ from transfer.runtime import Runtime, runtime_help
 STATISTICS = {"top1": "top-1", "at_least_3_of_5": ">= 3 of top 5"}
 # the influence settings a study fixes for every run; the rest are InfluenceConfig's defaults
 STUDY_FILES = ("study.json", "study.csv", "study.png")
-SHARED = ("params", "test", "rcond", "damping", "normalize", "refit_head", "features_dtype")
+SHARED = ("params", "method", "arnoldi_rank", "test", "rcond", "damping", "normalize", "refit_head", "features_dtype")
 
 
 @dataclass(kw_only=True)
@@ -48,7 +50,7 @@ class InfluenceStudyConfig(Runtime):
     size: str = field(metadata={"help": "subset size of the cell to study (a size of the grid, or all)"})
     blocks: str = field(default="1", metadata={"help": "blocks setting of the cell"})
     target: str | None = field(default=None, metadata={"help": "target of the cell (default: the grid's only one)"})
-    out: str | None = field(default=None, metadata={"help": "default: SWEEP/influence/<target>/b<blocks>/n<size>"})
+    out: str | None = field(default=None, metadata={"help": "default: SWEEP/influence/<target>/b<blocks>/n<size>[-<params>][-<method>] (the suffixes for other than the head and auto)"})
     natural: str | None = field(default=None, metadata={"help": "the natural source (default: the zoo's)"})
     test: str = field(default="200", metadata={"help": "test images per run: all or N (the same ones for every run)"})
     rcond: str = field(default=RCOND_STUDY, metadata={"help": "cut-offs, as influence --rcond"})
@@ -56,7 +58,9 @@ class InfluenceStudyConfig(Runtime):
     normalize: str = field(default="none", metadata={"help": "none, relatif or cosine, as influence --normalize"})
     refit_head: bool = field(default=False, metadata={"help": "as influence --refit-head"})
     features_dtype: str = field(default="float32", metadata={"help": "as influence --features-dtype"})
-    params: str = field(default="fc", metadata={"help": "as influence --params"})
+    params: str = field(default="fc", metadata={"help": "as influence --params (head, trainable or module paths)"})
+    method: str = field(default="auto", metadata={"help": "as influence --method (eigh, ggn, ekfac, arnoldi, ...)"})
+    arnoldi_rank: int = field(default=ARNOLDI_RANK, metadata={"help": "as influence --arnoldi-rank"})
     k: int | None = field(
         default=None, metadata={"help": "ranks of the class-match curves (default 100, or all training images if fewer)"}
     )
@@ -72,6 +76,8 @@ class InfluenceStudyConfig(Runtime):
         if self.k is not None:
             v.integer("k", self.k, low=1)
         super().__post_init__()
+        if self.rcond == RCOND_STUDY and self.method in INVERSES.names() and not INVERSES.get(self.method).cutoff:
+            self.rcond = "exact"  # the default list of cut-offs means nothing to a method without one
         self.influence_config("run", "out")  # every influence setting checked before anything runs
 
     def influence_config(self, run: str, out: str) -> InfluenceConfig:
@@ -109,6 +115,13 @@ def _up_to_date(path: Path, cfg: InfluenceConfig) -> bool:
     return all(meta.get("config", {}).get(k) == val for k, val in wanted.items())
 
 
+def _variant(cfg: InfluenceStudyConfig) -> str:
+    """The default directory's suffix for a method or selection other than the default (head, auto), so
+    studies of several methods on one cell sit side by side."""
+    parts = [p for p, default in ((cfg.params, "fc"), (cfg.method, "auto")) if p != default and p != "head"]
+    return "".join("-" + p.replace(",", "+").replace(".", "_") for p in parts)
+
+
 def run_influence_study(cfg: InfluenceStudyConfig, progress: bool = True, rows: list[dict] | None = None) -> dict:
     """Influence, class-match and the over-seed comparison of one sweep cell; writes ``study.json``,
     ``study.csv`` and ``study.png`` under the output directory and returns the report."""
@@ -122,7 +135,7 @@ def run_influence_study(cfg: InfluenceStudyConfig, progress: bool = True, rows: 
     robust = [s for s in sorted(runs) if s != natural]
     if not robust:
         raise UserError(f"the cell holds only the natural source {natural}; nothing to compare it with")
-    out = Path(cfg.out or Path(cfg.sweep) / "influence" / target / f"b{cfg.blocks}" / f"n{cfg.size}")
+    out = Path(cfg.out or Path(cfg.sweep) / "influence" / target / f"b{cfg.blocks}" / f"n{cfg.size}{_variant(cfg)}")
     seeds = sorted(set.intersection(*(set(runs[s]) for s in runs)))
     if not seeds:
         raise UserError(f"no seed has a finished run for every source of the cell ({', '.join(sorted(runs))})")

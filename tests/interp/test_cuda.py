@@ -102,3 +102,19 @@ def test_features_on_cuda_are_ieee_float32_and_the_tf32_setting_is_restored():
     gpu = interp.head_features(model.cuda(), model[2], [(x, y)])[0].cpu()
     assert torch.backends.cudnn.allow_tf32 is True
     assert torch.allclose(gpu, cpu, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["ggn", "blockdiag", "kfac", "ekfac", "arnoldi"])
+def test_model_curvature_methods_on_cuda_equal_the_cpu(method):
+    """The GGN, its blocks, K-FAC / EK-FAC (curvlinops) and Arnoldi built on the GPU give the CPU's influence."""
+    model, loader = _problem()
+    names = ["0.weight", "0.bias", "2.weight", "2.bias"]
+    g = interp.per_example_grads(model, loader, names)
+    options = {"rank": 20} if method == "arnoldi" else {}
+    mats = {}
+    for dev in ("cpu", "cuda"):
+        curvature = interp.Curvature(g.shape[1], device=dev, model=model, data=loader, params=names)
+        inv = interp.build_inverse(method, curvature, rcond="exact", damping=1e-2, **options)
+        assert inv.device.type == dev
+        mats[dev] = interp.influence_matrix(g[:10].to(dev), g.to(dev), inv)
+    _close(mats["cuda"], mats["cpu"], rtol=1e-6 if method == "arnoldi" else 1e-8)

@@ -81,3 +81,17 @@ def test_a_cell_the_sweep_does_not_hold_is_a_clear_error(sweep):
         run_influence_study(InfluenceStudyConfig(sweep=str(sweep), size="60", blocks="1", device="cpu"), progress=False)
     with pytest.raises(UserError, match="--size"):
         InfluenceStudyConfig(sweep=str(sweep), size="sixty")
+
+
+def test_the_study_runs_per_method_beside_the_default(sweep):
+    """--method ekfac over the trainable parameters (the head of a 0-block run): its own directory, its method
+    in every influence directory it wrote, damping required."""
+    with pytest.raises(UserError, match="--damping > 0"):
+        InfluenceStudyConfig(sweep=str(sweep), size="60", blocks="0", method="ekfac")
+    cfg = InfluenceStudyConfig(sweep=str(sweep), size="60", blocks="0", test="20", k=5, params="trainable",
+                               method="ekfac", damping="wd", device="cpu")  # fmt: skip
+    report = run_influence_study(cfg, progress=False)
+    out = sweep / "influence" / "digits" / "b0" / "n60-trainable-ekfac"
+    assert (out / "study.json").exists() and report["settings"] == ["damping=0.0005"]
+    for meta in out.glob("*/s*/meta.json"):
+        assert json.loads(meta.read_text())["inverse"]["method"] == "ekfac"
