@@ -7,7 +7,7 @@ linear layer: ``weight.flatten()`` then ``bias``). The closed forms of a softmax
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,31 @@ def _functional_loss(model: nn.Module, names: list[str], loss_fn: Loss):
     return loss
 
 
-@ieee_float32()
+def per_example_grad_batches(
+    model: nn.Module,
+    loader: Iterable,
+    params: ParamSpec = None,
+    *,
+    loss_fn: Loss = F.cross_entropy,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    desc: str = "per-example gradients",
+) -> Iterator[torch.Tensor]:
+    """The rows of :func:`per_example_grads` one batch of ``loader`` at a time, ``(b, P)`` each: for parameter
+    sets whose ``n x P`` matrix would not fit, so that each batch is used and dropped."""
+    names = list(select_params(model, params))  # resolved on the original: ``params`` may be its submodule
+    dev = resolve(model, device)
+    model = as_eval_copy(model, dtype, dev)
+    named = dict(model.named_parameters())
+    theta = {k: named[k].detach() for k in names}
+    g_fn = vmap(grad(_functional_loss(model, list(theta), loss_fn)), in_dims=(None, 0, 0))
+    for x, y in tqdm(loader, desc=desc, disable=not progress):
+        with ieee_float32():
+            g = g_fn(theta, *to_device(x, y, dev, dtype))
+        yield torch.cat([g[k].flatten(1) for k in theta], dim=1)
+
+
 def per_example_grads(
     model: nn.Module,
     loader: Iterable,
@@ -49,16 +73,8 @@ def per_example_grads(
     BatchNorm statistics) in ``dtype`` on ``device`` (default: the model's); the caller's model is
     not changed. ``loader`` yields ``(x, y)`` batches.
     """
-    names = list(select_params(model, params))  # resolved on the original: ``params`` may be its submodule
-    dev = resolve(model, device)
-    model = as_eval_copy(model, dtype, dev)
-    named = dict(model.named_parameters())
-    theta = {k: named[k].detach() for k in names}
-    g_fn = vmap(grad(_functional_loss(model, list(theta), loss_fn)), in_dims=(None, 0, 0))
-    rows = []
-    for x, y in tqdm(loader, desc="per-example gradients", disable=not progress):
-        g = g_fn(theta, *to_device(x, y, dev, dtype))
-        rows.append(torch.cat([g[k].flatten(1) for k in theta], dim=1))
+    rows = list(per_example_grad_batches(model, loader, params, loss_fn=loss_fn, dtype=dtype, device=device,
+                                         progress=progress))  # fmt: skip
     return torch.cat(rows)
 
 

@@ -17,7 +17,7 @@ The closed forms of a softmax head, with its exact null space removed, are in :m
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +243,65 @@ def hessian_vector_product(
             return batched(v.to(dev, dtype))
 
     return matvec, sum(sizes)
+
+
+def streamed_influence(
+    inv: InverseOperator,
+    row_batches: Callable[[], Iterable[torch.Tensor]],
+    col_batches: Callable[[], Iterable[torch.Tensor]],
+    shape: tuple[int, int],
+    *,
+    budget_bytes: int,
+    out: str | Path | None = None,
+    progress: bool = False,
+    desc: str = "influence (streamed)",
+):
+    """``I = -G_rows (H + damping I)^+ G_cols^T`` without holding either gradient matrix whole.
+
+    ``row_batches()`` and ``col_batches()`` each start a new pass over per-example gradients, ``(b, P)`` a batch,
+    in the matrix's row and column order (e.g. :func:`interp.grads.per_example_grad_batches`). Rows are gathered
+    in chunks of ``m`` whose solve ``(H + damping I)^+ G_chunk^T`` (``P x m``, float64, twice with the chunk)
+    fits in ``budget_bytes``; each chunk is solved once and the column gradients are streamed past it, so the
+    column gradients are computed once per chunk. Returns ``(matrix, passes over the columns)``; the matrix is a
+    CPU float64 tensor, or a ``.npy`` memmap at ``out``. The inverse is symmetric, so which side is solved does
+    not change the result.
+    """
+    if budget_bytes <= 0:
+        raise InterpError(f"budget_bytes must be positive, got {budget_bytes}")
+    result = output_array(shape, out)
+    m = max(1, int(budget_bytes // (2 * 8 * inv.size)))
+    passes, done = 0, 0
+
+    def solve_and_stream(chunk: list[torch.Tensor]) -> None:
+        nonlocal passes, done
+        g = torch.cat(chunk).to(inv.device, torch.float64)
+        require_finite(g, "the row gradients")
+        right = inv.apply(g.T)  # (P, m)
+        col = 0
+        for gb in col_batches():
+            block = -(gb.to(right.device, torch.float64) @ right).T  # (m, b)
+            rows = block.cpu() if isinstance(result, torch.Tensor) else to_numpy(block)
+            result[done : done + len(g), col : col + gb.shape[0]] = rows
+            col += gb.shape[0]
+        if col != shape[1]:
+            raise InterpError(f"the column gradients had {col} rows, the matrix {shape[1]} columns")
+        passes += 1
+        done += len(g)
+
+    chunk, held = [], 0
+    for gb in tqdm(row_batches(), desc=desc, disable=not progress):
+        while len(gb):
+            take = gb[: m - held]
+            chunk.append(take.detach())
+            held += len(take)
+            gb = gb[len(take) :]
+            if held == m:
+                solve_and_stream(chunk)
+                chunk, held = [], 0
+    if chunk:
+        solve_and_stream(chunk)
+    if done != shape[0]:
+        raise InterpError(f"the row gradients had {done} rows, the matrix {shape[0]}")
+    if not isinstance(result, torch.Tensor):
+        result.flush()
+    return result, passes

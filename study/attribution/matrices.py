@@ -6,7 +6,7 @@ that factorisation. Each setting's matrices and what it kept and dropped are wri
 
 from __future__ import annotations
 
-from interp.influence import influence_pair
+from interp.influence import influence_pair, streamed_influence
 from interp.inverse import NAMED_RCOND, Curvature, build_inverse
 from study.attribution.settings import InfluenceConfig
 from study.attribution.store import InfluenceDir
@@ -30,33 +30,60 @@ def _setting_label(st: dict, cutoff: bool = True) -> str:
     return f"rcond={st['rcond']} damping={st['damping']:g}" if cutoff else f"damping={st['damping']:g}"
 
 
+def _entry(cfg, i: int, st: dict, inv, names: tuple[str, str], share: float | None) -> dict:
+    info = inv.info()
+    return {
+        "index": i,
+        "label": _setting_label(st, cfg.inverse_method().cutoff),
+        "files": [f"{n}.npy" for n in names],
+        "rcond_name": st["rcond"] if isinstance(st["rcond"], str) else None,
+        "rcond_meaning": (
+            NAMED_RCOND.get(st["rcond"], "a number: that fraction of the largest eigenvalue")
+            if cfg.inverse_method().cutoff
+            else f"no cut-off: {cfg.method} solves without one"
+        ),
+        **{k: info.get(k) for k in ("method", "rcond", "damping", "cutoff", "rank_kept", "size", "n_dropped")},
+        "dropped_gradient_norm_share": share,
+        "inverse": info,
+    }
+
+
+def _names(i: int) -> tuple[str, str]:
+    return ("influence_test", "influence_train") if i == 0 else (f"influence_test.s{i}", f"influence_train.s{i}")
+
+
 def write_matrices(cfg, out: InfluenceDir, g_test, g_train, operators, grad_norms, progress) -> list[dict]:
     """Both matrices for every (cut-off, damping) setting: the first as ``influence_{test,train}.npy``,
     the others as ``influence_{test,train}.s<i>.npy``. Returns what each setting kept and dropped."""
     written = []
     for i, (st, inv) in enumerate(operators):
-        names = ("influence_test", "influence_train") if i == 0 else (f"influence_test.s{i}", f"influence_train.s{i}")
+        names = _names(i)
         with out.staged(names[0]) as path_test, out.staged(names[1]) as path_train:
             influence_pair(g_test, g_train, inv, normalize=cfg.normalize, grad_norms=grad_norms,
                            out_test=path_test, out_train=path_train, progress=progress)  # fmt: skip
-        info = inv.info()
-        share = inv.dropped_norm_share(g_train)
-        written.append(
-            {
-                "index": i,
-                "label": _setting_label(st, cfg.inverse_method().cutoff),
-                "files": [f"{n}.npy" for n in names],
-                "rcond_name": st["rcond"] if isinstance(st["rcond"], str) else None,
-                "rcond_meaning": (
-                    NAMED_RCOND.get(st["rcond"], "a number: that fraction of the largest eigenvalue")
-                    if cfg.inverse_method().cutoff
-                    else f"no cut-off: {cfg.method} solves without one"
-                ),
-                **{k: info.get(k) for k in ("method", "rcond", "damping", "cutoff", "rank_kept", "size", "n_dropped")},
-                "dropped_gradient_norm_share": share,
-                "inverse": info,
-            }
-        )
+        written.append(_entry(cfg, i, st, inv, names, inv.dropped_norm_share(g_train)))
+        if i == 0:
+            first = inv
+    return written, first
+
+
+def write_streamed_matrices(cfg, out: InfluenceDir, test_batches, train_batches, shape: tuple[int, int], operators,
+                            budget: int, progress) -> list[dict]:  # fmt: skip
+    """As :func:`write_matrices`, with the gradients streamed (:func:`interp.influence.streamed_influence`)
+    instead of held: ``test_batches()`` / ``train_batches()`` start a pass over them. The share of the gradients'
+    norm in dropped directions is not computed (it would need them all at once)."""
+    n_test, n_train = shape
+    written = []
+    for i, (st, inv) in enumerate(operators):
+        names = _names(i)
+        with out.staged(names[0]) as path_test, out.staged(names[1]) as path_train:
+            _, test_passes = streamed_influence(inv, test_batches, train_batches, (n_test, n_train),
+                                                budget_bytes=budget, out=path_test, progress=progress)  # fmt: skip
+            _, train_passes = streamed_influence(inv, train_batches, train_batches, (n_train, n_train),
+                                                 budget_bytes=budget, out=path_train, progress=progress)  # fmt: skip
+        entry = _entry(cfg, i, st, inv, names, None)
+        entry["gradient_passes"] = {"test x train": test_passes, "train x train": train_passes}
+        written.append(entry)
         if i == 0:
             first = inv
     return written, first

@@ -20,12 +20,14 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 import interp
+import interp.grads
 import interp.head
+import interp.memory
 from interp.influence import NORMALIZE_HELP
 from interp.inverse import Curvature
 from study.attribution.head_path import compute_head
 from study.attribution.inputs import load_run, output_bytes, run_weight_decay
-from study.attribution.matrices import operators_per_setting, write_matrices
+from study.attribution.matrices import operators_per_setting, write_matrices, write_streamed_matrices
 from study.attribution.settings import HEAD_ALIASES, SIGN_CONVENTION, TRAINABLE, InfluenceConfig
 from study.attribution.store import InfluenceDir
 from transfer.device import resolve_device
@@ -91,16 +93,30 @@ def _compute(cfg, out: InfluenceDir, settings, model, names, train, test, device
     return meta | _generic(cfg, model, names, loader(train), loader(test), out, device, progress)
 
 
+def streams(mode: str, size: int, n_train: int, n_test: int, device) -> bool:
+    """Whether the per-example gradients are streamed: ``stream``, or ``auto`` when holding them (the training
+    ones twice, with their solve, and the test ones) would take more than half the memory free on the device."""
+    if mode != "auto":
+        return mode == "stream"
+    return 8 * size * (3 * n_train + n_test) > interp.memory.device_free_bytes(device) / 2
+
+
 def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, device, progress) -> dict:
+    size = sum(dict(model.named_parameters())[n].numel() for n in names)
+    n_train, n_test = len(train_loader.dataset), len(test_loader.dataset)
+    stream = streams(cfg.gradients, size, n_train, n_test, device)
+    if stream and cfg.normalize != "none":
+        raise UserError(f"--normalize {cfg.normalize} needs every gradient at once; with streamed gradients "
+                        f"({size:,} parameters x {n_train + n_test:,} images) only none is offered")  # fmt: skip
     t = time.perf_counter()
-    g_train = interp.per_example_grads(model, train_loader, names, device=device, progress=progress)
-    g_test = interp.per_example_grads(model, test_loader, names, device=device, progress=progress)
+    if not stream:
+        g_train = interp.per_example_grads(model, train_loader, names, device=device, progress=progress)
+        g_test = interp.per_example_grads(model, test_loader, names, device=device, progress=progress)
     timings = {"gradients_s": time.perf_counter() - t}
     t = time.perf_counter()
     method = cfg.inverse_method()
     if method.needs == "model":
-        curvature = Curvature(sum(dict(model.named_parameters())[n].numel() for n in names), device=device,
-                              model=model, data=train_loader, params=names)  # fmt: skip
+        curvature = Curvature(size, device=device, model=model, data=train_loader, params=names)
         operators = operators_per_setting(curvature, cfg, progress=progress, rank=cfg.arnoldi_rank)
         path = f"{cfg.method} ({method.help})"
     elif method.needs == "hvp":
@@ -118,7 +134,13 @@ def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, de
             cfg = dataclasses.replace(cfg, method="eigh")
         operators = operators_per_setting(Curvature(h.shape[0], matrix=h, device=h.device), cfg)
         path = "dense Hessian (torch.func)"
-    written, inv = write_matrices(cfg, out, g_test, g_train, operators, None, progress)
+    if stream:
+        budget = interp.memory.device_free_bytes(device) // 4
+        batches = lambda loader: lambda: interp.grads.per_example_grad_batches(model, loader, names, device=device)  # noqa: E731
+        written, inv = write_streamed_matrices(cfg, out, batches(test_loader), batches(train_loader),
+                                               (n_test, n_train), operators, budget, progress)  # fmt: skip
+    else:
+        written, inv = write_matrices(cfg, out, g_test, g_train, operators, None, progress)
     if inv.spectrum() is not None:
         out.save("spectrum", inv.spectrum())
     timings["influence_s"] = time.perf_counter() - t
@@ -135,6 +157,7 @@ def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, de
         "normalize_meaning": NORMALIZE_HELP[cfg.normalize],
         "settings": written,
         "hessian_layout": "named_parameters order, each flattened",
+        "gradients": "streamed in batches (never held whole)" if stream else "held in memory",
         "rank_kept": info.get("rank_kept"),
         "inverse": info,
         **({"cg": info} if cfg.method == "cg" else {}),  # where earlier versions put it

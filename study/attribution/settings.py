@@ -20,6 +20,7 @@ from transfer.errors import UserError
 from transfer.runtime import Runtime, runtime_help
 
 HEAD_ALIASES = ("head", "fc")  # --params naming the classifier of any architecture
+GRADIENTS = ("auto", "memory", "stream")
 TRAINABLE = "trainable"  # --params naming every parameter the run fine-tuned: its unfrozen blocks and the head
 SIGN_CONVENTION = (
     "I[i, j] = -g_test_i^T (H + damping I)^+ g_train_j (Koh & Liang's I_up,loss; H = Hessian of the MEAN "
@@ -100,6 +101,12 @@ class InfluenceConfig(Runtime):
     cg_max_iter: int = field(
         default=1000, metadata={"help": "cg: iteration limit; a solve that reaches it unconverged is reported"}
     )
+    gradients: str = field(
+        default="auto",
+        metadata={"help": "per-example gradients of a generic selection: memory (held whole), stream (computed "
+                  "batch by batch, solved a chunk of rows at a time, never held whole) or auto (streamed when "
+                  "holding them would take over half the free memory)"},
+    )  # fmt: skip
     batch_size: int = field(default=256, metadata={"help": "batch size of the forward passes"})
     features_dtype: str = field(
         default="float32",
@@ -163,6 +170,9 @@ class InfluenceConfig(Runtime):
             raise UserError(f"--method {self.method} needs --damping > 0 (its curvature has zero eigenvalues); "
                             "give e.g. wd (the run's weight decay) or 1e-3")  # fmt: skip
         v.integer("arnoldi_rank", self.arnoldi_rank, low=1)
+        v.choice("gradients", self.gradients, GRADIENTS)
+        if self.gradients == "stream" and self.normalize != "none":
+            raise UserError(f"--normalize {self.normalize} needs every gradient at once; --gradients stream offers none")
         if len(rconds) * len(dampings) > 20:
             raise UserError(f"--rcond x --damping asks for {len(rconds) * len(dampings)} settings; at most 20")
         v.number("cg_tol", self.cg_tol, low=0, high=1, low_open=True, high_open=True)

@@ -168,3 +168,25 @@ def test_relatif_and_cosine_equal_direct_numpy_computations():
             assert np.allclose(np.asarray(res["test"]), perm_ref, rtol=1e-8, atol=1e-10), normalize
     with pytest.raises(InterpError, match="normalize must be one of"):
         interp.influence_matrix(g_te, g_tr, h, normalize="l2")
+
+
+def test_streamed_influence_equals_the_dense_one_in_any_chunking():
+    from interp.grads import per_example_grad_batches
+    from interp.influence import streamed_influence
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).double()
+    x, y = torch.randn(23, 5, dtype=torch.float64), torch.randint(0, 3, (23,))
+    train = [(x[:10], y[:10]), (x[10:17], y[10:17])]
+    test = [(x[17:20], y[17:20]), (x[20:], y[20:])]
+    h = interp.hessian(model, train) + 0.1 * torch.eye(39, dtype=torch.float64)
+    inv = interp.pseudo_inverse(h, method="eigh")
+    g_tr, g_te = interp.per_example_grads(model, train), interp.per_example_grads(model, test)
+    dense = interp.influence_matrix(g_te, g_tr, inv)
+    batches = lambda loader: lambda: per_example_grad_batches(model, loader)  # noqa: E731
+    for rows_per_chunk, passes in ((1, 6), (4, 2), (100, 1)):
+        got, n = streamed_influence(inv, batches(test), batches(train), (6, 17), budget_bytes=2 * 8 * 39 * rows_per_chunk)
+        assert n == passes
+        torch.testing.assert_close(got, dense, rtol=1e-12, atol=1e-14)
+    with pytest.raises(interp.InterpError, match="columns"):
+        streamed_influence(inv, batches(test), batches(train), (6, 18), budget_bytes=10**6)

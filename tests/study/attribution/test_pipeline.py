@@ -237,3 +237,23 @@ def test_trainable_parameters_through_every_model_method(tmp_path):
                                          method="blockdiag", rcond="exact", damping="1e-3", test="20", device="cpu"),
                          progress=False)  # fmt: skip
     assert [b["params"][0] for b in head["inverse"]["blocks"]] == ["model.layer3.1.bn2.weight", "model.fc.weight"]
+
+
+def test_streamed_gradients_give_the_held_ones_matrices(finished_run, tmp_path):
+    import pytest
+
+    from study.attribution.store import InfluenceDir
+    from transfer.errors import UserError
+
+    common = dict(run=str(finished_run), params="layer3.1.bn2,fc", test="12", method="ggn", rcond="exact",
+                  damping="1e-3", device="cpu")  # fmt: skip
+    held = run_influence(InfluenceConfig(out=str(tmp_path / "held"), gradients="memory", **common), progress=False)
+    streamed = run_influence(InfluenceConfig(out=str(tmp_path / "stream"), gradients="stream", **common), progress=False)
+    assert held["gradients"] == "held in memory" and streamed["gradients"].startswith("streamed")
+    assert streamed["settings"][0]["gradient_passes"] == {"test x train": 1, "train x train": 1}
+    a, b = InfluenceDir(tmp_path / "held").read(), InfluenceDir(tmp_path / "stream").read()
+    for name in ("influence_test", "influence_train"):
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-10, atol=1e-14)
+    with pytest.raises(UserError, match="--normalize relatif"):
+        run_influence(InfluenceConfig(out=str(tmp_path / "rel"), gradients="stream", normalize="relatif", **common),
+                      progress=False)  # fmt: skip
