@@ -76,7 +76,8 @@ def _validate(args) -> None:
         for r in lds["scores"]:
             lo, hi = r["interval"]
             print(f"  {r['method']:<9} {r['setting'] or '':<28} LDS {r['lds']:+.3f} [{lo:+.3f}, {hi:+.3f}] "
-                  f"(margin: {r['lds_margin']:+.3f}) over {r['n_test']} test images  {r['influence']}")  # fmt: skip
+                  f"(margin: {r['lds_margin']:+.3f}) over {r['n_test']} test images; {r['params']}, "
+                  f"{r['influence']}")  # fmt: skip
     print(f"wrote {args.out}/validate.json, validate.csv, validate.png" + (", lds.csv, lds.png" if lds else ""))
 
 

@@ -124,11 +124,17 @@ def lds_report(run: Path, influence_dirs: list[Path], out: Path, m: int, fractio
             label = f"{Path(d).name}: {method}, {st.get('label', '')}".rstrip(", ")
             rows.append({"influence": str(d), "method": method, "setting": st.get("label"), "lds": float(np.mean(ok)),
                          "interval": list(iv), "lds_margin": float(np.nanmean(per_margin)), "n_test": int(len(ok)),
-                         "params": res.meta.get("params", "head")})  # fmt: skip
-            scatter[label] = (predicted, loss)
+                         "params": _selection(res.meta)})  # fmt: skip
+            scatter[f"{label}\nLDS {np.mean(ok):+.3f} [{iv[0]:+.3f}, {iv[1]:+.3f}]"] = (predicted, loss)
     return {"subsets": m, "fraction": fraction, "seed": seed, "subset_size": int(len(chosen[0])),
             "n_train": int(len(y_train)), "definition": __doc__.split("\n\n")[1].replace("\n", " "),
             "scores": rows}, scatter  # fmt: skip
+
+
+def _selection(meta: dict) -> str:
+    """What an influence directory differentiated: ``head`` or ``trainable``/paths as asked, with the count."""
+    asked = meta.get("config", {}).get("params", "fc")
+    return "head" if asked in ("fc", "head") else f"{asked} ({len(meta.get('params', []))} tensors)"
 
 
 def lds_figure(scatter: dict):
@@ -142,8 +148,8 @@ def lds_figure(scatter: dict):
     for ax, (label, (pred, actual)) in zip(axes[0], scatter.items(), strict=True):
         z = lambda a: (a - a.mean(0)) / np.where(a.std(0) > 0, a.std(0), 1.0)  # noqa: E731
         ax.scatter(z(pred).ravel(), z(actual).ravel(), s=4, alpha=0.4)
-        ax.set_xlabel("predicted: sum of I over the subset (standardised per test image)")
-        ax.set_ylabel("retrained test loss (standardised)")
+        ax.set_xlabel("sum of I over the subset (z per test image)", fontsize=8)
+        ax.set_ylabel("retrained test loss (z per test image)", fontsize=8)
         ax.set_title(label, fontsize=8)
     fig.tight_layout()
     return fig

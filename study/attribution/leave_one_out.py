@@ -194,8 +194,8 @@ def _lds(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
                                  cfg.data_root, progress)  # fmt: skip
     atomic_write_csv(out / "lds.csv", ["influence", "method", "setting", "params", "lds", "low", "high", "lds_margin",
                                        "n_test"],
-                     [[r["influence"], r["method"], r["setting"], ",".join(r["params"]) if isinstance(r["params"], list)
-                       else r["params"], r["lds"], *r["interval"], r["lds_margin"], r["n_test"]]
+                     [[r["influence"], r["method"], r["setting"], r["params"], r["lds"], *r["interval"], r["lds_margin"],
+                       r["n_test"]]
                       for r in report["scores"]])  # fmt: skip
     atomic_write_figure(out / "lds.png", lds_figure(scatter))
     return report
