@@ -15,17 +15,24 @@ Prints each stage's time and the process's peak memory, and these ratios:
   size against an eigh pseudo-inverse with ``--verify-full`` (adds ~15 minutes).
 
     python benchmarks/influence_scale.py [--features 2048 --classes 10 --train 3200 --test 10000]
+
+With ``--params layer4 --method ekfac`` it measures influence over fine-tuned blocks instead
+(``benchmarks/influence_blocks_scale.py``: ResNet-50, EK-FAC, streamed gradients; 320 train x 100 test
+at 32 px by default, extrapolated to the paper's size).
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from influence_blocks_scale import add_arguments as add_blocks_arguments
+from influence_blocks_scale import run as run_blocks
 
 from interp.head import folded_to_canonical, head_influence, linear_head_grads, linear_head_hessian
 
@@ -140,7 +147,14 @@ def main() -> None:
     ap.add_argument("--check-features", type=int, default=256, help="D for the scipy.linalg.pinv agreement check")
     ap.add_argument("--eigh-size", type=int, default=4096, help="size at which eigh/pinv are timed and extrapolated")
     ap.add_argument("--verify-full", action="store_true", help="compare with an eigh pseudo-inverse at full size")
+    add_blocks_arguments(ap)
     args = ap.parse_args()
+    if args.params not in (None, "head", "fc"):  # the fine-tuned blocks: EK-FAC and streamed gradients
+        if "--train" not in sys.argv:
+            args.train = 320
+        if "--test" not in sys.argv:
+            args.test = 100
+        return run_blocks(args)
     d, c, n, m = args.features, args.classes, args.train, args.test
     p, e = c * (d + 1), d + 1
     print(f"ResNet-50 head: D={d}, C={c}, P={p}; {n} train, {m} test; {torch.get_num_threads()} threads")

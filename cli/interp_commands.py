@@ -58,11 +58,14 @@ def _validate(args) -> None:
     from study.attribution.leave_one_out import ValidateConfig, validate_influence
 
     report = validate_influence(dataclass_from_args(ValidateConfig, args), progress=not args.no_progress)
-    fit = report["refit"]
-    print(
-        f"head refitted to the optimum of the regularised objective: gradient norm {fit['grad_norm_before']:.2e} -> "
-        f"{fit['grad_norm']:.2e}, moved {fit['relative_move']:.1%} of its norm"
-    )
+    fit = report.get("refit")
+    if fit:
+        print(
+            f"head refitted to the optimum of the regularised objective: gradient norm {fit['grad_norm_before']:.2e} "
+            f"-> {fit['grad_norm']:.2e}, moved {fit['relative_move']:.1%} of its norm"
+        )
+    else:
+        print(f"leave-one-out by retraining: {report['objective']}")
     for st in report["settings"]:
         print(
             f"{st['setting']:<32} kept {st['rank_kept']}/{st['size']}: Pearson {st['pearson']:.4f}, "

@@ -24,6 +24,7 @@ import interp
 from interp.loo import leave_one_out, refit_head
 from study.attribution import InfluenceConfig, load_run, run_influence, run_weight_decay
 from study.attribution.lds import MIN_SUBSETS, lds_figure, lds_report
+from study.attribution.retrain_loo import retrained_loo
 from study.attribution.settings import RCOND_VALIDATE, RUN_DATA_ROOT
 from transfer import validation as v
 from transfer.device import resolve_device
@@ -34,7 +35,7 @@ from transfer.runtime import Runtime, runtime_help, torch_threads
 
 MIN_PAIRS = 3  # fewer points than this have no correlation (two points always lie on a line)
 FEW_PAIRS = 10  # under this a correlation is reported with a warning
-VALIDATE_FILES = ("validate.json", "validate.csv", "validate.png", "lds", "lds.csv", "lds.png")
+VALIDATE_FILES = ("validate.json", "validate.csv", "validate.png", "lds", "lds.csv", "lds.png", "loo")
 
 
 def correlations(predicted: np.ndarray, actual: np.ndarray) -> dict:
@@ -73,6 +74,12 @@ class ValidateConfig(Runtime):
                   "test losses (0: off; at least 5, dattri and TRAK use 100)"},
     )  # fmt: skip
     fraction: float = field(default=0.5, metadata={"help": "--lds: share of the run's training images in each subset"})
+    retrain: bool = field(
+        default=False,
+        metadata={"help": "leave-one-out by retraining the run's whole fine-tune (its blocks and head, SGD, same "
+                  "settings and seed) once per removed image, instead of refitting the head: the check of "
+                  "influence over the trainable parameters; scores the directories of --influence"},
+    )  # fmt: skip
     influence: str | None = field(
         default=None,
         metadata={"help": "--lds: comma-separated influence directories of this run to score (any --method and "
@@ -91,8 +98,8 @@ class ValidateConfig(Runtime):
         if self.lds:
             v.integer("lds", self.lds, low=MIN_SUBSETS)
         v.number("fraction", self.fraction, low=0, high=1, low_open=True, high_open=True)
-        if self.influence is not None and not self.lds:
-            raise UserError("--influence names directories for --lds to score; give --lds M too")
+        if self.influence is not None and not (self.lds or self.retrain):
+            raise UserError("--influence names directories for --lds or --retrain to score; give one of them")
         pairs = self.tests * (self.removals + self.random)
         if pairs < MIN_PAIRS:
             raise UserError(
@@ -118,6 +125,8 @@ def validate_influence(cfg: ValidateConfig, progress: bool = True) -> dict:
 
 
 def _validate(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
+    if cfg.retrain:
+        return _validate_retrained(cfg, out, progress)
     icfg = cfg.influence_config()
     settings, model, train, test, _, _ = load_run(icfg)
     lam = run_weight_decay(settings)
@@ -180,16 +189,39 @@ def _validate(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
     return report
 
 
+def _influence_dirs(cfg: ValidateConfig, own: Path, progress: bool) -> list[Path]:
+    """The directories of ``--influence``, or one computed at ``own`` (head, the cut-offs, damping = weight decay)."""
+    if cfg.influence:
+        return [Path(d.strip()) for d in cfg.influence.split(",") if d.strip()]
+    if not (own / "meta.json").exists():
+        run_influence(InfluenceConfig(run=cfg.run, out=str(own), rcond=cfg.rcond, damping="wd", test=cfg.test,
+                                      device=cfg.device, data_root=cfg.data_root), progress=progress)  # fmt: skip
+    return [own]
+
+
+def _validate_retrained(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
+    """Leave-one-out by retraining the whole fine-tune (:mod:`study.attribution.retrain_loo`)."""
+    dirs = _influence_dirs(cfg, out / "loo" / "influence", progress)
+    results, rows = retrained_loo(Path(cfg.run), dirs, out / "loo", cfg.tests, cfg.removals, cfg.random, cfg.seed,
+                                  cfg.device, cfg.data_root, progress)  # fmt: skip
+    report = {
+        "run": cfg.run,
+        "config": asdict(cfg),
+        "objective": "the run's fine-tune (blocks and head, SGD, its settings and seed), retrained without each image",
+        "prediction": "-I[t, j] / n of each influence directory's setting",
+        "settings": results,
+    }
+    if cfg.lds:
+        report["lds"] = _lds(cfg, out, progress)
+    atomic_write_csv(out / "validate.csv", ["setting", "test_index", "train_index", "kind", "predicted", "actual"], rows)
+    atomic_write_figure(out / "validate.png", _figure(rows, results, "actual change in test loss (retrained without j)"))
+    atomic_write_json(out / "validate.json", report)
+    return report
+
+
 def _lds(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
     """The linear datamodeling score of the named influence directories (or of one computed here)."""
-    if cfg.influence:
-        dirs = [Path(d.strip()) for d in cfg.influence.split(",") if d.strip()]
-    else:
-        own = out / "lds" / "influence"
-        if not (own / "meta.json").exists():
-            run_influence(InfluenceConfig(run=cfg.run, out=str(own), rcond=cfg.rcond, damping="wd", test=cfg.test,
-                                          device=cfg.device, data_root=cfg.data_root), progress=progress)  # fmt: skip
-        dirs = [own]
+    dirs = _influence_dirs(cfg, out / "lds" / "influence", progress)
     report, scatter = lds_report(Path(cfg.run), dirs, out / "lds", cfg.lds, cfg.fraction, cfg.seed, cfg.device,
                                  cfg.data_root, progress)  # fmt: skip
     atomic_write_csv(out / "lds.csv", ["influence", "method", "setting", "params", "lds", "low", "high", "lds_margin",
@@ -201,7 +233,7 @@ def _lds(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
     return report
 
 
-def _figure(rows, results):
+def _figure(rows, results, xlabel: str = "actual change in test loss (refit without j)"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,7 +247,7 @@ def _figure(rows, results):
             ax.scatter(pts[:, 0], pts[:, 1], s=10, color=color, label=f"{kind} removals")
         lim = max(1e-12, np.abs(np.array([[r[4], r[5]] for r in mine])).max() * 1.1)
         ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.5)
-        ax.set_xlabel("actual change in test loss (refit without j)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("predicted -I / n")
         ax.set_title(f"{res['setting']}, kept {res['rank_kept']}/{res['size']}\n"
                      f"Pearson {res['pearson']:.3f}, Spearman {res['spearman']:.3f}", fontsize=9)  # fmt: skip

@@ -1,0 +1,80 @@
+"""Leave-one-out by retraining the whole fine-tune: the check of influence over the fine-tuned blocks.
+
+The head-only check (:mod:`study.attribution.leave_one_out`) refits a convex head, where leave-one-out is
+exact and cheap. Influence over the trainable blocks claims more: that removing training image ``j`` from
+the run's fine-tune (blocks and head, the same settings and seed, SGD) changes test image ``t``'s loss by
+about ``-I[t, j] / n``. Here the run is retrained once per removed image (resumable run directories under
+``OUT/loo/runs``) and the actual change is measured against the run itself. The pairs: the ``tests``
+test images of highest loss under the run, and for each the ``removals`` training images of largest
+``|I|`` under the first setting of the first influence directory, plus ``random`` others; every setting
+of every directory is scored on the same pairs. SGD retraining carries noise of its own (a removed image
+changes every later batch), which bounds what any attribution can reach here: read the random removals'
+spread as that floor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from study.attribution.lds import outputs, retrain
+from study.attribution.store import InfluenceDir
+from transfer.errors import UserError
+from transfer.runs import RunDir
+
+
+def choose_pairs(influence: np.ndarray, base_loss: np.ndarray, tests: int, removals: int, random: int,
+                 seed: int) -> list[tuple[int, int, str]]:  # fmt: skip
+    """``(test row, train position, "top" | "random")``: the highest-loss test rows, their largest ``|I|``
+    training images and random others."""
+    rng = np.random.default_rng(seed)
+    n = influence.shape[1]
+    pairs = []
+    for t in np.argsort(-base_loss, kind="stable")[:tests]:
+        top = np.argsort(-np.abs(influence[t]), kind="stable")[:removals]
+        rest = np.setdiff1d(np.arange(n), top)
+        pairs += [(int(t), int(j), "top") for j in top]
+        pairs += [(int(t), int(j), "random") for j in rng.choice(rest, size=min(random, len(rest)), replace=False)]
+    return pairs
+
+
+def retrained_loo(run: Path, influence_dirs: list[Path], out: Path, tests: int, removals: int, random: int,
+                  seed: int, device: str, data_root: str | None, progress: bool) -> tuple[list[dict], list[list]]:  # fmt: skip
+    """Score every setting of ``influence_dirs`` against retrained leave-one-out; returns (per-setting results,
+    CSV rows ``[setting, test_index, train_index, kind, predicted, actual]``)."""
+    from study.attribution.leave_one_out import correlations
+
+    results = [InfluenceDir(d).read() for d in influence_dirs]
+    first = results[0]
+    idx_test = np.asarray(first["idx_test"])
+    for d, res in zip(influence_dirs, results, strict=True):
+        if Path(res.meta["config"]["run"]).resolve() != run.resolve():
+            raise UserError(f"{d} was computed from {res.meta['config']['run']}, not from {run}")
+        if not np.array_equal(np.asarray(res["idx_test"]), idx_test):
+            raise UserError(f"{d} has other test images than {influence_dirs[0]}; compute them with the same --test")
+    settings = RunDir(run).recorded()
+    where = data_root or settings.get("data_root")
+    base_loss, _ = outputs([run], settings["target"], where, idx_test, device)
+    base_loss = base_loss[0]
+    pairs = choose_pairs(np.asarray(first.setting(0)[0]), base_loss, tests, removals, random, seed)
+    n = len(np.asarray(first["y_train"]))
+    removed = sorted({j for _, j, _ in pairs})
+    keep = [np.setdiff1d(np.arange(n), [j]) for j in removed]
+    runs = retrain(run, out / "runs", keep, device, progress)
+    losses, _ = outputs(tqdm(runs, desc="LOO outputs", disable=not progress), settings["target"], where, idx_test,
+                        device)  # fmt: skip
+    actual = {j: losses[k] - base_loss for k, j in enumerate(removed)}
+    out_rows, per_setting = [], []
+    for d, res in zip(influence_dirs, results, strict=True):
+        for st in res.settings:
+            inf = np.asarray(res.setting(st["index"])[0])
+            label = f"{Path(d).name}: {res.meta.get('inverse', {}).get('method', '?')}, {st.get('label', '')}"
+            predicted = np.array([-inf[t, j] / n for t, j, _ in pairs])
+            real = np.array([actual[j][t] for t, j, _ in pairs])
+            per_setting.append({"setting": label, "rank_kept": st.get("rank_kept"), "size": st.get("size"),
+                                **correlations(predicted, real), "n_pairs": len(pairs)})  # fmt: skip
+            out_rows += [[label, int(idx_test[t]), j, kind, p, a]
+                         for (t, j, kind), p, a in zip(pairs, predicted, real, strict=True)]  # fmt: skip
+    return per_setting, out_rows
