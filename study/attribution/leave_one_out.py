@@ -181,10 +181,15 @@ def _validate(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
         "prediction": "-I[t, j] / n with damping = weight decay",
         "settings": results,
     }
+    return _finish(cfg, out, report, rows, "actual change in test loss (refit without j)", progress)
+
+
+def _finish(cfg: ValidateConfig, out: Path, report: dict, rows: list, xlabel: str, progress: bool) -> dict:
+    """Add the LDS when asked, then write validate.csv, validate.png and validate.json (last)."""
     if cfg.lds:
         report["lds"] = _lds(cfg, out, progress)
     atomic_write_csv(out / "validate.csv", ["setting", "test_index", "train_index", "kind", "predicted", "actual"], rows)
-    atomic_write_figure(out / "validate.png", _figure(rows, results))
+    atomic_write_figure(out / "validate.png", _figure(rows, report["settings"], xlabel))
     atomic_write_json(out / "validate.json", report)
     return report
 
@@ -211,12 +216,7 @@ def _validate_retrained(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
         "prediction": "-I[t, j] / n of each influence directory's setting",
         "settings": results,
     }
-    if cfg.lds:
-        report["lds"] = _lds(cfg, out, progress)
-    atomic_write_csv(out / "validate.csv", ["setting", "test_index", "train_index", "kind", "predicted", "actual"], rows)
-    atomic_write_figure(out / "validate.png", _figure(rows, results, "actual change in test loss (retrained without j)"))
-    atomic_write_json(out / "validate.json", report)
-    return report
+    return _finish(cfg, out, report, rows, "actual change in test loss (retrained without j)", progress)
 
 
 def _lds(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
@@ -233,7 +233,7 @@ def _lds(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
     return report
 
 
-def _figure(rows, results, xlabel: str = "actual change in test loss (refit without j)"):
+def _figure(rows, results, xlabel: str):
     import matplotlib
 
     matplotlib.use("Agg")

@@ -54,7 +54,7 @@ def test_finetune_on_given_indices_records_them(tmp_path):
 def test_validate_influence_reports_lds_for_named_influence_directories(finished_run, influence_out, tmp_path):
     with pytest.raises(UserError, match="--lds"):
         ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), lds=3)
-    with pytest.raises(UserError, match="give --lds"):
+    with pytest.raises(UserError, match="--lds or --retrain"):
         ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), influence=str(influence_out))
     cfg = ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), tests=2, removals=3, random=2, lds=5,
                          influence=str(influence_out), test="30")  # fmt: skip
