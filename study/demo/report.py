@@ -66,6 +66,15 @@ def readings(report: dict) -> list[str]:
             f"Leave-one-out check on {source} (seed 0), head refitted to the optimum (gradient norm "
             f"{val['refit']['grad_norm_before']:.2g} before): predicted vs actual change of test loss: {parts}."
         )
+    if report.get("methods"):
+        from study.demo.methods import method_readings, method_rows
+
+        met = report["methods"]
+        rows = method_rows(inf["study"], met["study"], met["lds"])
+        first = (f"Which attribution to believe (linear datamodeling score, LDS, over {met['lds']['subsets']} "
+                 "retrainings on half the training images; 0 = no prediction, 1 = a perfect ranking): ")  # fmt: skip
+        lines += [(first if i == 0 else "Which attribution to believe: ") + line
+                  for i, line in enumerate(method_readings(rows, met["lds_source"]))]  # fmt: skip
     feats = report["features"]
     for model in dict.fromkeys(r["model"] for r in feats["featviz"]):
         rows = [r for r in feats["featviz"] if r["model"] == model]
@@ -219,6 +228,7 @@ def render(report: dict, root: Path) -> str:
             _table(validation, caption="leave-one-out validation at the refitted head"),
             fig(inf["figures"]),
         ),  # fmt: skip
+        *([_methods_section(report, fig)] if report.get("methods") else []),
         _section(
             "Feature visualisation and saliency (Figure 1 analogue)",
             f"<p>Units {feats['units']} of the {feats['units_live']['size']}-unit penultimate layer: those firing "
@@ -239,6 +249,28 @@ def render(report: dict, root: Path) -> str:
     ]
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>robust-transfer demo</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")  # fmt: skip
+
+
+def _methods_section(report: dict, fig) -> str:
+    """Class match robust vs natural per method and setting, with that attribution's LDS beside it."""
+    from study.demo.methods import method_rows
+
+    met = report["methods"]
+    rows = method_rows(report["influence"]["study"], met["study"], met["lds"])
+    shown, _ = with_interval(rows, "robust minus natural, top-1", "low", "high", (-1, 1), 3,
+                             "robust minus natural, top-1 [95% CI]")  # fmt: skip
+    merged, _ = with_interval(shown, "LDS", "LDS low", "LDS high", (-1, 1), 3, "LDS [95% CI]")
+    columns = ["influence", "setting", "LDS [95% CI]", "robust minus natural, top-1 [95% CI]"]
+    return _section(
+        "Influence over the fine-tuned block, and which attribution to believe",
+        f"<p>EK-FAC (curvlinops) over the unfrozen block and the head, beside the head's closed form. Each row's "
+        f"linear datamodeling score (LDS: Spearman, per test image, of the summed influence of a random half of the "
+        f"training set with the loss of the fine-tune retrained on it, over {met['lds']['subsets']} retrainings of "
+        f"{html.escape(met['lds_source'])}) says how far its class-match rate can be trusted.</p>",
+        _table(merged, columns, caption="validation first, then the paper's statistic (top-1 class match, "
+               "robust minus natural, per-seed differences)"),  # fmt: skip
+        fig(met["figures"]),
+    )
 
 
 def markdown_summary(report: dict) -> str:

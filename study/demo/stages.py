@@ -47,15 +47,18 @@ class Scale:
     test: int
     removals: tuple[int, int, int]  # validate-influence: tests, most influential, random
     featviz_iterations: int
+    lds: int  # retrainings of the methods stage's linear datamodeling score
     expected_s: dict[str, float] = field(default_factory=dict)  # per stage, measured on 2 cores
 
 
 QUICK = Scale(blocks=(1,), seeds={100: 2, 400: 2}, epochs=8, influence_size=400, rcond="paper,1e-3,exact", test=100,
-              removals=(2, 5, 3), featviz_iterations=60,
-              expected_s={"transfer": 50, "tables": 8, "influence": 60, "features": 20, "report": 5})  # fmt: skip
+              removals=(2, 5, 3), featviz_iterations=60, lds=8,
+              expected_s={"transfer": 50, "tables": 8, "influence": 60, "methods": 150, "features": 20,
+                          "report": 5})  # fmt: skip
 FULL = Scale(blocks=(0, 1, 3), seeds={100: 3, 400: 3}, epochs=10, influence_size=400, rcond="paper,1e-2,1e-3,1e-4,exact",
-             test=200, removals=(3, 10, 5), featviz_iterations=200,
-             expected_s={"transfer": 300, "tables": 15, "influence": 150, "features": 60, "report": 8})  # fmt: skip
+             test=200, removals=(3, 10, 5), featviz_iterations=200, lds=20,
+             expected_s={"transfer": 300, "tables": 15, "influence": 150, "methods": 400, "features": 60,
+                         "report": 8})  # fmt: skip
 
 
 @dataclass
@@ -73,7 +76,7 @@ class DemoConfig(Runtime):
 
 
 # what the demo's directory holds; anything else there is a user's file and the directory is refused
-DEMO_FILES = ("grid.toml", "sweep", "summary", "figures", "influence", "validate", "featviz", "saliency", "logs",
+DEMO_FILES = ("grid.toml", "sweep", "summary", "figures", "influence", "methods", "validate", "featviz", "saliency", "logs",
               "stages", "results.json", "report.html", "summary.md")  # fmt: skip
 
 
@@ -159,7 +162,8 @@ def run_demo(cfg: DemoConfig, run_command: Callable[[list[str]], int], progress:
 
 
 def _stages(demo: Demo, scale: Scale, device: str, progress: bool) -> dict:
-    stages = [("transfer", _transfer), ("tables", _tables), ("influence", _influence), ("features", _features)]
+    stages = [("transfer", _transfer), ("tables", _tables), ("influence", _influence), ("methods", _methods),
+              ("features", _features)]  # fmt: skip
     results, started = {}, time.perf_counter()
     for i, (name, fn) in enumerate(stages, 1):
         record = demo.stage_file(name)
@@ -268,6 +272,12 @@ def _influence(demo: Demo, scale: Scale, device: str) -> dict:
             )
         ],  # fmt: skip
     }
+
+
+def _methods(demo: Demo, scale: Scale, device: str) -> dict:
+    from study.demo.methods import methods_stage
+
+    return methods_stage(demo, scale, device, NATURAL, ROBUST, SEED0)
 
 
 def live_units(models: list[torch.nn.Module], images: torch.Tensor, count: int = 4) -> tuple[list[int], dict]:

@@ -40,9 +40,16 @@ def test_the_demo_writes_the_report_from_the_commands_own_files(demo):
     assert any(c.startswith("robust-transfer sweep ") for c in results["commands"])
     assert any(c.startswith("robust-transfer influence-study ") for c in results["commands"])
     assert results["readings"] and any("minus" in line for line in results["readings"])
+    # the methods stage: EK-FAC over the trainable block beside the head, each with its LDS from the same retrainings
+    methods = results["methods"]
+    ekfac = json.loads((demo / "methods" / "ekfac" / "study.json").read_text())
+    assert methods["study"]["differences"] == ekfac["differences"] and ekfac["config"]["method"] == "ekfac"
+    lds = json.loads((demo / "methods" / "lds" / "validate.json").read_text())["lds"]
+    assert methods["lds"]["scores"] == lds["scores"] and {r["method"] for r in lds["scores"]} >= {"ekfac"}
+    assert sum("Which attribution to believe" in line for line in results["readings"]) == len(lds["scores"])
     page = (demo / "report.html").read_text()
     # self-contained: every figure the stages list is embedded, nothing is fetched
-    figures = [p for stage in ("tables", "influence", "features") for p in results[stage]["figures"]]
+    figures = [p for stage in ("tables", "influence", "methods", "features") for p in results[stage]["figures"]]
     assert len(figures) >= 10
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(embedded) == len(figures)
@@ -62,7 +69,7 @@ def test_the_demo_writes_the_report_from_the_commands_own_files(demo):
 
 def test_a_rerun_keeps_finished_stages_and_redoes_the_missing_one(demo):
     kept = {p.name: p.stat().st_mtime_ns for p in (demo / "stages").glob("*.json")}
-    assert set(kept) == {"transfer.json", "tables.json", "influence.json", "features.json"}
+    assert set(kept) == {"transfer.json", "tables.json", "influence.json", "methods.json", "features.json"}
     (demo / "stages" / "features.json").unlink()  # as if killed during the features stage
     shutil.rmtree(demo / "featviz")
     assert main(["demo", "--quick", "--out", str(demo), "--device", "cpu", "--no-progress"]) == 0
