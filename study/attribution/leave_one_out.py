@@ -207,8 +207,10 @@ def _influence_dirs(cfg: ValidateConfig, own: Path, progress: bool) -> list[Path
 def _validate_retrained(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
     """Leave-one-out by retraining the whole fine-tune (:mod:`study.attribution.retrain_loo`)."""
     dirs = _influence_dirs(cfg, out / "loo" / "influence", progress)
-    results, rows = retrained_loo(Path(cfg.run), dirs, out / "loo", cfg.tests, cfg.removals, cfg.random, cfg.seed,
-                                  cfg.device, cfg.data_root, progress)  # fmt: skip
+    scored, rows = retrained_loo(Path(cfg.run), dirs, out / "loo", cfg.tests, cfg.removals, cfg.random, cfg.seed,
+                                 cfg.device, cfg.data_root, progress)  # fmt: skip
+    results = [{**{k: v for k, v in r.items() if k not in ("predicted", "actual", "n_pairs")},
+                **correlations(r["predicted"], r["actual"]), "n_pairs": r["n_pairs"]} for r in scored]  # fmt: skip
     report = {
         "run": cfg.run,
         "config": asdict(cfg),

@@ -42,10 +42,9 @@ def choose_pairs(influence: np.ndarray, base_loss: np.ndarray, tests: int, remov
 
 def retrained_loo(run: Path, influence_dirs: list[Path], out: Path, tests: int, removals: int, random: int,
                   seed: int, device: str, data_root: str | None, progress: bool) -> tuple[list[dict], list[list]]:  # fmt: skip
-    """Score every setting of ``influence_dirs`` against retrained leave-one-out; returns (per-setting results,
-    CSV rows ``[setting, test_index, train_index, kind, predicted, actual]``)."""
-    from study.attribution.leave_one_out import correlations
-
+    """Predictions of every setting of ``influence_dirs`` beside retrained leave-one-out; returns (per setting:
+    its label, size, rank and the ``predicted`` / ``actual`` arrays; CSV rows ``[setting, test_index,
+    train_index, kind, predicted, actual]``)."""
     results = [InfluenceDir(d).read() for d in influence_dirs]
     first = results[0]
     idx_test = np.asarray(first["idx_test"])
@@ -74,7 +73,7 @@ def retrained_loo(run: Path, influence_dirs: list[Path], out: Path, tests: int, 
             predicted = np.array([-inf[t, j] / n for t, j, _ in pairs])
             real = np.array([actual[j][t] for t, j, _ in pairs])
             per_setting.append({"setting": label, "rank_kept": st.get("rank_kept"), "size": st.get("size"),
-                                **correlations(predicted, real), "n_pairs": len(pairs)})  # fmt: skip
+                                "predicted": predicted, "actual": real, "n_pairs": len(pairs)})  # fmt: skip
             out_rows += [[label, int(idx_test[t]), j, kind, p, a]
                          for (t, j, kind), p, a in zip(pairs, predicted, real, strict=True)]  # fmt: skip
     return per_setting, out_rows
