@@ -73,7 +73,8 @@ class KroneckerInverse(InverseOperator):
                 "of a layer) whose inverse is infinite; give e.g. the run's weight decay (wd) or 1e-3"
             )
         self.method = self.kind
-        self._inverse = KFACInverseLinearOperator(self.factors, damping=self.damping, use_exact_damping=True)
+        self._inverse = (KFACInverseLinearOperator(self.factors, damping=self.damping, use_exact_damping=True)
+                         if self.factors is not None else None)  # fmt: skip
 
     @property
     def device(self) -> torch.device:
@@ -82,7 +83,7 @@ class KroneckerInverse(InverseOperator):
     def apply(self, b: torch.Tensor) -> torch.Tensor:
         cols, vec = self._columns(b)
         out = torch.zeros_like(cols)
-        if len(self.covered):
+        if self._inverse is not None:
             with ieee_float32():
                 out[self.covered] = (self._inverse @ cols[self.covered].contiguous()).to(out.dtype)
         if self.fallback is not None:
@@ -135,7 +136,7 @@ def kronecker_inverse(
     pos, start = {}, 0
     for n in names:
         pos[n], start = torch.arange(start, start + sizes[n]), start + sizes[n]
-    index = lambda group: torch.cat([pos[n] for n in group]).to(dev) if group else torch.zeros(0, dtype=torch.long)  # noqa: E731
+    index = lambda group: torch.cat([pos[n] for n in group]).to(dev) if group else torch.zeros(0, dtype=torch.long, device=dev)  # noqa: E731
     factors = None
     if covered:
         copy, chosen = curvlinops_model(model, covered, dtype, dev)

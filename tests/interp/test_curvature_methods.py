@@ -106,6 +106,10 @@ def test_kronecker_names_what_it_cannot_factorise_and_inverts_it_exactly(digits)
     assert torch.allclose(inv.apply(v)[36:44], _exact_inverse(bn, 1e-3) @ v[36:44], rtol=1e-8, atol=1e-10)
     with pytest.raises(InterpError, match="damping > 0"):
         kronecker_inverse(net, train, names, kind="kfac", damping=0.0)
+    # a selection Kronecker factors do not cover at all is the exact GGN block alone
+    only_bn = kronecker_inverse(net, train, ["1.weight", "1.bias"], kind="ekfac", damping=1e-3)
+    assert only_bn.info()["kronecker_params"] == 0
+    assert torch.allclose(only_bn.apply(v[36:44]), _exact_inverse(bn, 1e-3) @ v[36:44], rtol=1e-8, atol=1e-10)
     # another damping re-uses the factors
     other = inv.with_settings(damping=1e-1)
     assert other.factors is inv.factors and other.info()["damping"] == 1e-1
