@@ -37,7 +37,7 @@ SEED0 = 20000000
 
 @dataclass(frozen=True)
 class Scale:
-    """How much the demo does: ``quick`` (under 3 minutes on 2 cores) or the full demo (under 10)."""
+    """How much the demo does: ``quick`` (about 3 minutes on 2 cores) or the full demo (about 17, estimated)."""
 
     blocks: tuple[int, ...]
     seeds: dict[int, int]  # subset size -> seeds
