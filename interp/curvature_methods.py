@@ -18,6 +18,7 @@ from interp.ggn import ggn_blocks, ggn_products, layer_blocks
 from interp.influence import hessian_vector_product
 from interp.inverse import INVERSES, Curvature, InverseMethod, spectral_inverse
 from interp.kronecker import kronecker_inverse
+from interp.params import flat_positions
 
 ARNOLDI_RANK = 200  # the default r: on the tests' 2,954-parameter selection it reaches top-10 overlap ~0.76
 
@@ -40,13 +41,10 @@ def _blockdiag(curvature: Curvature, *, rcond=None, damping: float = 0.0, progre
     model, data, names = _model_parts(curvature, "blockdiag")
     groups = layer_blocks(model, names)
     blocks = ggn_blocks(model, data, names, groups, device=curvature.device, progress=progress)
-    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
-    pos, start = {}, 0
-    for n in names:
-        pos[n], start = torch.arange(start, start + sizes[n]), start + sizes[n]
+    pos = flat_positions(model, names)
     index = [torch.cat([pos[n] for n in g]).to(curvature.device) for g in groups]
     inverses = [spectral_inverse(b, rcond=rcond, damping=damping, method="eigh") for b in blocks]
-    return BlockDiagonalInverse(inverses, index, groups, start)
+    return BlockDiagonalInverse(inverses, index, groups, sum(len(i) for i in index))
 
 
 def _kronecker(kind: str):

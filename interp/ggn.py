@@ -28,7 +28,7 @@ from interp.device import ieee_float32, resolve, to_device
 from interp.errors import InterpError
 from interp.grads import as_eval_copy
 from interp.memory import check_dense_fits, device_free_bytes
-from interp.params import ParamSpec, fixed_tensors, select_params
+from interp.params import ParamSpec, fixed_tensors, flat_positions, select_params
 
 
 def _softmax_root(logits: torch.Tensor) -> torch.Tensor:
@@ -88,10 +88,9 @@ def ggn_blocks(
     item = torch.empty((), dtype=dtype).element_size()
     need = sum(sum(sizes[n] for n in g) ** 2 for g in groups)
     check_dense_fits(int(need**0.5) + 1, max_bytes=max_bytes, device=dev)
-    offsets, start = {}, 0
-    for n in names:
-        offsets[n], start = (start, start + sizes[n]), start + sizes[n]
-    index = [torch.cat([torch.arange(*offsets[n]) for n in g]).to(dev) for g in groups]
+    pos = flat_positions(model, names)
+    index = [torch.cat([pos[n] for n in g]).to(dev) for g in groups]
+    start = sum(sizes.values())
     copy = as_eval_copy(model, dtype, dev)
     rows = _jacobian_rows(copy, names, dtype, dev)
     out = [torch.zeros(len(i), len(i), dtype=dtype, device=dev) for i in index]

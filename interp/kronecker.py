@@ -29,6 +29,7 @@ from interp.device import ieee_float32
 from interp.errors import InterpError
 from interp.ggn import DeviceData, curvlinops_model, ggn
 from interp.inverse import InverseOperator, SpectralInverse, spectral_inverse
+from interp.params import flat_positions
 
 KINDS = ("kfac", "ekfac")
 FISHER_TYPE = "type-2"  # curvlinops' exact-GGN Kronecker factors (not a Monte-Carlo or empirical Fisher)
@@ -132,10 +133,8 @@ def kronecker_inverse(
     names = list(names)
     dev = torch.device(device)
     covered, uncovered = kronecker_coverage(model, names)
-    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
-    pos, start = {}, 0
-    for n in names:
-        pos[n], start = torch.arange(start, start + sizes[n]), start + sizes[n]
+    pos = flat_positions(model, names)
+    start = sum(len(i) for i in pos.values())
     index = lambda group: torch.cat([pos[n] for n in group]).to(dev) if group else torch.zeros(0, dtype=torch.long, device=dev)  # noqa: E731
     factors = None
     if covered:

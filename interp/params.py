@@ -55,6 +55,15 @@ def flat_size(params: dict[str, torch.Tensor]) -> int:
     return sum(p.numel() for p in params.values())
 
 
+def flat_positions(model: nn.Module, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Each selected parameter's positions in the flat layout of ``names`` (each flattened, in that order)."""
+    named = dict(model.named_parameters())
+    out, start = {}, 0
+    for n in names:
+        out[n], start = torch.arange(start, start + named[n].numel()), start + named[n].numel()
+    return out
+
+
 def fixed_tensors(model: nn.Module, names: Sequence[str]) -> dict[str, torch.Tensor]:
     """Every parameter not in ``names`` (detached) and every buffer: what ``functional_call`` holds fixed."""
     fixed = {k: v.detach() for k, v in model.named_parameters() if k not in set(names)}

@@ -97,23 +97,32 @@ def score(influence: np.ndarray, chosen: list[np.ndarray], actual: np.ndarray, s
     return out, predicted
 
 
+def read_influence_of(run: Path, influence_dirs: list[Path]) -> list:
+    """The influence directories, read, each checked to have been computed from ``run``."""
+    results = [InfluenceDir(d).read() for d in influence_dirs]
+    for d, res in zip(influence_dirs, results, strict=True):
+        if Path(res.meta["config"]["run"]).resolve() != run.resolve():
+            raise UserError(f"{d} was computed from {res.meta['config']['run']}, not from {run}")
+    return results
+
+
 def lds_report(run: Path, influence_dirs: list[Path], out: Path, m: int, fraction: float, seed: int, device: str,
                data_root: str | None, progress: bool) -> dict:  # fmt: skip
     """Retrain on ``m`` subsets, measure, and score every setting of every influence directory of ``run``."""
     if m < MIN_SUBSETS:
         raise UserError(f"--lds {m}: a rank correlation over fewer than {MIN_SUBSETS} subsets means nothing")
-    results = [InfluenceDir(d).read() for d in influence_dirs]
-    for d, res in zip(influence_dirs, results, strict=True):
-        if Path(res.meta["config"]["run"]).resolve() != run.resolve():
-            raise UserError(f"{d} was computed from {res.meta['config']['run']}, not from {run}")
+    results = read_influence_of(run, influence_dirs)
     y_train = np.asarray(results[0]["y_train"])
     chosen = subsets(y_train, m, fraction, seed)
     settings = RunDir(run).recorded()
     runs = retrain(run, out / "runs", chosen, device, progress)
-    rows, scatter = [], {}
+    rows, scatter, measured = [], {}, {}
     for d, res in zip(influence_dirs, results, strict=True):
         idx_test = np.asarray(res["idx_test"])
-        loss, margin = outputs(runs, settings["target"], data_root or settings.get("data_root"), idx_test, device)
+        key = idx_test.tobytes()  # directories of the same test images share one evaluation of the retrained models
+        if key not in measured:
+            measured[key] = outputs(runs, settings["target"], data_root or settings.get("data_root"), idx_test, device)
+        loss, margin = measured[key]
         for st in res.settings:
             inf, _ = res.setting(st["index"])
             per_loss, predicted = score(inf, chosen, loss)

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from study.attribution.lds import outputs, retrain
-from study.attribution.store import InfluenceDir
+from study.attribution.lds import outputs, read_influence_of, retrain
 from transfer.errors import UserError
 from transfer.runs import RunDir
 
@@ -45,12 +44,10 @@ def retrained_loo(run: Path, influence_dirs: list[Path], out: Path, tests: int, 
     """Predictions of every setting of ``influence_dirs`` beside retrained leave-one-out; returns (per setting:
     its label, size, rank and the ``predicted`` / ``actual`` arrays; CSV rows ``[setting, test_index,
     train_index, kind, predicted, actual]``)."""
-    results = [InfluenceDir(d).read() for d in influence_dirs]
+    results = read_influence_of(run, influence_dirs)
     first = results[0]
     idx_test = np.asarray(first["idx_test"])
     for d, res in zip(influence_dirs, results, strict=True):
-        if Path(res.meta["config"]["run"]).resolve() != run.resolve():
-            raise UserError(f"{d} was computed from {res.meta['config']['run']}, not from {run}")
         if not np.array_equal(np.asarray(res["idx_test"]), idx_test):
             raise UserError(f"{d} has other test images than {influence_dirs[0]}; compute them with the same --test")
     settings = RunDir(run).recorded()
