@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from interp.metrics import bootstrap_interval
 from study.attribution.store import InfluenceDir
+from study.sweeps.executors import Executor
+from study.sweeps.grid import RunSpec
+from study.sweeps.jobs import run_jobs
 from transfer.datasets import Subset, Transformed, load_raw_splits
 from transfer.device import resolve_device
 from transfer.errors import UserError
-from transfer.finetune import FinetuneConfig, finetune
+from transfer.finetune import FinetuneConfig
 from transfer.runs import RunDir
 from transfer.subsets import class_covering_subset
 from transfer.transforms import build_transform
@@ -43,22 +46,23 @@ def subsets(labels: np.ndarray, m: int, fraction: float, seed: int) -> list[np.n
     return [np.sort(class_covering_subset(np.asarray(labels), size, seed + k)) for k in range(m)]
 
 
-def retrain(run: Path, out: Path, chosen: list[np.ndarray], device: str, progress: bool) -> list[Path]:
-    """The run's fine-tune repeated on each subset of its training images (positions into its subset.json);
+def retrain(run: Path, out: Path, chosen: list[np.ndarray], device: str, executor: Callable[[], Executor],
+            progress: bool, desc: str = "retrainings") -> list[Path]:  # fmt: skip
+    """The run's fine-tune repeated on each subset of its training images (positions into its subset.json), as
+    runs ``out/m000``, ``m001``, ... on the executor ``executor()`` makes (:func:`study.sweeps.jobs.run_jobs`):
     finished ones are kept, killed ones resumed."""
     settings = RunDir(run).recorded()
     run_indices = np.asarray(json.loads((run / "subset.json").read_text())["indices"], dtype=np.int64)
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     base = {k: v for k, v in settings.items() if k in fields}
     epochs = settings["resolved"]["epochs"]
-    dirs = []
-    for k, positions in enumerate(tqdm(chosen, desc="LDS retraining", disable=not progress)):
-        cfg = FinetuneConfig(**(base | {"subset": str(len(positions)), "epochs": str(epochs),
-                                        "eval_every": str(epochs), "device": device}))  # fmt: skip
-        target = out / f"m{k:03d}"
-        finetune(cfg, target, resume=True, progress=False, indices=run_indices[positions])
-        dirs.append(target)
-    return dirs
+    jobs = []
+    for k, positions in enumerate(chosen):
+        job = base | {"subset": str(len(positions)), "epochs": str(epochs), "eval_every": str(epochs), "device": device}
+        FinetuneConfig(**job)  # every job's settings checked before any starts
+        jobs.append((RunSpec(f"m{k:03d}", job, tuple(int(i) for i in run_indices[positions])), out / f"m{k:03d}"))
+    run_jobs(jobs, executor(), progress=progress, desc=desc)
+    return [d for _, d in jobs]
 
 
 def outputs(runs: list[Path], target: str, data_root: str | None, idx_test: np.ndarray, device: str):
@@ -107,15 +111,16 @@ def read_influence_of(run: Path, influence_dirs: list[Path]) -> list:
 
 
 def lds_report(run: Path, influence_dirs: list[Path], out: Path, m: int, fraction: float, seed: int, device: str,
-               data_root: str | None, progress: bool) -> dict:  # fmt: skip
-    """Retrain on ``m`` subsets, measure, and score every setting of every influence directory of ``run``."""
+               data_root: str | None, executor: Callable[[], Executor], progress: bool) -> dict:  # fmt: skip
+    """Retrain on ``m`` subsets (on ``executor()``), measure, and score every setting of every influence
+    directory of ``run``."""
     if m < MIN_SUBSETS:
         raise UserError(f"--lds {m}: a rank correlation over fewer than {MIN_SUBSETS} subsets means nothing")
     results = read_influence_of(run, influence_dirs)
     y_train = np.asarray(results[0]["y_train"])
     chosen = subsets(y_train, m, fraction, seed)
     settings = RunDir(run).recorded()
-    runs = retrain(run, out / "runs", chosen, device, progress)
+    runs = retrain(run, out / "runs", chosen, device, executor, progress, desc="LDS retrainings")
     rows, scatter, measured = [], {}, {}
     for d, res in zip(influence_dirs, results, strict=True):
         idx_test = np.asarray(res["idx_test"])

@@ -26,6 +26,7 @@ from study.attribution import InfluenceConfig, load_run, run_influence, run_weig
 from study.attribution.lds import MIN_SUBSETS, lds_figure, lds_report
 from study.attribution.retrain_loo import retrained_loo
 from study.attribution.settings import RCOND_VALIDATE, RUN_DATA_ROOT
+from study.sweeps.executors import EXECUTORS, Executor, make_executor
 from transfer import validation as v
 from transfer.device import resolve_device
 from transfer.errors import UserError
@@ -85,16 +86,36 @@ class ValidateConfig(Runtime):
         metadata={"help": "--lds: comma-separated influence directories of this run to score (any --method and "
                   "--params); default: one computed here (head, the cut-offs of --rcond, damping = weight decay)"},
     )  # fmt: skip
+    executor: str = field(
+        default="local",
+        metadata={"help": "--lds/--retrain: where the retrainings run: local (worker processes here: one per GPU, "
+                  "else cores / --threads), inline (this process, one at a time) or ray"},
+    )  # fmt: skip
+    retrain_workers: int | None = field(
+        default=None, metadata={"help": "--executor local: worker processes (default: one per GPU, else per core)"}
+    )
+    address: str | None = field(default=None, metadata={"help": "--executor ray: cluster address (default: a local Ray)"})
     device: str = field(default="cpu", metadata=runtime_help("device"))
     data_root: str | None = field(default=None, metadata=runtime_help("data_root", help=RUN_DATA_ROOT))
 
     RUNTIME = ("device", "threads", "data_root")
+
+    def retrain_executor(self) -> Executor:
+        """The executor of this command's retrainings."""
+        return make_executor(self.executor, workers=self.retrain_workers, threads=self.threads, address=self.address)
 
     def __post_init__(self):
         for name in ("tests", "removals"):
             v.integer(name, getattr(self, name), low=1)
         v.integer("random", self.random, low=0)
         v.integer("seed", self.seed, low=0)
+        v.choice("executor", self.executor, EXECUTORS)
+        if self.retrain_workers is not None:
+            v.integer("retrain_workers", self.retrain_workers, low=1)
+        if self.executor != "local" and self.retrain_workers is not None:
+            raise UserError("--retrain-workers is for --executor local")
+        if self.executor != "ray" and self.address is not None:
+            raise UserError("--address is for --executor ray")
         if self.lds:
             v.integer("lds", self.lds, low=MIN_SUBSETS)
         v.number("fraction", self.fraction, low=0, high=1, low_open=True, high_open=True)
@@ -208,7 +229,7 @@ def _validate_retrained(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
     """Leave-one-out by retraining the whole fine-tune (:mod:`study.attribution.retrain_loo`)."""
     dirs = _influence_dirs(cfg, out / "loo" / "influence", progress)
     scored, rows = retrained_loo(Path(cfg.run), dirs, out / "loo", cfg.tests, cfg.removals, cfg.random, cfg.seed,
-                                 cfg.device, cfg.data_root, progress)  # fmt: skip
+                                 cfg.device, cfg.data_root, cfg.retrain_executor, progress)  # fmt: skip
     results = [{**{k: v for k, v in r.items() if k not in ("predicted", "actual", "n_pairs")},
                 **correlations(r["predicted"], r["actual"]), "n_pairs": r["n_pairs"]} for r in scored]  # fmt: skip
     report = {
@@ -225,7 +246,7 @@ def _lds(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
     """The linear datamodeling score of the named influence directories (or of one computed here)."""
     dirs = _influence_dirs(cfg, out / "lds" / "influence", progress)
     report, scatter = lds_report(Path(cfg.run), dirs, out / "lds", cfg.lds, cfg.fraction, cfg.seed, cfg.device,
-                                 cfg.data_root, progress)  # fmt: skip
+                                 cfg.data_root, cfg.retrain_executor, progress)  # fmt: skip
     atomic_write_csv(out / "lds.csv", ["influence", "method", "setting", "params", "lds", "low", "high", "lds_margin",
                                        "n_test"],
                      [[r["influence"], r["method"], r["setting"], r["params"], r["lds"], *r["interval"], r["lds_margin"],

@@ -4,8 +4,8 @@ The head-only check (:mod:`study.attribution.leave_one_out`) refits a convex hea
 exact and cheap. Influence over the trainable blocks claims more: that removing training image ``j`` from
 the run's fine-tune (blocks and head, the same settings and seed, SGD) changes test image ``t``'s loss by
 about ``-I[t, j] / n``. Here the run is retrained once per removed image (resumable run directories under
-``OUT/loo/runs``) and the actual change is measured against the run itself. The pairs: the ``tests``
-test images of highest loss under the run, and for each the ``removals`` training images of largest
+``OUT/loo/runs``, on any executor: local worker processes, Ray, or inline) and the actual change is measured
+against the run itself. The pairs: the ``tests`` test images of highest loss under the run, and for each the ``removals`` training images of largest
 ``|I|`` under the first setting of the first influence directory, plus ``random`` others; every setting
 of every directory is scored on the same pairs. SGD retraining carries noise of its own (a removed image
 changes every later batch), which bounds what any attribution can reach here: read the random removals'
@@ -14,12 +14,14 @@ spread as that floor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from study.attribution.lds import outputs, read_influence_of, retrain
+from study.sweeps.executors import Executor
 from transfer.errors import UserError
 from transfer.runs import RunDir
 
@@ -40,7 +42,8 @@ def choose_pairs(influence: np.ndarray, base_loss: np.ndarray, tests: int, remov
 
 
 def retrained_loo(run: Path, influence_dirs: list[Path], out: Path, tests: int, removals: int, random: int,
-                  seed: int, device: str, data_root: str | None, progress: bool) -> tuple[list[dict], list[list]]:  # fmt: skip
+                  seed: int, device: str, data_root: str | None, executor: Callable[[], Executor],
+                  progress: bool) -> tuple[list[dict], list[list]]:  # fmt: skip
     """Predictions of every setting of ``influence_dirs`` beside retrained leave-one-out; returns (per setting:
     its label, size, rank and the ``predicted`` / ``actual`` arrays; CSV rows ``[setting, test_index,
     train_index, kind, predicted, actual]``)."""
@@ -58,7 +61,7 @@ def retrained_loo(run: Path, influence_dirs: list[Path], out: Path, tests: int, 
     n = len(np.asarray(first["y_train"]))
     removed = sorted({j for _, j, _ in pairs})
     keep = [np.setdiff1d(np.arange(n), [j]) for j in removed]
-    runs = retrain(run, out / "runs", keep, device, progress)
+    runs = retrain(run, out / "runs", keep, device, executor, progress, desc="leave-one-out retrainings")
     losses, _ = outputs(tqdm(runs, desc="LOO outputs", disable=not progress), settings["target"], where, idx_test,
                         device)  # fmt: skip
     actual = {j: losses[k] - base_loss for k, j in enumerate(removed)}

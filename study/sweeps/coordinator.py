@@ -9,20 +9,20 @@ never redone, interrupted ones continue from their ``state.pt``, and a run is co
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from study.sweeps.executors import Executor, LocalExecutor, RayExecutor, check_ray_address, default_local_workers
+from study.sweeps.executors import Executor, check_ray_address
+from study.sweeps.executors import make_executor as executor_named
 from study.sweeps.grid import Grid, check_runnable, read_grid
 from study.sweeps.ledger import Ledger
 from transfer import validation as v
 from transfer.errors import UserError
 from transfer.files import OutputDir, atomic_write_text, name_patterns
 
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "ray")  # a sweep's: many runs, so never inline
 
 
 @dataclass
@@ -94,13 +94,8 @@ def _has_our_ledger(root: Path) -> bool:
 
 
 def make_executor(cfg: SweepConfig) -> Executor:
-    if cfg.executor == "ray":
-        return RayExecutor(cfg.address, cfg.ray_cpus_per_run, cfg.ray_shared_fs)
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    workers, threads = default_local_workers(gpus, os.cpu_count() or 1)
-    return LocalExecutor(cfg.workers or workers, cfg.threads or threads, gpus)
+    return executor_named(cfg.executor, workers=cfg.workers, threads=cfg.threads, address=cfg.address,
+                          cpus_per_run=cfg.ray_cpus_per_run, shared_fs=cfg.ray_shared_fs)  # fmt: skip
 
 
 def run_sweep(cfg: SweepConfig, progress: bool = True, executor: Executor | None = None) -> dict[str, int]:

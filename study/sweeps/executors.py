@@ -97,9 +97,10 @@ class LocalExecutor(Executor):
             idle = self._workers[self._workers.index(idle)] = self._start(idle["slot"])
         idle["job"] = spec.key
         try:
-            idle["proc"].stdin.write(
-                json.dumps({"key": spec.key, "settings": spec.settings, "run_dir": str(run_dir)}) + "\n"
-            )
+            job = {"key": spec.key, "settings": spec.settings, "run_dir": str(run_dir)}
+            if spec.indices is not None:
+                job["indices"] = list(spec.indices)
+            idle["proc"].stdin.write(json.dumps(job) + "\n")
             idle["proc"].stdin.flush()
         except (BrokenPipeError, OSError):
             pass  # the worker died just now: wait() reports the run lost
@@ -142,6 +143,34 @@ class LocalExecutor(Executor):
                 w["proc"].kill()
                 w["proc"].wait()
             w["proc"].stdout.close()
+
+
+class InlineExecutor(Executor):
+    """Runs in this process, one at a time, when ``wait`` is called: no worker to start (small jobs, tests,
+    a debugger). Uses this process's torch threads and device."""
+
+    slots = 1
+    description = "inline: this process"
+
+    def __init__(self):
+        self._job: tuple[RunSpec, Path] | None = None
+
+    def submit(self, spec: RunSpec, run_dir: Path) -> None:
+        if self._job is not None:
+            raise RuntimeError("submit called with the inline executor busy")
+        self._job = (spec, run_dir)
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        if self._job is None:
+            return []
+        from study.sweeps.worker import execute_run
+
+        (spec, run_dir), self._job = self._job, None
+        result = execute_run(spec.settings, run_dir, None if spec.indices is None else list(spec.indices))
+        return [Outcome(spec.key, result["summary"], result["error"], device=result["device"], worker="inline")]
+
+    def shutdown(self) -> None:
+        self._job = None
 
 
 RAY_CONNECT_TIMEOUT_S = 10.0
@@ -203,7 +232,8 @@ class RayExecutor(Executor):
         )
 
     def submit(self, spec: RunSpec, run_dir: Path) -> None:
-        ref = self._task.remote(spec.settings, str(run_dir) if self._shared else None)
+        indices = None if spec.indices is None else list(spec.indices)
+        ref = self._task.remote(spec.settings, str(run_dir) if self._shared else None, indices)
         self._refs[ref] = (spec.key, run_dir)
 
     def wait(self, timeout: float) -> list[Outcome]:
@@ -229,3 +259,23 @@ class RayExecutor(Executor):
         for ref in list(self._refs):
             self._ray.cancel(ref, force=True)
         self._refs.clear()
+
+
+def make_executor(name: str, *, workers: int | None = None, threads: int | None = None, address: str | None = None,
+                  cpus_per_run: int = 1, shared_fs: bool = True) -> Executor:  # fmt: skip
+    """The executor ``name`` (one of :data:`EXECUTORS`): ``local`` defaults to one worker per GPU, else
+    cores / threads workers (:func:`default_local_workers`)."""
+    if name == "inline":
+        return InlineExecutor()
+    if name == "ray":
+        return RayExecutor(address, cpus_per_run, shared_fs)
+    if name != "local":
+        raise UserError(f"unknown executor {name!r}; choose from {', '.join(EXECUTORS)}")
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    default_workers, default_threads = default_local_workers(gpus, os.cpu_count() or 1)
+    return LocalExecutor(workers or default_workers, threads or default_threads, gpus)
+
+
+EXECUTORS = ("inline", "local", "ray")

@@ -64,6 +64,7 @@ class RunSpec:
 
     key: str
     settings: dict
+    indices: tuple[int, ...] | None = None  # train on exactly these training images (a retraining on a subset)
 
     def config(self) -> FinetuneConfig:
         return FinetuneConfig(**self.settings)

@@ -13,8 +13,9 @@ import traceback
 from pathlib import Path
 
 
-def execute_run(settings: dict, run_dir: str | Path) -> dict:
-    """Fine-tune one run of a sweep into ``run_dir`` (continuing it if it was interrupted).
+def execute_run(settings: dict, run_dir: str | Path, indices: list[int] | None = None) -> dict:
+    """Fine-tune one run of a sweep into ``run_dir`` (continuing it if it was interrupted); with ``indices``,
+    on exactly those training images (a retraining of the linear datamodeling score or of leave-one-out).
 
     Returns ``{"summary": dict | None, "error": str | None, "device": str}``: a finished run's
     summary, or the one-line reason it failed. A run that finished before returns its summary
@@ -31,7 +32,7 @@ def execute_run(settings: dict, run_dir: str | Path) -> dict:
         cfg = FinetuneConfig(**settings)
         dev = resolve_device(cfg.device)
         device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-        summary = finetune(cfg, run_dir, resume=True, progress=False)
+        summary = finetune(cfg, run_dir, resume=True, progress=False, indices=indices)
         return {"summary": summary, "error": None, "device": device}
     except UserError as exc:
         return {"summary": None, "error": str(exc), "device": device}
@@ -56,7 +57,7 @@ def _exit_with_parent(parent: int) -> None:
 def local_worker(threads: int) -> None:
     """A local pool worker: one JSON job per line on stdin, one JSON answer per line on the protocol pipe.
 
-    A job is ``{"key", "settings", "run_dir"}``; the answer ``{"key", "result"}``. The process's own
+    A job is ``{"key", "settings", "run_dir"[, "indices"]}``; the answer ``{"key", "result"}``. The process's own
     stdout is pointed at stderr so that nothing a library prints can corrupt the protocol.
     """
     import json
@@ -70,12 +71,12 @@ def local_worker(threads: int) -> None:
     torch.set_num_threads(threads)
     for line in sys.stdin:
         job = json.loads(line)
-        result = execute_run(job["settings"], job["run_dir"])
+        result = execute_run(job["settings"], job["run_dir"], job.get("indices"))
         proto.write(json.dumps({"key": job["key"], "result": result}) + "\n")
         proto.flush()
 
 
-def ray_run(settings: dict, run_dir: str | None) -> dict:
+def ray_run(settings: dict, run_dir: str | None, indices: list[int] | None = None) -> dict:
     """A Ray task: with ``run_dir`` (a shared file system) write there; without, return the run's files.
 
     In the second form the run is done in a temporary directory and its files (``config.json``,
@@ -83,11 +84,11 @@ def ray_run(settings: dict, run_dir: str | None) -> dict:
     coordinator to write; an interrupted run then starts again instead of resuming.
     """
     if run_dir is not None:
-        return execute_run(settings, run_dir)
+        return execute_run(settings, run_dir, indices)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = execute_run(settings, Path(tmp) / "run")
+        result = execute_run(settings, Path(tmp) / "run", indices)
         files = {}
         if result["summary"] is not None:
             files = {p.name: p.read_bytes() for p in (Path(tmp) / "run").iterdir() if not p.name.startswith(".")}

@@ -56,8 +56,13 @@ def test_validate_influence_reports_lds_for_named_influence_directories(finished
         ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), lds=3)
     with pytest.raises(UserError, match="--lds or --retrain"):
         ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), influence=str(influence_out))
+    with pytest.raises(UserError, match="--retrain-workers is for --executor local"):
+        ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), lds=5, executor="inline", retrain_workers=2)
+    with pytest.raises(UserError, match="--address is for --executor ray"):
+        ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), lds=5, address="localhost:6379")
+    # the retrainings run in two local worker processes (the default executor)
     cfg = ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), tests=2, removals=3, random=2, lds=5,
-                         influence=str(influence_out), test="30")  # fmt: skip
+                         influence=str(influence_out), test="30", retrain_workers=2, threads=1)  # fmt: skip
     report = validate_influence(cfg, progress=False)
     lds = report["lds"]
     assert lds["subsets"] == 5 and lds["subset_size"] == 40 and lds["n_train"] == 80

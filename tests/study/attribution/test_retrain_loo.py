@@ -25,7 +25,7 @@ def test_validate_retrain_scores_influence_against_retrained_fine_tunes(finished
     with pytest.raises(UserError, match="--lds or --retrain"):
         ValidateConfig(run=str(finished_run), out=str(tmp_path / "x"), influence=str(influence_out))
     cfg = ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), tests=2, removals=3, random=2, retrain=True,
-                         influence=str(influence_out))  # fmt: skip
+                         influence=str(influence_out), executor="inline")  # fmt: skip
     report = validate_influence(cfg, progress=False)
     (st,) = report["settings"]
     assert st["n_pairs"] == 10 and -1 <= st["pearson"] <= 1

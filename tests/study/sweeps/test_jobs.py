@@ -1,0 +1,90 @@
+"""Fine-tunes run to completion on an executor without a ledger (the retrainings of LDS and leave-one-out)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from study.sweeps.executors import Executor, InlineExecutor, Outcome, make_executor
+from study.sweeps.grid import RunSpec
+from study.sweeps.jobs import run_jobs
+from transfer.errors import UserError
+
+SETTINGS = {"source": "mnist5k-l2", "target": "digits", "blocks": "0", "subset": "12", "epochs": "1",
+            "augment": "none", "device": "cpu"}  # fmt: skip
+
+
+class Dying(Executor):
+    """Loses each run's worker ``deaths[key]`` times before answering; fails keys containing ``bad``."""
+
+    def __init__(self, deaths: dict[str, int]):
+        self.slots, self.description, self.deaths = 2, "dying", dict(deaths)
+        self.submitted: list[str] = []
+        self._pending: list[str] = []
+        self.closed = False
+
+    def submit(self, spec, run_dir):
+        self.submitted.append(spec.key)
+        self._pending.append(spec.key)
+
+    def wait(self, timeout):
+        out, self._pending = self._pending, []
+        answers = []
+        for k in out:
+            if self.deaths.get(k, 0) > 0:
+                self.deaths[k] -= 1
+                answers.append(Outcome(k, None, "worker died", lost=True))
+            elif "bad" in k:
+                answers.append(Outcome(k, None, "UserError: no such thing"))
+            else:
+                answers.append(Outcome(k, {"key": k}, None))
+        return answers
+
+    def shutdown(self):
+        self.closed = True
+
+
+def _jobs(keys, root=Path("/nowhere")):
+    return [(RunSpec(k, {}), root / k) for k in keys]
+
+
+def test_lost_workers_are_retried_and_summaries_come_back_in_the_jobs_order():
+    ex = Dying({"b": 2})
+    out = run_jobs(_jobs(["a", "b", "c"]), ex, progress=False)
+    assert list(out) == ["a", "b", "c"] and out["b"] == {"key": "b"}
+    assert ex.submitted.count("b") == 3 and ex.closed
+
+
+def test_a_failed_run_or_too_many_deaths_stops_with_the_first_error():
+    with pytest.raises(UserError, match=r"1 of 3 retrainings failed; first: bad .*no such thing.*finished runs are kept"):
+        run_jobs(_jobs(["a", "bad", "c"]), Dying({}), progress=False, desc="retrainings")
+    ex = Dying({"a": 5})
+    with pytest.raises(UserError, match="first: a .*worker died"):
+        run_jobs(_jobs(["a"]), ex, progress=False, max_attempts=3)
+    assert ex.submitted == ["a"] * 3 and ex.closed
+    with pytest.raises(ValueError, match="unique"):
+        run_jobs(_jobs(["a", "a"]), Dying({}), progress=False)
+
+
+@pytest.mark.parametrize("name", ["inline", "local"])
+def test_executors_train_on_the_given_indices_and_keep_finished_runs(tmp_path, name):
+    idx = tuple(range(0, 120, 10))
+    jobs = [(RunSpec("m0", SETTINGS, idx), tmp_path / "m0"), (RunSpec("m1", SETTINGS, idx[::-1][:11] + (5,)),
+                                                               tmp_path / "m1")]  # fmt: skip
+    ex = make_executor(name, workers=2, threads=1) if name == "local" else make_executor(name)
+    summaries = run_jobs(jobs, ex, progress=False)
+    assert [s["n_train"] for s in summaries.values()] == [12, 12]
+    assert json.loads((tmp_path / "m0" / "subset.json").read_text())["indices"] == list(idx)
+    assert json.loads((tmp_path / "m1" / "subset.json").read_text())["indices"] == list(jobs[1][0].indices)
+    before = (tmp_path / "m0" / "summary.json").stat().st_mtime_ns
+    assert run_jobs(jobs, InlineExecutor(), progress=False) == summaries  # finished: returned, not redone
+    assert (tmp_path / "m0" / "summary.json").stat().st_mtime_ns == before
+    other = [(RunSpec("m0", SETTINGS, tuple(np.add(idx, 1).tolist())), tmp_path / "m0")]
+    with pytest.raises(UserError, match="settings differ"):
+        run_jobs(other, InlineExecutor(), progress=False)
+
+
+def test_an_unknown_executor_is_refused():
+    with pytest.raises(UserError, match="unknown executor 'dask'; choose from inline, local, ray"):
+        make_executor("dask")
