@@ -53,12 +53,13 @@ def run(args) -> None:
 
     t = time.perf_counter()
     inv = build_inverse(args.method, Curvature(size, device=device, model=model, data=train, params=names),
-                        damping=args.damping, progress=False)  # fmt: skip
+                        damping=args.damping, progress=False, fisher=args.fisher)  # fmt: skip
     _ = inv.apply(torch.zeros(size, 1, dtype=torch.float64, device=device))  # the factors are computed on first use
     t_curv = time.perf_counter() - t
     info = inv.info()
-    print(f"{args.method} curvature and inverse: {t_curv:.1f} s; Kronecker-factored {info.get('kronecker_params', '-')}"
-          f", exact-GGN fallback {info.get('fallback_params', '-')} parameters; peak {peak_gib():.2f} GiB")  # fmt: skip
+    print(f"{args.method} curvature and inverse ({info.get('curvature', '')}): {t_curv:.1f} s; Kronecker-factored "
+          f"{info.get('kronecker_params', '-')}, exact-GGN fallback {info.get('fallback_params', '-')} parameters "
+          f"({info.get('fallback', '-')}); peak {peak_gib():.2f} GiB")  # fmt: skip
 
     budget = args.budget_gib * 2**30 if args.budget_gib else device_free_bytes(device) // 4
     batches = lambda loader: lambda: per_example_grad_batches(model, loader, names, device=device)  # noqa: E731
@@ -85,6 +86,7 @@ def run(args) -> None:
 def add_arguments(ap) -> None:
     ap.add_argument("--params", default=None, help="fine-tuned blocks, e.g. layer4 (switches to this benchmark)")
     ap.add_argument("--method", default="ekfac", help="a model-curvature inverse: ekfac, kfac, arnoldi")
+    ap.add_argument("--fisher", default="type-2", help="kfac/ekfac: type-2, mc or empirical (as influence --fisher)")
     ap.add_argument("--resolution", type=int, default=32)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--damping", type=float, default=1e-3)

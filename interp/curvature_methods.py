@@ -17,7 +17,7 @@ from interp.errors import InterpError
 from interp.ggn import ggn_blocks, ggn_products, layer_blocks
 from interp.influence import hessian_vector_product
 from interp.inverse import INVERSES, Curvature, InverseMethod, spectral_inverse
-from interp.kronecker import kronecker_inverse
+from interp.kronecker import FISHER_DEFAULT, kronecker_inverse
 from interp.params import flat_positions
 
 ARNOLDI_RANK = 200  # the default r: on the tests' 2,954-parameter selection it reaches top-10 overlap ~0.76
@@ -48,10 +48,11 @@ def _blockdiag(curvature: Curvature, *, rcond=None, damping: float = 0.0, progre
 
 
 def _kronecker(kind: str):
-    def build(curvature: Curvature, *, rcond=None, damping: float = 0.0, progress: bool = False, **_):
+    def build(curvature: Curvature, *, rcond=None, damping: float = 0.0, progress: bool = False,
+              fisher: str = FISHER_DEFAULT, mc_samples: int = 1, **_):  # fmt: skip
         model, data, names = _model_parts(curvature, kind)
-        return kronecker_inverse(model, data, names, kind=kind, damping=damping, device=curvature.device,
-                                 progress=progress)  # fmt: skip
+        return kronecker_inverse(model, data, names, kind=kind, damping=damping, fisher_type=fisher,
+                                 mc_samples=mc_samples, device=curvature.device, progress=progress)  # fmt: skip
 
     return build
 

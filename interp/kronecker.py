@@ -8,13 +8,21 @@ what kronfluence uses). The factors, their eigendecompositions and the damped in
     (K + damping I)^-1 = (Q_A (x) Q_B) diag(1 / (lambda + damping)) (Q_A (x) Q_B)^T
 
 come from curvlinops' ``KFACLinearOperator`` / ``EKFACLinearOperator`` and ``KFACInverseLinearOperator``
-with ``use_exact_damping`` (damping added to the Kronecker product itself, not to each factor), with the
-type-2 Fisher (the exact GGN's factors, one backward pass per class) and the ``expand`` approximation for
-convolutions. No Kronecker factor is written here.
+with ``use_exact_damping`` (damping added to the Kronecker product itself, not to each factor) and the
+``expand`` approximation for convolutions. The output-gradient factors come from ``fisher_type``:
+``type-2`` (default: the exact GGN's factors, one backward pass per class), ``mc`` (one backward pass
+per sampled label, ``mc_samples`` of them, curvlinops' fixed seed: an unbiased estimate of the same GGN,
+``C / mc_samples`` times cheaper, for large models and many classes) or ``empirical`` (the gradients at
+the true labels: the empirical Fisher, which is not the GGN and is offered for comparison only). No
+Kronecker factor is written here.
 
 Parameters no Kronecker factorisation covers (BatchNorm scales and shifts, grouped convolutions) are
-handled by a stated fallback: the exact GGN block of those parameters together (dense, damped the same;
-cross terms with the covered ones dropped), and their names and count are reported by ``info()``.
+handled by a stated fallback: the exact GGN block of those parameters together (damped the same; cross
+terms with the covered ones dropped), and their names and count are reported by ``info()``. The block is
+inverted densely (eigh) up to :data:`DENSE_FALLBACK_MAX` parameters; above, from its factor ``F`` (``n C``
+rows) by the Woodbury form where ``n C`` is the smaller (:mod:`interp.lowrank`; ResNet-50's ``layer4``
+has 22,528 BatchNorm parameters, a 4 GB block whose eigh takes most of an hour on 2 cores), else densely.
+Both are exact.
 """
 
 from __future__ import annotations
@@ -27,12 +35,15 @@ from torch import nn
 
 from interp.device import ieee_float32
 from interp.errors import InterpError
-from interp.ggn import DeviceData, curvlinops_model, ggn
-from interp.inverse import InverseOperator, SpectralInverse, spectral_inverse
+from interp.ggn import DeviceData, curvlinops_model, ggn, ggn_factor
+from interp.inverse import InverseOperator, spectral_inverse
+from interp.lowrank import lowrank_inverse
 from interp.params import flat_positions
 
 KINDS = ("kfac", "ekfac")
-FISHER_TYPE = "type-2"  # curvlinops' exact-GGN Kronecker factors (not a Monte-Carlo or empirical Fisher)
+DENSE_FALLBACK_MAX = 8192  # uncovered parameters up to which their block is inverted densely (a 512 MiB block)
+FISHER_TYPES = ("type-2", "mc", "empirical")  # curvlinops' names; see the module's docstring
+FISHER_DEFAULT = "type-2"  # the exact GGN's Kronecker factors (not a Monte-Carlo or empirical Fisher)
 
 
 def kronecker_coverage(model: nn.Module, names: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -57,10 +68,12 @@ class KroneckerInverse(InverseOperator):
     covered: torch.Tensor  # positions of the covered parameters in the flat layout
     uncovered: torch.Tensor
     uncovered_names: list[str]
-    fallback: SpectralInverse | None
+    fallback: InverseOperator | None  # a SpectralInverse or, for a large block, a LowRankInverse
     size: int
     damping: float
     on: torch.device
+    fisher_type: str = FISHER_DEFAULT
+    mc_samples: int = 1
     method: str = field(init=False)
 
     def __post_init__(self):
@@ -85,8 +98,16 @@ class KroneckerInverse(InverseOperator):
         cols, vec = self._columns(b)
         out = torch.zeros_like(cols)
         if self._inverse is not None:
-            with ieee_float32():
-                out[self.covered] = (self._inverse @ cols[self.covered].contiguous()).to(out.dtype)
+            try:
+                with ieee_float32():
+                    out[self.covered] = (self._inverse @ cols[self.covered].contiguous()).to(out.dtype)
+            except torch.linalg.LinAlgError as exc:  # curvlinops decomposes the factors on first use
+                raise InterpError(
+                    f"{self.kind}: the eigendecomposition of a Kronecker factor failed ({str(exc).split(':')[0]}: "
+                    f"{str(exc).split(':', 2)[-1].strip()[:120]}); a factor of far lower rank than its size (few "
+                    "images, small feature maps) or with non-finite entries can cause it: use more training images "
+                    "or a larger input, or --method blockdiag / arnoldi"
+                ) from exc
         if self.fallback is not None:
             out[self.uncovered] = self.fallback.apply(cols[self.uncovered])
         return out.flatten() if vec else out
@@ -96,7 +117,10 @@ class KroneckerInverse(InverseOperator):
         d = self.damping if damping is None else damping
         fallback = self.fallback.with_settings(damping=d) if self.fallback is not None else None
         return KroneckerInverse(self.kind, self.factors, self.covered, self.uncovered, self.uncovered_names,
-                                fallback, self.size, d, self.on)  # fmt: skip
+                                fallback, self.size, d, self.on, self.fisher_type, self.mc_samples)  # fmt: skip
+
+    def _fisher(self) -> str:
+        return f"mc, {self.mc_samples} sample(s)" if self.fisher_type == "mc" else self.fisher_type
 
     def info(self) -> dict:
         return {
@@ -104,13 +128,15 @@ class KroneckerInverse(InverseOperator):
             "size": self.size,
             "damping": self.damping,
             "damping_rule": "exact: (K + damping I)^-1 in K's eigenbasis (curvlinops use_exact_damping)",
-            "curvature": f"GGN, {self.kind.upper()} (curvlinops, fisher_type={FISHER_TYPE}, kfac_approx=expand)",
+            "curvature": f"GGN, {self.kind.upper()} (curvlinops, fisher_type={self._fisher()}, kfac_approx=expand)",
+            "fisher_type": self.fisher_type,
             "rank_kept": self.size,
             "n_dropped": 0,
             "kronecker_params": int(len(self.covered)),
             "fallback_params": int(len(self.uncovered)),
             "fallback_names": self.uncovered_names,
-            "fallback": "exact GGN block of these parameters, damped the same (cross terms dropped)"
+            "fallback": f"exact GGN block of these parameters, damped the same (cross terms dropped), inverted by "
+            f"{'eigh' if self.fallback.method != 'lowrank' else 'Woodbury on its factor'}"
             if self.uncovered_names
             else "none needed",
         }
@@ -123,12 +149,20 @@ def kronecker_inverse(
     *,
     kind: str = "ekfac",
     damping: float,
+    fisher_type: str = FISHER_DEFAULT,
+    mc_samples: int = 1,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> KroneckerInverse:
-    """Build the K-FAC / EK-FAC inverse of the GGN of the mean cross-entropy over ``loader`` for ``names``."""
+    """Build the K-FAC / EK-FAC inverse of the GGN of the mean cross-entropy over ``loader`` for ``names``
+    (``fisher_type``: see the module's docstring)."""
     from curvlinops import EKFACLinearOperator, KFACLinearOperator
+
+    if fisher_type not in FISHER_TYPES:
+        raise InterpError(f"fisher_type must be one of {', '.join(FISHER_TYPES)}, got {fisher_type!r}")
+    if not (isinstance(mc_samples, int) and mc_samples >= 1):
+        raise InterpError(f"mc_samples must be an integer >= 1, got {mc_samples!r}")
 
     names = list(names)
     dev = torch.device(device)
@@ -142,9 +176,23 @@ def kronecker_inverse(
         cls = EKFACLinearOperator if kind == "ekfac" else KFACLinearOperator
         with ieee_float32():
             factors = cls(copy, nn.CrossEntropyLoss(), chosen, DeviceData(loader, dev, dtype), progressbar=progress,
-                          check_deterministic=False, fisher_type=FISHER_TYPE)  # fmt: skip
+                          check_deterministic=False, fisher_type=fisher_type, mc_samples=mc_samples)  # fmt: skip
     fallback = None
     if uncovered:
-        block = ggn(model, loader, uncovered, dtype=dtype, device=dev, progress=progress)
-        fallback = spectral_inverse(block, rcond="exact", damping=damping, method="eigh")
-    return KroneckerInverse(kind, factors, index(covered), index(uncovered), uncovered, fallback, start, damping, dev)
+        fallback = _fallback(model, loader, uncovered, damping, dtype, dev, progress)
+    return KroneckerInverse(kind, factors, index(covered), index(uncovered), uncovered, fallback, start, damping, dev,
+                            fisher_type, mc_samples)  # fmt: skip
+
+
+def _fallback(model, loader, names, damping, dtype, dev, progress) -> InverseOperator:
+    """The exact damped GGN block of ``names``: dense eigh when small, else from its factor when that is thinner."""
+    total = sum(p.numel() for n, p in model.named_parameters() if n in set(names))
+    if total > DENSE_FALLBACK_MAX:
+        f = ggn_factor(model, loader, names, dtype=dtype, device=dev, progress=progress)
+        if f.shape[0] < f.shape[1]:
+            return lowrank_inverse(f, damping)
+        block = f.T @ f
+        del f
+    else:
+        block = ggn(model, loader, names, dtype=dtype, device=dev, progress=progress)
+    return spectral_inverse(block, rcond="exact", damping=damping, method="eigh")

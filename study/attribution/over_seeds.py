@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from interp.curvature_methods import ARNOLDI_RANK
 from interp.inverse import INVERSES
+from interp.kronecker import FISHER_DEFAULT
 from study.attribution import InfluenceConfig, run_influence
 from study.attribution.class_match import class_match_report
 from study.attribution.settings import DAMPING_DEFAULT, RCOND_STUDY, RUN_DATA_ROOT
@@ -39,7 +40,7 @@ from transfer.runtime import Runtime, runtime_help
 STATISTICS = {"top1": "top-1", "at_least_3_of_5": ">= 3 of top 5"}
 # the influence settings a study fixes for every run; the rest are InfluenceConfig's defaults
 STUDY_FILES = ("study.json", "study.csv", "study.png")
-SHARED = ("params", "method", "arnoldi_rank", "test", "rcond", "damping", "normalize", "refit_head", "features_dtype")
+SHARED = ("params", "method", "arnoldi_rank", "fisher", "test", "rcond", "damping", "normalize", "refit_head", "features_dtype")
 
 
 @dataclass(kw_only=True)
@@ -50,7 +51,7 @@ class InfluenceStudyConfig(Runtime):
     size: str = field(metadata={"help": "subset size of the cell to study (a size of the grid, or all)"})
     blocks: str = field(default="1", metadata={"help": "blocks setting of the cell"})
     target: str | None = field(default=None, metadata={"help": "target of the cell (default: the grid's only one)"})
-    out: str | None = field(default=None, metadata={"help": "default: SWEEP/influence/<target>/b<blocks>/n<size>[-<params>][-<method>] (the suffixes for other than the head and auto)"})
+    out: str | None = field(default=None, metadata={"help": "default: SWEEP/influence/<target>/b<blocks>/n<size>[-<params>][-<method>][-<fisher>] (the suffixes for other than the defaults)"})
     natural: str | None = field(default=None, metadata={"help": "the natural source (default: the zoo's)"})
     test: str = field(default="200", metadata={"help": "test images per run: all or N (the same ones for every run)"})
     rcond: str = field(default=RCOND_STUDY, metadata={"help": "cut-offs, as influence --rcond"})
@@ -61,6 +62,7 @@ class InfluenceStudyConfig(Runtime):
     params: str = field(default="fc", metadata={"help": "as influence --params (head, trainable or module paths)"})
     method: str = field(default="auto", metadata={"help": "as influence --method (eigh, ggn, ekfac, arnoldi, ...)"})
     arnoldi_rank: int = field(default=ARNOLDI_RANK, metadata={"help": "as influence --arnoldi-rank"})
+    fisher: str = field(default=FISHER_DEFAULT, metadata={"help": "as influence --fisher (kfac, ekfac)"})
     k: int | None = field(
         default=None, metadata={"help": "ranks of the class-match curves (default 100, or all training images if fewer)"}
     )
@@ -118,7 +120,8 @@ def _up_to_date(path: Path, cfg: InfluenceConfig) -> bool:
 def _variant(cfg: InfluenceStudyConfig) -> str:
     """The default directory's suffix for a method or selection other than the default (head, auto), so
     studies of several methods on one cell sit side by side."""
-    parts = [p for p, default in ((cfg.params, "fc"), (cfg.method, "auto")) if p != default and p != "head"]
+    parts = [p for p, default in ((cfg.params, "fc"), (cfg.method, "auto"), (cfg.fisher, FISHER_DEFAULT))
+             if p != default and p != "head"]  # fmt: skip
     return "".join("-" + p.replace(",", "+").replace(".", "_") for p in parts)
 
 

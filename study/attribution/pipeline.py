@@ -117,7 +117,7 @@ def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, de
     method = cfg.inverse_method()
     if method.needs == "model":
         curvature = Curvature(size, device=device, model=model, data=train_loader, params=names)
-        operators = operators_per_setting(curvature, cfg, progress=progress, rank=cfg.arnoldi_rank)
+        operators = operators_per_setting(curvature, cfg, progress=progress, rank=cfg.arnoldi_rank, fisher=cfg.fisher)
         path = f"{cfg.method} ({method.help})"
     elif method.needs == "hvp":
         matvec, size = interp.hessian_vector_product(model, train_loader, names, device=device)

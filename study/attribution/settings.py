@@ -15,6 +15,7 @@ import interp.head
 from interp.curvature_methods import ARNOLDI_RANK
 from interp.influence import NORMALIZE
 from interp.inverse import INVERSES
+from interp.kronecker import FISHER_DEFAULT, FISHER_TYPES
 from transfer import validation as v
 from transfer.errors import UserError
 from transfer.runtime import Runtime, runtime_help
@@ -97,6 +98,12 @@ class InfluenceConfig(Runtime):
     arnoldi_rank: int = field(
         default=ARNOLDI_RANK, metadata={"help": "arnoldi: eigenpairs of the GGN kept (the subspace's dimension)"}
     )
+    fisher: str = field(
+        default=FISHER_DEFAULT,
+        metadata={"help": "kfac, ekfac: the Fisher of the Kronecker factors: type-2 (the exact GGN's, one backward pass "
+                  "per class), mc (one sampled label per image: an unbiased estimate, classes-times cheaper, for "
+                  "large selections) or empirical (the true labels' gradients: not the GGN, for comparison)"},
+    )  # fmt: skip
     cg_tol: float = field(default=1e-10, metadata={"help": "cg: relative residual at which a solve stops"})
     cg_max_iter: int = field(
         default=1000, metadata={"help": "cg: iteration limit; a solve that reaches it unconverged is reported"}
@@ -170,6 +177,9 @@ class InfluenceConfig(Runtime):
             raise UserError(f"--method {self.method} needs --damping > 0 (its curvature has zero eigenvalues); "
                             "give e.g. wd (the run's weight decay) or 1e-3")  # fmt: skip
         v.integer("arnoldi_rank", self.arnoldi_rank, low=1)
+        v.choice("fisher", self.fisher, FISHER_TYPES)
+        if self.fisher != FISHER_DEFAULT and self.method not in ("kfac", "ekfac"):
+            raise UserError(f"--fisher applies to --method kfac and ekfac, not {self.method}")
         v.choice("gradients", self.gradients, GRADIENTS)
         if self.gradients == "stream" and self.normalize != "none":
             raise UserError(f"--normalize {self.normalize} needs every gradient at once; --gradients stream offers none")

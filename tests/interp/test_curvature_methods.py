@@ -89,7 +89,32 @@ def test_kronecker_is_exact_where_the_ggn_is_a_kronecker_product(kind):
     assert torch.allclose(inv.apply(v), _exact_inverse(g, 1e-2) @ v, rtol=1e-8, atol=1e-8)
 
 
-def test_kronecker_names_what_it_cannot_factorise_and_inverts_it_exactly(digits):
+def test_kronecker_fisher_types_are_the_ggn_its_monte_carlo_estimate_and_the_empirical_fisher():
+    """One example through a linear layer: type-2 gives a a^T (x) (diag p - p p^T) (the GGN); the empirical
+    Fisher a a^T (x) g g^T with g = p - e_y, the true label's output gradient; MC an estimate of the GGN."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(6, 4, bias=False)).double()
+    x, y = torch.randn(1, 6, dtype=torch.float64), torch.tensor([2])
+    data = [(x, y)]
+    v = torch.randn(24, 3, dtype=torch.float64)
+    p = torch.softmax(net(x), 1)[0].detach()
+    g = p - torch.nn.functional.one_hot(y, 4)[0].double()
+    empirical = torch.kron(g.outer(g), x[0].outer(x[0]))  # the weight flattened row-major: output-major
+    assert torch.allclose(ggn(net, data, ["0.weight"]), torch.kron(p.diag() - p.outer(p), x[0].outer(x[0])))
+    emp = kronecker_inverse(net, data, ["0.weight"], kind="kfac", damping=1e-2, fisher_type="empirical")
+    assert torch.allclose(emp.apply(v), _exact_inverse(empirical, 1e-2) @ v, rtol=1e-6, atol=1e-8)
+    exact = _exact_inverse(ggn(net, data, ["0.weight"]), 1e-1) @ v
+    mc = kronecker_inverse(net, data, ["0.weight"], kind="kfac", damping=1e-1, fisher_type="mc", mc_samples=4000)
+    assert mc.info()["fisher_type"] == "mc" and "4000 sample(s)" in mc.info()["curvature"]
+    assert float((mc.apply(v) - exact).norm() / exact.norm()) < 0.1  # an estimate: about 1/sqrt(samples)
+    assert not torch.allclose(emp.apply(v), exact, rtol=1e-2)  # the empirical Fisher is not the GGN
+    with pytest.raises(InterpError, match="fisher_type must be one of type-2, mc, empirical"):
+        kronecker_inverse(net, data, ["0.weight"], kind="kfac", damping=1e-2, fisher_type="exact")
+    with pytest.raises(InterpError, match="mc_samples"):
+        kronecker_inverse(net, data, ["0.weight"], kind="kfac", damping=1e-2, fisher_type="mc", mc_samples=0)
+
+
+def test_kronecker_names_what_it_cannot_factorise_and_inverts_it_exactly(digits, monkeypatch):
     train, test = digits
     net = _net()
     covered, uncovered = kronecker_coverage(net, ["0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "4.bias"])
@@ -113,6 +138,16 @@ def test_kronecker_names_what_it_cannot_factorise_and_inverts_it_exactly(digits)
     # another damping re-uses the factors
     other = inv.with_settings(damping=1e-1)
     assert other.factors is inv.factors and other.info()["damping"] == 1e-1
+    # a fallback block over DENSE_FALLBACK_MAX parameters is inverted from its factor: the same inverse
+    import interp.kronecker
+
+    monkeypatch.setattr(interp.kronecker, "DENSE_FALLBACK_MAX", 4)
+    tall = interp.kronecker._fallback(net, train, ["1.weight", "1.bias"], 1e-3, torch.float64, "cpu", False)
+    assert tall.method == "eigh"  # 600 factor rows for 8 parameters: the dense block is the smaller
+    thin = interp.kronecker._fallback(net, train, ["4.weight"], 1e-3, torch.float64, "cpu", False)
+    assert thin.method == "lowrank"  # 600 rows for 2,560 parameters
+    w = torch.randn(2560, 2, dtype=torch.float64)
+    assert torch.allclose(thin.apply(w), _exact_inverse(ggn(net, train, ["4.weight"]), 1e-3) @ w, rtol=1e-7, atol=1e-8)
 
 
 def test_ekfac_approximates_the_ggn_influence(digits):
