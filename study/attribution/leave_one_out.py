@@ -26,7 +26,8 @@ from study.attribution import InfluenceConfig, load_run, run_influence, run_weig
 from study.attribution.lds import MIN_SUBSETS, lds_figure, lds_report
 from study.attribution.retrain_loo import retrained_loo
 from study.attribution.settings import RCOND_VALIDATE, RUN_DATA_ROOT
-from study.sweeps.executors import EXECUTORS, Executor, make_executor
+from study.sweeps.engines import EXECUTORS, make_executor
+from study.sweeps.executors import Executor
 from transfer import validation as v
 from transfer.device import resolve_device
 from transfer.errors import UserError

@@ -300,6 +300,16 @@ def markdown_summary(report: dict) -> str:
     for i, setting in enumerate(settings):
         cells = " | ".join(f"Pearson {v['settings'][i]['pearson']:.3f}" for v in validation.values())
         lines.append(f"| {setting} | {cells} |")
+    if report.get("methods"):
+        from study.demo.methods import method_rows
+
+        met = report["methods"]
+        lines += ["", f"| influence | setting | LDS [95% CI], {met['lds_source']}, {met['lds']['subsets']} retrainings | "
+                      "top-1 class match, robust minus natural [95% CI] |", "|---|---|---|---|"]  # fmt: skip
+        for r in method_rows(study, met["study"], met["lds"]):
+            lds = f"{r['LDS']:+.3f} [{r['LDS low']:+.3f}, {r['LDS high']:+.3f}]" if r["LDS"] is not None else "-"
+            match = f"{r['robust minus natural, top-1']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]"
+            lines.append(f"| {r['influence']} | {r['setting']} | {lds} | {match} |")
     return "\n".join(lines) + "\n"
 
 

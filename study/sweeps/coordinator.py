@@ -1,4 +1,4 @@
-"""A sweep: every run of a grid, recorded in a ledger, executed locally or on Ray, resumable at any moment.
+"""A sweep: every run of a grid, recorded in a ledger, executed locally, on Ray or on Slurm, resumable at any moment.
 
 A sweep directory holds ``grid.toml`` (the grid it was made from), ``ledger.sqlite`` (one row per
 run: state, error, host, device, times, accuracies) and ``runs/<target>/<source>/b<blocks>/n<size>/s<seed>/``
@@ -9,20 +9,21 @@ never redone, interrupted ones continue from their ``state.pt``, and a run is co
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from study.sweeps.engines import make_executor as executor_named
 from study.sweeps.executors import Executor, check_ray_address
-from study.sweeps.executors import make_executor as executor_named
 from study.sweeps.grid import Grid, check_runnable, read_grid
 from study.sweeps.ledger import Ledger
+from study.sweeps.slurm_settings import SlurmSettings
 from transfer import validation as v
 from transfer.errors import UserError
 from transfer.files import OutputDir, atomic_write_text, name_patterns
 
-EXECUTORS = ("local", "ray")  # a sweep's: many runs, so never inline
+EXECUTORS = ("local", "ray", "slurm")  # a sweep's: many runs, so never inline
 
 
 @dataclass
@@ -31,7 +32,9 @@ class SweepConfig:
 
     grid: str = field(metadata={"help": "grid file (TOML): sources, targets, blocks, [seeds], [finetune]"})
     out: str = field(metadata={"help": "sweep directory (ledger and run directories); the same command resumes it"})
-    executor: str = field(default="local", metadata={"help": "local (worker processes here) or ray"})
+    executor: str = field(
+        default="local", metadata={"help": "local (worker processes here), ray (a Ray cluster) or slurm (job arrays)"}
+    )
     workers: int | None = field(
         default=None, metadata={"help": "local: worker processes (default: one per GPU, else cores / threads)"}
     )
@@ -43,6 +46,19 @@ class SweepConfig:
         metadata={"help": "ray: tasks write run directories under --out (a path every node sees); "
                   "--no-ray-shared-fs returns results as payloads the coordinator writes"},
     )  # fmt: skip
+    slurm_partition: str | None = field(default=None, metadata={"help": "slurm: partition (default: the cluster's)"})
+    slurm_gpus: int = field(default=1, metadata={"help": "slurm: GPUs per run"})
+    slurm_cpus: int = field(default=8, metadata={"help": "slurm: CPUs per run (data loading, torch threads)"})
+    slurm_mem_gb: float | None = field(default=None, metadata={"help": "slurm: memory per run, GB (default: the cluster's)"})
+    slurm_time: int = field(
+        default=240, metadata={"help": "slurm: time limit per run, minutes (a run cut off resumes from its last save)"}
+    )
+    slurm_array: int = field(default=64, metadata={"help": "slurm: runs in flight at once (the job arrays' parallelism)"})
+    slurm_cluster: str = field(
+        default="slurm",
+        metadata={"help": "slurm: slurm (sbatch), or local (submitit runs the same job arrays as processes here: a "
+                  "dry run of a cluster set-up)"},
+    )  # fmt: skip
     retry_failed: bool = field(default=False, metadata={"help": "run failed runs again"})
     max_attempts: int = field(default=3, metadata={"help": "attempts per run when its worker dies"})
 
@@ -53,11 +69,20 @@ class SweepConfig:
                 v.integer(name, getattr(self, name), low=1)
         v.integer("ray_cpus_per_run", self.ray_cpus_per_run, low=1)
         v.integer("max_attempts", self.max_attempts, low=1)
+        given = [f.name for f in fields(self) if f.name.startswith("slurm_") and getattr(self, f.name) != f.default]
+        if given and self.executor != "slurm":
+            raise UserError(f"{v.flag(given[0])} is for --executor slurm")
+        self.slurm_settings()  # checked now, before anything runs
+
+    def slurm_settings(self) -> SlurmSettings:
+        """The job arrays' settings; submitit's files and the tasks' logs go to ``OUT/slurm``."""
+        return SlurmSettings(str(Path(self.out) / "slurm"), self.slurm_partition, self.slurm_gpus, self.slurm_cpus,
+                             self.slurm_mem_gb, self.slurm_time, self.slurm_array, self.slurm_cluster)  # fmt: skip
 
 
 # what a sweep directory holds: its own files and the default outputs of the commands that read it
 SWEEP_FILES = ("grid.toml", "ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "runs", "summary", "figures",
-               "influence")  # fmt: skip
+               "influence", "slurm")  # fmt: skip
 
 
 class SweepDir:
@@ -95,7 +120,8 @@ def _has_our_ledger(root: Path) -> bool:
 
 def make_executor(cfg: SweepConfig) -> Executor:
     return executor_named(cfg.executor, workers=cfg.workers, threads=cfg.threads, address=cfg.address,
-                          cpus_per_run=cfg.ray_cpus_per_run, shared_fs=cfg.ray_shared_fs)  # fmt: skip
+                          cpus_per_run=cfg.ray_cpus_per_run, shared_fs=cfg.ray_shared_fs,
+                          slurm=cfg.slurm_settings())  # fmt: skip
 
 
 def run_sweep(cfg: SweepConfig, progress: bool = True, executor: Executor | None = None) -> dict[str, int]:

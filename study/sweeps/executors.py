@@ -1,8 +1,8 @@
 """Executors: where a sweep's runs execute. One small interface, one class per engine.
 
 An executor takes a run (``submit``) and reports finished ones (``wait``); the coordinator owns
-the ledger and decides what to submit. Another engine (Dask, Slurm job arrays) is one more class
-with these three methods.
+the ledger and decides what to submit. Another engine (Dask, say) is one more class with these
+three methods and one entry in :func:`study.sweeps.engines.make_executor`.
 """
 
 from __future__ import annotations
@@ -260,22 +260,3 @@ class RayExecutor(Executor):
             self._ray.cancel(ref, force=True)
         self._refs.clear()
 
-
-def make_executor(name: str, *, workers: int | None = None, threads: int | None = None, address: str | None = None,
-                  cpus_per_run: int = 1, shared_fs: bool = True) -> Executor:  # fmt: skip
-    """The executor ``name`` (one of :data:`EXECUTORS`): ``local`` defaults to one worker per GPU, else
-    cores / threads workers (:func:`default_local_workers`)."""
-    if name == "inline":
-        return InlineExecutor()
-    if name == "ray":
-        return RayExecutor(address, cpus_per_run, shared_fs)
-    if name != "local":
-        raise UserError(f"unknown executor {name!r}; choose from {', '.join(EXECUTORS)}")
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    default_workers, default_threads = default_local_workers(gpus, os.cpu_count() or 1)
-    return LocalExecutor(workers or default_workers, threads or default_threads, gpus)
-
-
-EXECUTORS = ("inline", "local", "ray")

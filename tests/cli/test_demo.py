@@ -47,6 +47,8 @@ def test_the_demo_writes_the_report_from_the_commands_own_files(demo):
     lds = json.loads((demo / "methods" / "lds" / "validate.json").read_text())["lds"]
     assert methods["lds"]["scores"] == lds["scores"] and {r["method"] for r in lds["scores"]} >= {"ekfac"}
     assert sum("Which attribution to believe" in line for line in results["readings"]) == len(lds["scores"])
+    summary = (demo / "summary.md").read_text()  # the Markdown summary has the methods table too
+    assert summary.count("| EK-FAC, trainable |") == len(ekfac["settings"]) and "LDS [95% CI]" in summary
     page = (demo / "report.html").read_text()
     # self-contained: every figure the stages list is embedded, nothing is fetched
     figures = [p for stage in ("tables", "influence", "methods", "features") for p in results[stage]["figures"]]

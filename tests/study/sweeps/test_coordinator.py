@@ -129,3 +129,58 @@ def test_the_ray_executor_fills_the_same_ledger(uninterrupted, tmp_path):
     assert counts == {"pending": 0, "running": 0, "done": 6, "failed": 0}
     expected = {k.split("/", 1)[1]: v[:3] for k, v in _results(uninterrupted / "a").items()}
     assert {k.split("/", 1)[1]: v[:3] for k, v in _results(tmp_path / "r").items()} == expected
+
+
+def test_the_slurm_executor_runs_job_arrays_into_the_same_ledger(uninterrupted, tmp_path):
+    """submitit's local cluster runs the same job arrays as processes here: same ledger, same results."""
+    pytest.importorskip("submitit")
+    out = tmp_path / "sl"
+    cfg = SweepConfig(str(uninterrupted / "grid.toml"), str(out), executor="slurm", slurm_cluster="local", slurm_gpus=0,
+                      slurm_cpus=1, slurm_array=2, slurm_time=10)  # fmt: skip
+    assert run_sweep(cfg, progress=False) == {"pending": 0, "running": 0, "done": 6, "failed": 0}
+    expected = {k.split("/", 1)[1]: v[:3] for k, v in _results(uninterrupted / "a").items()}
+    assert {k.split("/", 1)[1]: v[:3] for k, v in _results(out).items()} == expected
+    workers = {w for (w,) in sqlite3.connect(out / "ledger.sqlite").execute("SELECT worker FROM runs")}
+    assert len(workers) == 6 and all(w.startswith("slurm-") for w in workers)  # one array task per run
+    assert any((out / "slurm").iterdir())  # submitit's job files and logs, inside the sweep directory
+
+
+def test_slurm_settings_are_checked_and_belong_to_the_slurm_executor(tmp_path):
+    from study.sweeps.slurm import SlurmExecutor
+    from study.sweeps.slurm_settings import SlurmSettings
+    from transfer.errors import UserError
+
+    with pytest.raises(UserError, match="--slurm-partition is for --executor slurm"):
+        SweepConfig("g.toml", str(tmp_path / "s"), slurm_partition="gpu")
+    with pytest.raises(UserError, match="--slurm-array must be"):
+        SweepConfig("g.toml", str(tmp_path / "s"), executor="slurm", slurm_array=0)
+    cfg = SweepConfig("g.toml", str(tmp_path / "s"), executor="slurm", slurm_partition="gpu", slurm_time=30)
+    assert cfg.slurm_settings() == SlurmSettings(str(tmp_path / "s" / "slurm"), "gpu", 1, 8, None, 30, 64, "slurm")
+    if __import__("shutil").which("sbatch") is None:
+        with pytest.raises(UserError, match="no sbatch on this machine's PATH"):
+            SlurmExecutor(cfg.slurm_settings())
+
+
+def test_a_slurm_task_that_dies_is_reported_lost_and_shutdown_cancels(tmp_path):
+    """A task that ends without a result (here: its process exits hard) is lost, to be resubmitted."""
+    pytest.importorskip("submitit")
+    from study.sweeps.executors import Outcome
+    from study.sweeps.slurm import SlurmExecutor
+    from study.sweeps.slurm_settings import SlurmSettings
+
+    ex = SlurmExecutor(SlurmSettings(str(tmp_path / "slurm"), gpus_per_run=0, cpus_per_run=1, cluster="local"))
+    jobs = ex._ex.map_array(__import__("os")._exit, [3])  # a task killed without a result
+    ex._jobs[jobs[0]] = "k"
+    outcomes: list[Outcome] = []
+    deadline = time.monotonic() + 60
+    while not outcomes and time.monotonic() < deadline:
+        outcomes = ex.wait(timeout=1.0)
+    assert outcomes and outcomes[0].lost and outcomes[0].key == "k" and "ended without a result" in outcomes[0].error
+    jobs = ex._ex.map_array(time.sleep, [60])
+    ex._jobs[jobs[0]] = "slow"
+    started = time.monotonic()
+    ex.shutdown()
+    assert not ex._jobs
+    while not jobs[0].done() and time.monotonic() - started < 30:
+        time.sleep(0.2)
+    assert jobs[0].done() and time.monotonic() - started < 30  # cancelled, not left sleeping its 60 s

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from study.sweeps.executors import Executor, InlineExecutor, Outcome, make_executor
+from study.sweeps.engines import make_executor
+from study.sweeps.executors import Executor, InlineExecutor, Outcome
 from study.sweeps.grid import RunSpec
 from study.sweeps.jobs import run_jobs
 from transfer.errors import UserError
