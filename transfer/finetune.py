@@ -213,7 +213,7 @@ def finetune(
         settings["resolved"]["indices_sha256"] = hashlib.sha256(indices.tobytes()).hexdigest()
     run = RunDir(out)
     with torch_threads(cfg.threads), run.lock():
-        run.open(settings, resume)
+        run.open(settings, resume, src.sha256)
         if run.finished():  # only reached with resume, after the settings were compared
             return run.read_summary()
         if not run.subset.exists():
@@ -233,5 +233,6 @@ def finetune(
             "blocks": str(blocks),
             "n_train": int(n_train),
             "seed": cfg.seed,
+            "source_sha256": src.sha256,
         }
         return finish_run(run, src.model, src.arch, resolution, history, wall, meta)

@@ -83,8 +83,11 @@ class RunDir:
     def _entries(self) -> set[str]:
         return {p.name for p in self.root.iterdir()} - {LOCK_NAME} if self.root.is_dir() else set()
 
-    def open(self, settings: dict, resume: bool) -> None:
+    def open(self, settings: dict, resume: bool, source_sha256: str | None = None) -> None:
         """Check the directory may take this run, then record ``settings`` (fresh) or compare them (resume).
+
+        ``source_sha256``: the hash of the source model's file, recorded beside the settings; a resume
+        from another file is refused (a run recorded before hashes were kept is resumed unchecked).
 
         Call while holding :meth:`lock`. Removes temporaries a killed writer left. Raises
         :class:`UserError` when the directory holds files that are not a run's, when a fresh run
@@ -100,7 +103,10 @@ class RunDir:
                 "pass --resume to continue it or choose another --out"
             )
         if not entries:
-            atomic_write_json(self.config, {"settings": settings, "versions": versions()})
+            record = {"settings": settings, "versions": versions()}
+            if source_sha256:
+                record["source_sha256"] = source_sha256
+            atomic_write_json(self.config, record)
             return
         if not self.config.exists():
             raise UserError(
@@ -112,6 +118,10 @@ class RunDir:
         if diff:
             shown = "; ".join(f"{k}: recorded {old.get(k)!r}, asked {settings.get(k)!r}" for k in diff[:4])
             raise UserError(f"cannot resume {self.root}: its settings differ ({shown})")
+        before = read_json(self.config, "run directory").get("source_sha256")
+        if before and source_sha256 and before != source_sha256:
+            raise UserError(f"cannot resume {self.root}: it started from a source file of SHA-256 {before}, and "
+                            f"{settings.get('source')!r} is now a file of SHA-256 {source_sha256}")  # fmt: skip
 
     def recorded(self) -> dict:
         """The settings in ``config.json``; a malformed file is a :class:`UserError`."""

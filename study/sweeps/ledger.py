@@ -46,10 +46,12 @@ CREATE TABLE IF NOT EXISTS runs (
     final_acc REAL,
     best_acc REAL,
     best_epoch INTEGER,
-    wall_s REAL
+    wall_s REAL,
+    source_sha256 TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_state ON runs (state, position);
 """
+_ADDED_COLUMNS = (("source_sha256", "TEXT"),)  # columns added after the first version of the format
 
 
 class Ledger:
@@ -82,6 +84,10 @@ class Ledger:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(_SCHEMA)
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+            for column, kind in _ADDED_COLUMNS:  # a ledger of an earlier version gains them, empty for its old runs
+                if column not in columns:
+                    self.db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
             if legacy or not self._marked(self.db):
                 # a new ledger, or one written before the marker existed (recognised by its tables)
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (FORMAT,))
@@ -203,9 +209,9 @@ class Ledger:
     def finish(self, key: str, summary: dict, device: str, worker: str) -> None:
         self._tx(
             "UPDATE runs SET state = 'done', ended = ?, error = NULL, device = ?, worker = ?, n_train = ?, "
-            "final_acc = ?, best_acc = ?, best_epoch = ?, wall_s = ? WHERE key = ?",
+            "final_acc = ?, best_acc = ?, best_epoch = ?, wall_s = ?, source_sha256 = ? WHERE key = ?",
             (time.time(), device, worker, summary["n_train"], summary["final_test_acc"], summary["best_test_acc"],
-             summary["best_epoch"], summary.get("wall_time_s"), key),
+             summary["best_epoch"], summary.get("wall_time_s"), summary.get("source_sha256"), key),
         )  # fmt: skip
 
     def fail(self, key: str, error: str, device: str = "", worker: str = "") -> None:

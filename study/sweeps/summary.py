@@ -32,9 +32,11 @@ from transfer.zoo import get_source, source_names
 ACCURACIES = ("final", "best")
 ACCURACY_RANGE = (0.0, 100.0)  # shown intervals of accuracies are clipped to it; CSVs keep the raw bounds
 SUMMARY_FILES = ("table5.csv", "table5.md", "paired.csv", "paired.md", "compare_paper.csv", "compare.md")
-# the paper's sources, by the columns of its Table 5
-PAPER_COLUMNS = {"resnet50-natural": "natural", "resnet50-l2-3": "l2_3", "resnet50-linf-4": "linf_4",
-                 "resnet50-linf-8": "linf_8"}  # fmt: skip
+# the paper's sources (torchvision's natural ResNet-50, the robustness library's robust ones), by the columns of
+# its Table 5; Salman et al.'s models of the same threat models are compared too, marked as other files
+PAPER_COLUMNS = {"resnet50-natural": "natural", "resnet50-l2-3-engstrom": "l2_3", "resnet50-linf-4-engstrom": "linf_4",
+                 "resnet50-linf-8-engstrom": "linf_8"}  # fmt: skip
+SIMILAR_COLUMNS = {"resnet50-l2-3": "l2_3", "resnet50-linf-4": "linf_4", "resnet50-linf-8": "linf_8"}
 
 
 @dataclass(frozen=True)
@@ -186,11 +188,12 @@ def compare_with_paper(table: dict[tuple, Interval]) -> list[dict]:
     paper = paper_table5()
     out = []
     for (target, n, blocks, source), iv in table.items():
-        col = PAPER_COLUMNS.get(source)
+        col = PAPER_COLUMNS.get(source) or SIMILAR_COLUMNS.get(source)
         ref = paper.get((target, n, blocks), {}).get(col) if col else None
         if ref is not None:
+            same = "yes" if source in PAPER_COLUMNS else "no: Salman et al. 2020's model, the paper used Engstrom et al.'s"
             out.append({"target": target, "n_train": n, "blocks": blocks, "source": source, "ours": iv, "paper": ref,
-                        "difference": iv.mean - ref})  # fmt: skip
+                        "difference": iv.mean - ref, "papers_source": same})  # fmt: skip
     return out
 
 
@@ -260,11 +263,11 @@ def write_summary(rows: list[dict], out: Path, which: str = "final", natural: st
         atomic_write_text(out / "paired.csv", _csv(head_p, body_p))
     if compare:
         rows_c = compare_with_paper(table)
-        head_c = ["target", "n_train", "blocks", "source", "seeds", "ours", "paper", "difference"]
+        head_c = ["target", "n_train", "blocks", "source", "seeds", "ours", "paper", "difference", "the paper's source"]
         body_c = [[r["target"], r["n_train"], r["blocks"], r["source"], r["ours"].n, round(r["ours"].mean, 4), r["paper"],
-                   round(r["difference"], 4)] for r in rows_c]  # fmt: skip
+                   round(r["difference"], 4), r["papers_source"]] for r in rows_c]  # fmt: skip
         md_c = [[r["target"], r["n_train"], r["blocks"], r["source"], r["ours"].n, r["ours"].text(clip=ACCURACY_RANGE),
-                 r["paper"], f"{r['difference']:+.2f}"] for r in rows_c]  # fmt: skip
+                 r["paper"], f"{r['difference']:+.2f}", r["papers_source"]] for r in rows_c]  # fmt: skip
         none = (
             ""
             if rows_c

@@ -67,8 +67,14 @@ def test_wrong_architecture_for_a_plain_checkpoint(capsys, tmp_path, small_check
 def test_sources_marks_the_embedded_ones_present(capsys):
     assert main(["sources"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert any(line.startswith("mnist5k-l2") and "present" in line for line in lines)
-    assert any(line.startswith("resnet50-linf-8") for line in lines)
+    assert any(line.strip().startswith("mnist5k-l2") and "present" in line for line in lines)
+    assert any(line.strip().startswith("resnet50-linf-8 ") for line in lines)
+    # both robust families, each file's SHA-256 rule stated
+    assert any(line.startswith("engstrom2019:") and "the paper's" in line for line in lines)
+    assert any(line.startswith("salman2020:") and "not the paper's" in line for line in lines)
+    pinned = next(line for line in lines if line.strip().startswith("resnet50-l2-3 "))
+    assert "published: 380b14e6f9750bffa1447cf7017f65da4dc5ce71a3dd112f107515dcf7b14d9d" in pinned
+    assert "recorded at the first download" in next(line for line in lines if "resnet50-linf-8-engstrom" in line)
 
 
 def test_evaluate_reports_clean_and_robust_accuracy(capsys):

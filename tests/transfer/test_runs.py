@@ -105,3 +105,17 @@ def test_two_processes_on_one_out_never_mix(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["settings"]["lr"] == float(winners[0])
     assert json.loads(results[winners[0]][1]) == json.loads((out / "summary.json").read_text())
+
+
+def test_a_run_records_its_source_files_hash_and_refuses_to_resume_from_another(tmp_path):
+    from transfer.zoo import file_sha256, get_source, source_path
+
+    out = tmp_path / "r"
+    summary = finetune(_cfg(), out, progress=False)
+    digest = file_sha256(source_path(get_source("mnist5k-l2")))
+    assert json.loads((out / "config.json").read_text())["source_sha256"] == digest == summary["source_sha256"]
+    config = json.loads((out / "config.json").read_text())
+    config["source_sha256"] = "0" * 64  # as if the run had started from another file under the same name
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=f"started from a source file of SHA-256 {'0' * 64}.*now a file of SHA-256 {digest}"):
+        finetune(_cfg(), out, resume=True, progress=False)

@@ -5,7 +5,17 @@ import torch
 
 from transfer.errors import UserError
 from transfer.models import build_model
-from transfer.zoo import SOURCES, Source, download_source, get_source, load_source, source_path
+from transfer.zoo import (
+    FAMILIES,
+    SOURCES,
+    Source,
+    download_source,
+    file_sha256,
+    get_source,
+    load_source,
+    recorded_hashes,
+    source_path,
+)
 
 
 def test_zoo_holds_the_papers_imagenet_sources_with_published_accuracies():
@@ -53,7 +63,7 @@ def test_download_verifies_and_places_the_file_and_failure_names_the_path(tmp_pa
         download_source(gone, tmp_path / "cache")
 
 
-@pytest.mark.parametrize("name,arch,blocks", [("resnet18-l2-3", "resnet18", 8), ("mobilenet_v2-natural", "mobilenet_v2", 18)])
+@pytest.mark.parametrize("name,arch,blocks", [("resnet18-l2-3", "resnet18", 8), ("mobilenet_v2-l2-3", "mobilenet_v2", 18)])
 def test_hub_sources_of_other_architectures_load_from_their_robustness_files(name, arch, blocks, tmp_path):
     from transfer.freezing import residual_blocks
 
@@ -77,3 +87,90 @@ def test_the_zoo_lists_a_natural_and_a_robust_source_per_hub_architecture():
                                   ("mobilenet_v2", 65.26, 50.40)):  # fmt: skip
         assert get_source(f"{arch}-natural").constraint == "none" and get_source(f"{arch}-natural").accuracy == natural
         assert get_source(f"{arch}-l2-3").eps == 3.0 and get_source(f"{arch}-l2-3").accuracy == robust
+
+
+def test_the_papers_robust_sources_are_the_robustness_librarys_beside_salmans():
+    for name, file, acc in (("resnet50-l2-3-engstrom", "imagenet_l2_3_0.pt", 57.90),
+                            ("resnet50-linf-4-engstrom", "imagenet_linf_4.pt", 62.42),
+                            ("resnet50-linf-8-engstrom", "imagenet_linf_8.pt", 47.91)):  # fmt: skip
+        s = get_source(name)
+        assert s.family == "engstrom2019" and s.filename == file and s.accuracy == acc and s.arch == "resnet50"
+        assert s.url.startswith("https://www.dropbox.com/s/") and s.url.endswith(f"/{file}?dl=1") and s.hub is None
+    assert get_source("resnet50-linf-4-engstrom").eps == pytest.approx(4 / 255)
+    salman = get_source("resnet50-l2-3")
+    assert salman.family == "salman2020" and salman.hub == "madrylab/robust-imagenet-models" and salman.accuracy == 62.83
+    assert salman.sha256 == "380b14e6f9750bffa1447cf7017f65da4dc5ce71a3dd112f107515dcf7b14d9d"
+    assert {s.family for s in SOURCES} == set(FAMILIES)
+
+
+def _robustness_file(path, arch="resnet18", seed=0):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = build_model(arch, 1000).model
+    sd = {f"module.model.{k}": v for k, v in net.state_dict().items()}
+    sd |= {"module.normalizer.new_mean": torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1),
+           "module.normalizer.new_std": torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)}  # fmt: skip
+    torch.save({"model": sd, "epoch": 90}, path)
+    return path
+
+
+def test_files_are_checked_against_the_published_hash_or_the_first_downloads(tmp_path):
+    # a published full hash: another file under that name is refused, both hashes named
+    pinned = dataclasses.replace(get_source("resnet18-l2-3"), name="r18-pinned", filename="p.ckpt", sha256="ab" * 32)
+    (tmp_path / "cache").mkdir()
+    _robustness_file(tmp_path / "cache" / "p.ckpt")
+    digest = file_sha256(tmp_path / "cache" / "p.ckpt")
+    with pytest.raises(UserError, match=f"its SHA-256 is {digest}, but {'ab' * 32} was published"):
+        load_source_of(pinned, tmp_path / "cache")
+    # no published hash: the first use records it, a later different file is refused
+    remote = _robustness_file(tmp_path / "remote.ckpt")
+    src = Source("r18-tofu", "resnet18", "l2", 3.0, "3", 0.0, "imagenet", "t.ckpt", remote.as_uri(), family="salman2020")
+    dest = download_source(src, tmp_path / "cache")
+    assert recorded_hashes(tmp_path / "cache") == {"t.ckpt": file_sha256(remote)}
+    assert load_source_of(src, tmp_path / "cache").sha256 == file_sha256(remote)
+    _robustness_file(dest, seed=1)  # the cached copy replaced by another network's weights
+    with pytest.raises(UserError, match=f"but {file_sha256(remote)} was recorded at its first download"):
+        load_source_of(src, tmp_path / "cache")
+    dest.unlink()
+    _robustness_file(remote, seed=1)  # the server now serves another file: refused, nothing left in place
+    with pytest.raises(UserError, match="recorded at its first download"):
+        download_source(src, tmp_path / "cache")
+    assert not dest.exists()
+
+
+def load_source_of(source, cache):
+    """load_source of a Source that is not in the zoo's table (the tests' own)."""
+    import transfer.zoo as zoo
+
+    old = zoo.SOURCES
+    zoo.SOURCES = (*old, source)
+    try:
+        return load_source(source.name, cache_dir=cache)
+    finally:
+        zoo.SOURCES = old
+
+
+def test_hub_files_come_through_huggingface_hub_and_offline_names_the_path(tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub
+
+    remote = _robustness_file(tmp_path / "hub-copy.ckpt")
+    calls = []
+
+    def fake_download(repo_id, filename, local_dir):
+        calls.append((repo_id, filename))
+        shutil.copy(remote, f"{local_dir}/{filename}")
+        return f"{local_dir}/{filename}"
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    src = dataclasses.replace(get_source("resnet18-l2-3"), name="r18-hub")
+    assert download_source(src, tmp_path / "cache") == tmp_path / "cache" / src.filename
+    assert calls == [("madrylab/robust-imagenet-models", "resnet18_l2_eps3.ckpt")]
+
+    def offline(repo_id, filename, local_dir):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("offline mode is enabled")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(UserError, match=f"place it at {tmp_path / 'c2' / src.filename}"):
+        download_source(src, tmp_path / "c2")

@@ -23,10 +23,10 @@ def test_the_paper_grid_expands_to_table_2():
     assert len({r.key for r in runs}) == len(runs)
     assert {r.settings["source"] for r in runs} == {
         "resnet50-natural",
-        "resnet50-l2-3",
-        "resnet50-linf-4",
-        "resnet50-linf-8",
-    }
+        "resnet50-l2-3-engstrom",
+        "resnet50-linf-4-engstrom",
+        "resnet50-linf-8-engstrom",
+    }  # the paper's own robust sources (the robustness library's), not Salman et al.'s
     assert all(r.settings["epochs"] == "auto" and r.settings["lr"] == 0.1 for r in runs)
 
 

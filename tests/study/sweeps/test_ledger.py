@@ -59,3 +59,21 @@ def test_a_file_that_is_not_a_ledger(tmp_path):
     (tmp_path / "x.sqlite").write_bytes(b"not sqlite at all, " * 100)
     with pytest.raises(UserError, match="is not a readable sweep ledger"):
         Ledger(tmp_path / "x.sqlite")
+
+
+def test_finished_runs_record_the_source_hash_and_an_older_ledger_gains_the_column(ledger, tmp_path):
+    import sqlite3
+
+    (a, _), *_ = ledger.claim(1)
+    ledger.finish(a.key, SUMMARY | {"source_sha256": "ab" * 32}, "cpu", "local-0")
+    assert ledger.rows("done")[0]["source_sha256"] == "ab" * 32
+    old = tmp_path / "old" / "ledger.sqlite"
+    old.parent.mkdir()
+    with Ledger(old):
+        pass
+    db = sqlite3.connect(old)
+    db.execute("ALTER TABLE runs DROP COLUMN source_sha256")  # a ledger written before the column existed
+    db.commit()
+    db.close()
+    with Ledger(old) as reopened:
+        assert "source_sha256" in {r[1] for r in reopened.db.execute("PRAGMA table_info(runs)")}

@@ -79,6 +79,13 @@ def test_comparison_with_the_papers_table_5():
     by_source = {r["source"]: r for r in rows}
     assert by_source["resnet50-natural"]["paper"] == 48.49 and by_source["resnet50-l2-3"]["paper"] == 51.89
     assert math.isclose(by_source["resnet50-l2-3"]["difference"], 53.0 - 51.89)
+    # Salman et al.'s model is compared, marked as not the paper's file; the natural source is the paper's own
+    assert by_source["resnet50-l2-3"]["papers_source"].startswith("no: Salman")
+    assert by_source["resnet50-natural"]["papers_source"] == "yes"
+    engstrom = [{**r, "settings": {**r["settings"], "source": "resnet50-l2-3-engstrom"}} for r in ROWS
+                if r["settings"]["source"] == "resnet50-l2-3"]  # fmt: skip
+    (same,) = compare_with_paper(table5(accuracies(engstrom)))
+    assert same["paper"] == 51.89 and same["papers_source"] == "yes"
     svhn = compare_with_paper(table5(accuracies([_row("resnet50-natural", 20_000_000, 0.9, target="svhn", n=73257)])))
     assert svhn[0]["paper"] == 95.33  # the row the paper labels "MNIST"
 
