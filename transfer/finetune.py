@@ -11,17 +11,26 @@ import numpy as np
 import torch
 
 from transfer import validation as v
-from transfer.datasets import Subset, Transformed, dataset_spec, load_raw_splits, split_sizes
+from transfer.datasets import dataset_spec, load_raw_splits, split_sizes
 from transfer.device import resolve_device
 from transfer.errors import UserError
 from transfer.freezing import ALL_BLOCKS, parse_blocks, residual_blocks
 from transfer.models import HEAD_INITS, MAX_RESOLUTION, MIN_RESOLUTION, build_model, check_arch, replace_classifier
+from transfer.precision import (
+    check_speed_settings,
+    resolve_augment_on,
+    resolve_channels_last,
+    resolve_precision,
+    speed_fields,
+)
 from transfer.runs import RunDir, atomic_write_json
 from transfer.runtime import Runtime, torch_threads
 from transfer.subsets import MAX_SEED, class_covering_subset
-from transfer.train import FROZEN_BN, TrainConfig, finish_run, fit, paper_epochs, paper_eval_every
-from transfer.transforms import AUGMENTS, build_transform
+from transfer.train import FROZEN_BN, TrainConfig, finish_run, fit, paper_epochs, paper_eval_every, training_inputs
+from transfer.transforms import AUGMENTS
 from transfer.zoo import get_source, load_source, source_names
+
+SPEED = speed_fields()
 
 
 @dataclass
@@ -73,6 +82,9 @@ class FinetuneConfig(Runtime):
     resolution: int | None = field(
         default=None, metadata={"help": "input size images are resized to (default: the source's native size)"}
     )
+    precision: str = SPEED["precision"]
+    channels_last: str = SPEED["channels_last"]
+    augment_on: str = SPEED["augment_on"]
 
     def __post_init__(self):
         """Every setting checked here, before any file is read or written (names the flag and the range)."""
@@ -93,6 +105,7 @@ class FinetuneConfig(Runtime):
         v.choice("frozen_bn", self.frozen_bn, FROZEN_BN)
         if self.resolution is not None:
             v.integer("resolution", self.resolution, low=MIN_RESOLUTION, high=MAX_RESOLUTION)
+        check_speed_settings(self)
         super().__post_init__()
 
 
@@ -198,7 +211,10 @@ def finetune(
         cache_train_prefix=cfg.augment == "none" and cfg.frozen_bn == "eval",
         workers=cfg.workers,
         save_every_s=cfg.save_every,
+        precision=resolve_precision(cfg.precision, device),
+        channels_last=resolve_channels_last(cfg.channels_last, device),
     )
+    augment_on = resolve_augment_on(cfg.augment_on, device)
     settings = {
         **cfg.recorded(),
         "resolved": {
@@ -222,10 +238,7 @@ def finetune(
                 {"seed": cfg.seed, "indices": indices.tolist(), "labels": train_raw.targets[indices].tolist()},
             )
         replace_classifier(src.model, spec.num_classes, cfg.head_init, torch.Generator().manual_seed(cfg.seed))
-        train_set = Transformed(
-            Subset(train_raw, indices), build_transform(resolution, train=True, augment=cfg.augment)
-        )
-        test_set = Transformed(test_raw, build_transform(resolution, train=False))
+        train_set, test_set = training_inputs(train_raw, test_raw, indices, resolution, cfg.augment, augment_on, device)
         history, wall = fit(src.model, blocks, train_set, test_set, train_cfg, run, device, progress, on_epoch_end)
         meta = {
             "source": cfg.source,
@@ -234,5 +247,6 @@ def finetune(
             "n_train": int(n_train),
             "seed": cfg.seed,
             "source_sha256": src.sha256,
+            **train_cfg.speed(augment_on),
         }
         return finish_run(run, src.model, src.arch, resolution, history, wall, meta)

@@ -10,15 +10,24 @@ import torch
 
 from transfer import validation as v
 from transfer.attacks import PGDConfig, attack_field, attack_from, check_attack_settings
-from transfer.datasets import Transformed, dataset_spec, load_raw_splits
+from transfer.datasets import dataset_spec, load_raw_splits
 from transfer.device import resolve_device
 from transfer.freezing import ALL_BLOCKS
 from transfer.models import MAX_RESOLUTION, MIN_RESOLUTION, build_model, check_arch, native_size
+from transfer.precision import (
+    check_speed_settings,
+    resolve_augment_on,
+    resolve_channels_last,
+    resolve_precision,
+    speed_fields,
+)
 from transfer.runs import RunDir
 from transfer.runtime import Runtime, torch_threads
 from transfer.subsets import MAX_SEED
-from transfer.train import TrainConfig, finish_run, fit
-from transfer.transforms import AUGMENTS, build_transform
+from transfer.train import TrainConfig, finish_run, fit, training_inputs
+from transfer.transforms import AUGMENTS
+
+SPEED = speed_fields()
 
 CONSTRAINTS = ("none", "l2", "linf")
 
@@ -53,6 +62,9 @@ class PretrainConfig(Runtime):
     )
     eval_every: int = field(default=5, metadata={"help": "epochs between test evaluations"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation and batch order"})
+    precision: str = SPEED["precision"]
+    channels_last: str = SPEED["channels_last"]
+    augment_on: str = SPEED["augment_on"]
 
     RUNTIME = ("device", "workers", "threads", "data_root", "save_every")
 
@@ -72,6 +84,7 @@ class PretrainConfig(Runtime):
             v.integer("resolution", self.resolution, low=MIN_RESOLUTION, high=MAX_RESOLUTION)
         v.integer("eval_every", self.eval_every, low=1)
         v.integer("seed", self.seed, low=0, high=MAX_SEED)
+        check_speed_settings(self)
         super().__post_init__()
 
     def attack(self) -> PGDConfig | None:
@@ -110,14 +123,17 @@ def pretrain(
         attack=attack,
         workers=cfg.workers,
         save_every_s=cfg.save_every,
+        precision=resolve_precision(cfg.precision, device),
+        channels_last=resolve_channels_last(cfg.channels_last, device),
     )
-    train_set = Transformed(train_raw, build_transform(resolution, train=True, augment=cfg.augment))
-    test_set = Transformed(test_raw, build_transform(resolution, train=False))
+    augment_on = resolve_augment_on(cfg.augment_on, device)
+    train_set, test_set = training_inputs(train_raw, test_raw, None, resolution, cfg.augment, augment_on, device)
     meta = {
         "dataset": cfg.dataset,
         "constraint": cfg.constraint,
         "eps": cfg.eps if attack else 0.0,
         "attack_steps": cfg.attack_steps,
+        **train_cfg.speed(augment_on),
     }
     run = RunDir(out)
     with torch_threads(cfg.threads), run.lock():

@@ -55,6 +55,11 @@ def versions() -> dict:
     }
 
 
+# settings added after runs were first recorded, with the value a run recorded before them ran with: such a
+# run resumes under these values instead of being refused for a setting it could not have recorded
+ADDED_SETTINGS = {"precision": "auto", "channels_last": "auto", "augment_on": "auto"}
+
+
 class RunDir:
     """Paths and checks of one run directory."""
 
@@ -113,7 +118,7 @@ class RunDir:
                 f"cannot resume {self.root}: it has no config.json, so its settings are unknown; "
                 "delete the directory to start again"
             )
-        old = self.recorded()
+        old = {**ADDED_SETTINGS, **self.recorded()}
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if diff:
             shown = "; ".join(f"{k}: recorded {old.get(k)!r}, asked {settings.get(k)!r}" for k in diff[:4])

@@ -25,12 +25,16 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from transfer.attacks import PGDConfig, pgd_attack
+from transfer.augment import BatchTransform, stack_images
 from transfer.checkpoints import save_checkpoint
+from transfer.datasets import Subset, Transformed
 from transfer.errors import UserError
 from transfer.files import atomic_torch_save, atomic_write_json, atomic_write_jsonl
 from transfer.freezing import Split, split_frozen_prefix, unfreeze_last_blocks
 from transfer.models import NormalizedModel
+from transfer.precision import autocast, tf32_allowed
 from transfer.runs import RunDir
+from transfer.transforms import build_transform
 
 FROZEN_BN = ("train", "eval")
 
@@ -51,6 +55,8 @@ class TrainConfig:
     attack: PGDConfig | None = None  # adversarial training when set
     workers: int = 0
     save_every_s: float = 60.0  # training state is saved after an epoch once this long has passed, and at evaluations
+    precision: str = "fp32"  # resolved (transfer.precision): fp32, tf32 or bf16
+    channels_last: bool = False
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -61,6 +67,46 @@ class TrainConfig:
             raise UserError(f"--frozen-bn must be one of {FROZEN_BN}, got {self.frozen_bn!r}")
         if self.eval_every < 1:
             raise UserError(f"--eval-every must be >= 1, got {self.eval_every}")
+        if self.precision not in ("fp32", "tf32", "bf16"):
+            raise UserError(f"TrainConfig.precision must be resolved to fp32, tf32 or bf16, got {self.precision!r}")
+
+    def speed(self, augment_on: str) -> dict:
+        """What a run's summary records of how it ran (resolved from ``auto``; the last session's, if resumed)."""
+        return {"precision": self.precision, "channels_last": self.channels_last, "augment_on": augment_on}
+
+
+def training_inputs(train_raw, test_raw, indices, resolution: int, augment: str, augment_on: str, device):
+    """The training and test splits as ``fit`` takes them: datasets transformed one image at a time by a data
+    loader (``augment_on="loader"``), or :class:`DeviceImages` held on ``device`` (``"device"``)."""
+    if augment_on == "device":
+        x, y = stack_images(train_raw, indices, device)
+        xt, yt = stack_images(test_raw, None, device)
+        return (DeviceImages(x, y, BatchTransform(resolution, train=True, augment=augment)),
+                DeviceImages(xt, yt, BatchTransform(resolution, train=False)))  # fmt: skip
+    train = train_raw if indices is None else Subset(train_raw, indices)
+    return (Transformed(train, build_transform(resolution, train=True, augment=augment)),
+            Transformed(test_raw, build_transform(resolution, train=False)))  # fmt: skip
+
+
+@dataclass
+class DeviceImages:
+    """A split held as uint8 images on the training device with the batch transform that feeds the model
+    (:mod:`transfer.augment`): what ``fit`` takes instead of a dataset when augmentation runs on the device."""
+
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # (N,)
+    transform: nn.Module
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _ordered(data, order: torch.Tensor, batch_size: int, workers: int):
+    """``(x, y)`` batches of ``data`` (a dataset or :class:`DeviceImages`) in ``order``."""
+    if isinstance(data, DeviceImages):
+        return ((data.transform(data.images[idx]), data.labels[idx])
+                for idx in _batches(order.to(data.images.device), batch_size))  # fmt: skip
+    return DataLoader(torch.utils.data.Subset(data, order.tolist()), batch_size=batch_size, num_workers=workers)
 
 
 def paper_epochs(n_train: int) -> int:
@@ -131,16 +177,19 @@ def _set_modes(model: nn.Module, split: Split, frozen_bn: str) -> None:
 
 
 @torch.no_grad()
-def _prefix_features(
-    prefix: nn.Module, dataset: Dataset, device, batch_size: int, workers: int, desc: str, progress: bool
-):
+def _prefix_features(prefix: nn.Module, dataset, device, cfg: TrainConfig, desc: str, progress: bool):
     prefix.eval()
     feats, labels = [], []
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        feats.append(prefix(x.to(device)))
+    batches = _ordered(dataset, torch.arange(len(dataset)), 256, cfg.workers)
+    for x, y in tqdm(batches, desc=desc, leave=False, disable=not progress):
+        with autocast(cfg.precision, device):
+            feats.append(prefix(_layout(x.to(device), cfg)).float())
         labels.append(y.to(device))
     return torch.cat(feats), torch.cat(labels)
+
+
+def _layout(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last and x.dim() == 4 else x
 
 
 def _batches(perm: torch.Tensor, batch_size: int):
@@ -154,18 +203,20 @@ def _test_accuracy(model, split, test_set, test_cache, cfg, device) -> float:
     if test_cache is not None:
         feats, labels = test_cache
         for idx in _batches(torch.arange(len(labels)), 512):
-            correct += (split.suffix(feats[idx]).argmax(1) == labels[idx]).sum().item()
+            with autocast(cfg.precision, device):
+                correct += (split.suffix(feats[idx]).argmax(1) == labels[idx]).sum().item()
         return correct / len(labels)
-    for x, y in DataLoader(test_set, batch_size=256, num_workers=cfg.workers):
-        correct += (model(x.to(device)).argmax(1) == y.to(device)).sum().item()
+    for x, y in _ordered(test_set, torch.arange(len(test_set)), 256, cfg.workers):
+        with autocast(cfg.precision, device):
+            correct += (model(_layout(x.to(device), cfg)).argmax(1) == y.to(device)).sum().item()
     return correct / len(test_set)
 
 
 def fit(
     model: NormalizedModel,
     blocks: int | str,
-    train_set: Dataset,
-    test_set: Dataset,
+    train_set: Dataset | DeviceImages,
+    test_set: Dataset | DeviceImages,
     cfg: TrainConfig,
     run: RunDir,
     device: torch.device,
@@ -176,9 +227,18 @@ def fit(
 
     Resumes from ``run.state`` when it exists. Each row of the history is
     ``{"epoch", "train_loss", "train_acc", "test_acc", "lr"}``; it is also written to
-    ``metrics.jsonl`` after every evaluation.
+    ``metrics.jsonl`` after every evaluation. The splits are datasets (a data loader transforms each
+    image) or :class:`DeviceImages` (batches transformed on the device); ``cfg.precision`` and
+    ``cfg.channels_last`` hold for the call (:mod:`transfer.precision`).
     """
+    with tf32_allowed(cfg.precision == "tf32"):
+        return _fit(model, blocks, train_set, test_set, cfg, run, device, progress, on_epoch_end)
+
+
+def _fit(model, blocks, train_set, test_set, cfg: TrainConfig, run: RunDir, device, progress, on_epoch_end):
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     unfreeze_last_blocks(model, blocks)
     split = split_frozen_prefix(model, blocks)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -193,11 +253,9 @@ def fit(
     has_prefix = len(split.prefix) > 0
     train_cache = test_cache = None
     if has_prefix and cfg.cache_train_prefix and cfg.attack is None and start <= cfg.epochs:
-        train_cache = _prefix_features(
-            split.prefix, train_set, device, 256, cfg.workers, "cache train prefix", progress
-        )
+        train_cache = _prefix_features(split.prefix, train_set, device, cfg, "cache train prefix", progress)
     if has_prefix and cfg.frozen_bn == "eval" and start <= cfg.epochs:
-        test_cache = _prefix_features(split.prefix, test_set, device, 256, cfg.workers, "cache test prefix", progress)
+        test_cache = _prefix_features(split.prefix, test_set, device, cfg, "cache test prefix", progress)
     n = len(train_set)
     evals = eval_epochs(cfg.epochs, cfg.eval_every)
     cuda = [device] if device.type == "cuda" else []
@@ -211,27 +269,23 @@ def fit(
                 feats, labels = train_cache
                 batches = ((None, labels[idx], feats[idx]) for idx in _batches(perm.to(device), cfg.batch_size))
             else:
-                loader = DataLoader(
-                    torch.utils.data.Subset(train_set, perm.tolist()),
-                    batch_size=cfg.batch_size,
-                    num_workers=cfg.workers,
-                )
-                batches = ((x, y, None) for x, y in loader)
+                batches = ((x, y, None) for x, y in _ordered(train_set, perm, cfg.batch_size, cfg.workers))
             loss_sum = correct = 0.0
             for x, y, h in batches:
                 y = y.to(device)
                 if h is None:
-                    x = x.to(device)
+                    x = _layout(x.to(device), cfg)
                     if cfg.attack is not None:
                         model.eval()
-                        x = pgd_attack(model, x, y, cfg.attack)
+                        x = pgd_attack(model, x, y, cfg.attack)  # the attack in float32, whatever the precision
                     _set_modes(model, split, cfg.frozen_bn)
-                    with torch.no_grad():
+                    with torch.no_grad(), autocast(cfg.precision, device):
                         h = split.prefix(x)
                 else:
                     _set_modes(model, split, cfg.frozen_bn)
-                logits = split.suffix(h)
-                loss = F.cross_entropy(logits, y)
+                with autocast(cfg.precision, device):
+                    logits = split.suffix(h)
+                loss = F.cross_entropy(logits.float(), y)
                 if not torch.isfinite(loss):
                     raise UserError(
                         f"training diverged: the loss became {loss.item()} in epoch {epoch} (learning rate "

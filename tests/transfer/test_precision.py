@@ -1,0 +1,63 @@
+"""--precision, --channels-last and --augment-on: what auto resolves to, scoped flags, and runs that record them."""
+
+import json
+
+import pytest
+import torch
+
+from transfer.errors import UserError
+from transfer.finetune import FinetuneConfig, finetune
+from transfer.precision import resolve_augment_on, resolve_channels_last, resolve_precision, tf32_allowed
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_auto_is_tf32_and_device_augmentation_on_cuda_and_fp32_loader_on_cpus():
+    assert resolve_precision("auto", CUDA) == "tf32" and resolve_precision("auto", CPU) == "fp32"
+    assert resolve_precision("tf32", CPU) == "fp32"  # a CPU has no TF32
+    assert resolve_precision("bf16", CPU) == "bf16" and resolve_precision("fp32", CUDA) == "fp32"
+    assert resolve_channels_last("auto", CUDA) and not resolve_channels_last("auto", CPU)
+    assert resolve_channels_last("on", CPU) and not resolve_channels_last("off", CUDA)
+    assert resolve_augment_on("auto", CUDA) == "device" and resolve_augment_on("auto", CPU) == "loader"
+    with pytest.raises(UserError, match="--precision must be one of auto, fp32, tf32, bf16; got 'fp16'"):
+        FinetuneConfig(source="mnist5k-l2", target="digits", precision="fp16")
+    with pytest.raises(UserError, match="--augment-on must be one of"):
+        FinetuneConfig(source="mnist5k-l2", target="digits", augment_on="gpu")
+
+
+def test_tf32_flags_hold_for_the_block_and_are_restored():
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    with tf32_allowed(True):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    with tf32_allowed(False):
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+def _cfg(**kw):
+    base = dict(source="mnist5k-l2", target="digits", blocks="1", subset="100", epochs="2", eval_every="1",
+                device="cpu")  # fmt: skip
+    return FinetuneConfig(**(base | kw))
+
+
+def test_bf16_channels_last_and_batched_augmentation_train_on_a_cpu_and_are_recorded(tmp_path):
+    summary = finetune(_cfg(precision="bf16", channels_last="on", augment_on="device"), tmp_path / "r", progress=False)
+    assert (summary["precision"], summary["channels_last"], summary["augment_on"]) == ("bf16", True, "device")
+    settings = json.loads((tmp_path / "r" / "config.json").read_text())["settings"]
+    assert (settings["precision"], settings["channels_last"], settings["augment_on"]) == ("bf16", "on", "device")
+    assert 0.1 < summary["final_test_acc"] <= 1.0  # it learned (chance is 0.1)
+    with pytest.raises(UserError, match="settings differ.*precision"):
+        finetune(_cfg(precision="fp32", channels_last="on", augment_on="device"), tmp_path / "r", resume=True,
+                 progress=False)  # fmt: skip
+    auto = finetune(_cfg(), tmp_path / "a", progress=False)
+    assert (auto["precision"], auto["channels_last"], auto["augment_on"]) == ("fp32", False, "loader")
+
+
+def test_a_run_recorded_before_these_settings_existed_resumes(tmp_path):
+    out = tmp_path / "old"
+    finetune(_cfg(), out, progress=False)
+    config = json.loads((out / "config.json").read_text())
+    for key in ("precision", "channels_last", "augment_on"):
+        del config["settings"][key]
+    (out / "config.json").write_text(json.dumps(config))
+    assert finetune(_cfg(), out, resume=True, progress=False)["epochs"] == 2

@@ -1,0 +1,97 @@
+"""Training precision: what ``--precision`` and ``--channels-last`` mean, scoped to one training call.
+
+* ``fp32``: IEEE float32 everywhere; TF32 is switched off for matrix products *and* cuDNN convolutions
+  (PyTorch allows TF32 in cuDNN convolutions by default, so a plain loop is not fp32 on an Ampere+ GPU).
+* ``tf32``: float32 storage, TensorFloat-32 tensor-core arithmetic for matrix products and convolutions
+  (10-bit mantissa inputs, float32 accumulation) on CUDA; on a CPU there is no TF32 and it is fp32.
+* ``bf16``: ``torch.autocast`` to bfloat16 for the forward pass (weights, gradients and the optimiser stay
+  float32; bfloat16 keeps float32's range, so no loss scaling is needed), on CUDA and on CPUs.
+* ``auto`` (the default): ``tf32`` on CUDA (PyTorch's own default for convolutions, extended to the
+  classifier's matrix products), ``fp32`` elsewhere.
+
+``channels_last`` stores the model's and the inputs' 4-d tensors as NHWC, the layout tensor-core
+convolutions use natively (``auto``: on CUDA). Influence, Hessians and every ``interp`` computation run
+outside these scopes and stay IEEE float32/float64 whatever a run was trained with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import field
+
+import torch
+
+from transfer.errors import UserError
+
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+CHANNELS_LAST = ("auto", "on", "off")
+AUGMENT_ON = ("auto", "loader", "device")
+
+
+def speed_fields() -> dict:
+    """The three training-speed settings of ``finetune`` and ``pretrain`` (one help text each), as dataclass
+    fields: ``precision``, ``channels_last``, ``augment_on``."""
+    return {
+        "precision": field(default="auto", metadata={"help": "auto (tf32 on CUDA, fp32 elsewhere), fp32 (IEEE, TF32 "
+                           "off even in cuDNN), tf32 or bf16 (autocast forward; float32 weights and optimiser)"}),
+        "channels_last": field(default="auto", metadata={"help": "NHWC memory layout of the model and its inputs: "
+                               "auto (on CUDA), on or off"}),
+        "augment_on": field(default="auto", metadata={"help": "where images are transformed: loader (one image at a "
+                            "time in data-loader workers), device (whole batches on the training device: the data "
+                            "held there as uint8, kornia's per-image augmentation) or auto (device on CUDA, loader on "
+                            "CPUs, where it measured faster)"}),
+    }  # fmt: skip
+
+
+def check_speed_settings(cfg) -> None:
+    """The checks of :func:`speed_fields`' settings."""
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}; got {cfg.precision!r}")
+    if cfg.channels_last not in CHANNELS_LAST:
+        raise UserError(f"--channels-last must be one of {', '.join(CHANNELS_LAST)}; got {cfg.channels_last!r}")
+    if cfg.augment_on not in AUGMENT_ON:
+        raise UserError(f"--augment-on must be one of {', '.join(AUGMENT_ON)}; got {cfg.augment_on!r}")
+
+
+def resolve_augment_on(augment_on: str, device: torch.device) -> str:
+    """``auto`` -> ``device`` on CUDA, ``loader`` elsewhere (on 2 CPU cores at 224 px the loader measured 498
+    images/s, batched transforms 272: ``benchmarks/finetune_throughput.py``)."""
+    return ("device" if device.type == "cuda" else "loader") if augment_on == "auto" else augment_on
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``tf32`` on CUDA, ``fp32`` elsewhere; ``tf32`` on a CPU is ``fp32`` (it has none)."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "auto":
+        return "tf32" if device.type == "cuda" else "fp32"
+    if precision == "tf32" and device.type != "cuda":
+        return "fp32"
+    return precision
+
+
+def resolve_channels_last(channels_last: str, device: torch.device) -> bool:
+    if channels_last not in CHANNELS_LAST:
+        raise UserError(f"--channels-last must be one of {', '.join(CHANNELS_LAST)}; got {channels_last!r}")
+    return device.type == "cuda" if channels_last == "auto" else channels_last == "on"
+
+
+@contextlib.contextmanager
+def tf32_allowed(allowed: bool) -> Iterator[None]:
+    """TF32 for CUDA matrix products and cuDNN convolutions on or off for the block, restored after (the flags
+    are process-wide)."""
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The forward pass's autocast for a resolved precision (a no-op but for bf16)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
