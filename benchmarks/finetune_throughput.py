@@ -11,6 +11,19 @@ over ``--plain-epochs`` epochs; ``fit`` is timed over a whole run of ``--epochs`
 per-epoch state saves and evaluations included), the paper's 100 by default.
 
     python benchmarks/finetune_throughput.py [--images 512] [--resolution 64] [--epochs 100]
+
+``--augmentation`` compares instead the two ways images are transformed, at ``--resolution`` (224 for the
+paper): one image at a time in the data loader (``--augment-on loader``) and whole batches with
+kornia (``--augment-on device``, here on the CPU), images/s both ways.
+
+``--device cuda`` (issue 21) times, for 0/1/3/9/all blocks, ``fit`` with the data and its augmentation on
+the GPU in each precision (fp32, tf32 and bf16, channels-last) against the plain fp32 loop fed the same
+way (whole model every step), at 224 px, batch 128 by default; target: the default precision (auto =
+tf32, channels-last) at least as fast as the plain fp32 loop, and bf16 >= 5,000 images/s on one H200
+with 3 blocks.
+
+    python benchmarks/finetune_throughput.py --augmentation --resolution 224
+    python benchmarks/finetune_throughput.py --device cuda --images 4096 --resolution 224 --batch-size 128
 """
 
 from __future__ import annotations
@@ -23,11 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from transfer.augment import BatchTransform
 from transfer.datasets import Transformed
 from transfer.freezing import unfreeze_last_blocks
 from transfer.models import build_model
+from transfer.precision import tf32_allowed
 from transfer.runs import RunDir
-from transfer.train import TrainConfig, fit
+from transfer.train import DeviceImages, TrainConfig, fit
 from transfer.transforms import build_transform
 
 
@@ -79,6 +94,82 @@ def ours(blocks, data, test, epochs: int, batch_size: int, frozen_bn: str, cache
         return epochs * len(data) / (time.perf_counter() - t0)
 
 
+def augmentation(args) -> None:
+    """Images/s of the per-image loader path and of the batched (kornia) path, both on this CPU."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.images, 1, 28, 28), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (args.images,), generator=g)
+    r = args.resolution
+    print(f"augmentation to {r} px of {args.images} 28x28 digits, batch {args.batch_size}, "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
+    loader_rate = batched_rate = 0.0
+    for _ in range(args.repeats):
+        data = Transformed(Labelled(images, labels), build_transform(r, train=True))
+        t = time.perf_counter()
+        for _x, _y in DataLoader(data, batch_size=args.batch_size):
+            pass
+        loader_rate = max(loader_rate, args.images / (time.perf_counter() - t))
+        transform = BatchTransform(r, train=True)
+        t = time.perf_counter()
+        for i in range(0, args.images, args.batch_size):
+            transform(images[i : i + args.batch_size])
+        batched_rate = max(batched_rate, args.images / (time.perf_counter() - t))
+    faster = "loader" if loader_rate >= batched_rate else "batched (device)"
+    print(f"per-image loader: {loader_rate:,.0f} img/s; batched kornia: {batched_rate:,.0f} img/s; faster here: {faster}")
+
+
+def plain_gpu_loop(blocks, data: DeviceImages, epochs: int, batch_size: int, device) -> float:
+    """The plain loop fed from the GPU: fp32 (TF32 off), whole model every step, batched augmentation."""
+    with tf32_allowed(False):
+        torch.manual_seed(0)
+        model = build_model("resnet50", 10).to(device)
+        unfreeze_last_blocks(model, blocks)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+        model.train()
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(epochs):
+            perm = torch.randperm(len(data), device=device)
+            for i in range(0, len(data), batch_size):
+                idx = perm[i : i + batch_size]
+                loss = F.cross_entropy(model(data.transform(data.images[idx])), data.labels[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        torch.cuda.synchronize(device)
+        return epochs * len(data) / (time.perf_counter() - t0)
+
+
+def cuda_grid(args) -> None:
+    device = torch.device(args.device)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
+    labels = torch.randint(0, 10, (args.images,), generator=g).to(device)
+    r = args.resolution
+    train = DeviceImages(images, labels, BatchTransform(r, train=True))
+    test = DeviceImages(images[:8], labels[:8], BatchTransform(r, train=False))
+    print(f"ResNet-50 on {torch.cuda.get_device_name(device)}, {args.images} CIFAR-sized images upscaled to {r} px on "
+          f"the GPU (kornia augmentation), batch {args.batch_size}, {args.aug_epochs} epoch(s) per case")  # fmt: skip
+    print(f"{'blocks':<7} {'plain fp32':>11} " + " ".join(f"{p:>11}" for p in ("fit fp32", "fit tf32", "fit bf16")))
+    for blocks in ("0", "1", "3", "9", "all"):
+        b = blocks if blocks == "all" else int(blocks)
+        base = plain_gpu_loop(b, train, args.aug_epochs, args.batch_size, device)
+        rates = []
+        for precision in ("fp32", "tf32", "bf16"):
+            torch.manual_seed(0)
+            model = build_model("resnet50", 10)
+            cfg = TrainConfig(epochs=args.aug_epochs, batch_size=args.batch_size, lr=0.01, eval_every=args.aug_epochs,
+                              precision=precision, channels_last=precision != "fp32")  # fmt: skip
+            with tempfile.TemporaryDirectory() as d:
+                torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                fit(model, b, train, test, cfg, RunDir(d), device, progress=False)
+                torch.cuda.synchronize(device)
+                rates.append(args.aug_epochs * len(train) / (time.perf_counter() - t0))
+        print(f"{blocks:<7} {base:>11,.0f} " + " ".join(f"{x:>11,.0f}" for x in rates)
+              + f"   tf32/plain {rates[1] / base:.2f}x")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=512)
@@ -88,7 +179,13 @@ def main() -> None:
     ap.add_argument("--aug-epochs", type=int, default=3, help="epochs of fit() in the augmented cases")
     ap.add_argument("--repeats", type=int, default=2, help="alternating repeats of the augmented cases (best kept)")
     ap.add_argument("--epochs", type=int, default=100, help="epochs of fit() in the cached cases")
+    ap.add_argument("--augmentation", action="store_true", help="compare the loader and batched augmentation paths")
+    ap.add_argument("--device", default="cpu", help="cuda: the GPU grid of blocks x precisions")
     args = ap.parse_args()
+    if args.augmentation:
+        return augmentation(args)
+    if args.device != "cpu":
+        return cuda_grid(args)
     print(
         f"ResNet-50, {args.images} images at {args.resolution}x{args.resolution}, batch {args.batch_size}, "
         f"{torch.get_num_threads()} threads"

@@ -22,6 +22,7 @@ from transfer.device import resolve_device
 from transfer.finetune import FinetuneConfig
 from transfer.freezing import parse_blocks, split_frozen_prefix, unfreeze_last_blocks
 from transfer.models import build_model, native_size
+from transfer.precision import autocast, resolve_channels_last, resolve_precision, tf32_allowed
 from transfer.train import eval_epochs, paper_epochs, paper_eval_every
 from transfer.zoo import get_source, load_source, source_names
 
@@ -57,30 +58,40 @@ def _sizes(target: str, data_root: str | None) -> tuple[int, int]:
 
 
 def measure_speed(arch: str, resolution: int, blocks: str, device: torch.device, batch: int = 32,
-                  steps: int = 3) -> tuple[float, float]:  # fmt: skip
-    """(training, test) images/s of ``arch`` at ``resolution`` with ``blocks`` trainable, on ``device``."""
+                  steps: int = 3, precision: str = "fp32", channels_last: bool = False) -> tuple[float, float]:  # fmt: skip
+    """(training, test) images/s of ``arch`` at ``resolution`` with ``blocks`` trainable, on ``device``, in the
+    runs' resolved ``precision`` and memory layout (:mod:`transfer.precision`)."""
+    with tf32_allowed(precision == "tf32"):
+        return _measure(arch, resolution, blocks, device, batch, steps, precision, channels_last)
+
+
+def _measure(arch, resolution, blocks, device, batch, steps, precision, channels_last) -> tuple[float, float]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(arch, 10).to(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=layout)
     blocks_ = parse_blocks(blocks)
     unfreeze_last_blocks(model, blocks_)
     split = split_frozen_prefix(model, blocks_)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    x = torch.rand(batch, 3, resolution, resolution, device=device)
+    x = torch.rand(batch, 3, resolution, resolution, device=device).contiguous(memory_format=layout)
     y = torch.randint(0, 10, (batch,), device=device)
 
     def train_step():
         model.train()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision, device):
             h = split.prefix(x)
-        loss = F.cross_entropy(split.suffix(h), y)
+        with autocast(precision, device):
+            logits = split.suffix(h)
+        loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
 
     def test_step():
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision, device):
             model(x)
 
     speeds = []
@@ -124,12 +135,13 @@ def plan_grid(grid: Grid, images_per_second: float | None = None, device: str = 
         if cfg.source not in shapes:
             shapes[cfg.source] = _arch_and_size(cfg.source, cfg)
         arch, resolution = shapes[cfg.source]
-        speed_key = (arch, resolution, cfg.blocks)
+        precision, layout = resolve_precision(cfg.precision, dev), resolve_channels_last(cfg.channels_last, dev)
+        speed_key = (arch, resolution, cfg.blocks, precision)
         if speed_key not in plan.speeds:
             plan.speeds[speed_key] = (
                 (images_per_second, images_per_second)
                 if images_per_second
-                else measure_speed(arch, resolution, cfg.blocks, dev)
+                else measure_speed(arch, resolution, cfg.blocks, dev, precision=precision, channels_last=layout)
             )
         train_speed, test_speed = plan.speeds[speed_key]
         plan.seconds += train / train_speed + test / test_speed
@@ -151,9 +163,9 @@ def format_plan(grid: Grid, plan: Plan, slots: int = 1) -> str:
         f"image passes: {plan.train_passes:,} training (forward + backward), {plan.test_passes:,} test (forward)",
     ]
     if plan.measured:
-        for (arch, res, blocks), (tr, te) in plan.speeds.items():
-            lines.append(f"measured on {plan.device}: {arch} at {res} px, blocks {blocks}: {tr:,.0f} img/s training, "
-                         f"{te:,.0f} img/s test")  # fmt: skip
+        for (arch, res, blocks, precision), (tr, te) in plan.speeds.items():
+            lines.append(f"measured on {plan.device}: {arch} at {res} px, blocks {blocks}, {precision}: {tr:,.0f} img/s "
+                         f"training, {te:,.0f} img/s test")  # fmt: skip
     else:
         speed = next(iter(plan.speeds.values()))[0]
         lines.append(f"speed given by --images-per-second: {speed:,.0f} img/s for every source and block setting")
