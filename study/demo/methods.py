@@ -1,9 +1,10 @@
-"""The demo's methods stage: influence over the fine-tuned block (EK-FAC) beside the head, each with its LDS.
+"""The demo's methods stage: influence over the fine-tuned block (EK-FAC; Arnoldi too in the full demo) beside
+the head, each with its LDS.
 
-Runs ordinary commands: ``influence-study`` of the same cell as the influence stage with ``--params
-trainable --method ekfac --damping wd`` (the unfrozen block and the head, Kronecker-factored), then
+Runs ordinary commands: per method of the scale, ``influence-study`` of the same cell as the influence stage
+with ``--params trainable --method M --damping wd`` (the unfrozen block and the head), then
 ``validate-influence --lds`` on the robust source's seed-0 run, scoring the head's directory (every cut-off
-of the influence stage) and EK-FAC's. The report shows, per method and setting, robust minus natural
+of the influence stage) and each method's. The report shows, per method and setting, robust minus natural
 top-1 class match over seeds beside that attribution's linear datamodeling score, so the validation is
 read before the class-match rate.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 
 LDS_STAT = "top1"
+LABELS = {"ekfac": "EK-FAC, trainable", "arnoldi": "Arnoldi (r = 200), trainable"}  # the demo's methods
 
 
 def methods_stage(demo, scale, device: str, natural: str, robust: str, seed0: int) -> dict:
@@ -21,35 +23,43 @@ def methods_stage(demo, scale, device: str, natural: str, robust: str, seed0: in
 
     sweep, out = demo.root / "sweep", demo.root / "methods"
     size = str(scale.influence_size)
-    demo.run("methods", "influence-study", sweep, "--size", size, "--blocks", "1", "--params", "trainable", "--method",
-             "ekfac", "--damping", "wd", "--test", scale.test, "--k", 50, "--out", out / "ekfac", "--device", device,
-             "--no-progress")  # fmt: skip
+    for method in scale.methods:
+        demo.run("methods", "influence-study", sweep, "--size", size, "--blocks", "1", "--params", "trainable",
+                 "--method", method, "--damping", "wd", "--test", scale.test, "--k", 50, "--out", out / method,
+                 "--device", device, "--no-progress")  # fmt: skip
     with SweepDir(sweep).open_ledger() as ledger:
         _, runs = cell_runs(ledger.rows("done"), sweep, "digits", "1", size)
-    head_dir = demo.root / "influence" / robust / f"s{seed0}"
-    ekfac_dir = out / "ekfac" / robust / f"s{seed0}"
+    dirs = [demo.root / "influence" / robust / f"s{seed0}"] + [out / m / robust / f"s{seed0}" for m in scale.methods]
     demo.run("methods", "validate-influence", "--run", runs[robust][seed0], "--out", out / "lds", "--lds", scale.lds,
-             "--tests", 2, "--removals", 3, "--random", 2, "--influence", f"{head_dir},{ekfac_dir}", "--device",
+             "--tests", 2, "--removals", 3, "--random", 2, "--influence", ",".join(map(str, dirs)), "--device",
              device)  # fmt: skip
-    study = json.loads((out / "ekfac" / "study.json").read_text())
+    studies = {m: json.loads((out / m / "study.json").read_text()) for m in scale.methods}
     lds = json.loads((out / "lds" / "validate.json").read_text())["lds"]
     return {
-        "study": {k: study[k] for k in ("cell", "settings", "differences", "reading")},
+        "studies": {m: {k: st[k] for k in ("cell", "settings", "differences", "reading")} for m, st in studies.items()},
         "lds": {k: lds[k] for k in ("subsets", "subset_size", "n_train", "scores")},
         "lds_source": f"{robust}, seed {seed0}",
-        "figures": [str(p.relative_to(demo.root)) for p in (out / "ekfac" / "study.png", out / "lds" / "lds.png")],
-    }
+        "figures": [str(p.relative_to(demo.root))
+                    for p in [out / m / "study.png" for m in scale.methods] + [out / "lds" / "lds.png"]],
+    }  # fmt: skip
 
 
-def method_rows(head_study: dict, ekfac_study: dict, lds: dict) -> list[dict]:
-    """Per method and setting: robust minus natural top-1 class match over seeds, and that attribution's LDS."""
-    scores = {(r["method"] == "ekfac", r["setting"]): r for r in lds["scores"]}
+def studies_of(methods_stage_result: dict) -> dict[str, dict]:
+    """The methods' studies by name (a stage recorded before Arnoldi was added held EK-FAC's alone)."""
+    return methods_stage_result.get("studies") or {"ekfac": methods_stage_result["study"]}
+
+
+def method_rows(head_study: dict, studies: dict[str, dict], lds: dict) -> list[dict]:
+    """Per method and setting: robust minus natural top-1 class match over seeds, and that attribution's LDS
+    (``studies``: the methods' influence studies by method name)."""
+    scores = {(r["method"] if r["method"] in studies else "head", r["setting"]): r for r in lds["scores"]}
     rows = []
-    for is_ekfac, name, study in ((False, "head (closed form)", head_study), (True, "EK-FAC, trainable", ekfac_study)):
+    for key, name, study in [("head", "head (closed form)", head_study)] + [
+            (m, LABELS.get(m, f"{m}, trainable"), st) for m, st in studies.items()]:  # fmt: skip
         for d in study["differences"]:
             if d["statistic"] != LDS_STAT:
                 continue
-            s = scores.get((is_ekfac, d["setting"]))
+            s = scores.get((key, d["setting"]))
             rows.append({
                 "influence": name, "setting": d["setting"], "robust minus natural, top-1": d["mean"],
                 "low": d["low"], "high": d["high"], "LDS": s["lds"] if s else None,

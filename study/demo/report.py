@@ -67,10 +67,10 @@ def readings(report: dict) -> list[str]:
             f"{val['refit']['grad_norm_before']:.2g} before): predicted vs actual change of test loss: {parts}."
         )
     if report.get("methods"):
-        from study.demo.methods import method_readings, method_rows
+        from study.demo.methods import method_readings, method_rows, studies_of
 
         met = report["methods"]
-        rows = method_rows(inf["study"], met["study"], met["lds"])
+        rows = method_rows(inf["study"], studies_of(met), met["lds"])
         first = (f"Which attribution to believe (linear datamodeling score, LDS, over {met['lds']['subsets']} "
                  "retrainings on half the training images; 0 = no prediction, 1 = a perfect ranking): ")  # fmt: skip
         lines += [(first if i == 0 else "Which attribution to believe: ") + line
@@ -253,17 +253,18 @@ def render(report: dict, root: Path) -> str:
 
 def _methods_section(report: dict, fig) -> str:
     """Class match robust vs natural per method and setting, with that attribution's LDS beside it."""
-    from study.demo.methods import method_rows
+    from study.demo.methods import LABELS, method_rows, studies_of
 
     met = report["methods"]
-    rows = method_rows(report["influence"]["study"], met["study"], met["lds"])
+    rows = method_rows(report["influence"]["study"], studies_of(met), met["lds"])
     shown, _ = with_interval(rows, "robust minus natural, top-1", "low", "high", (-1, 1), 3,
                              "robust minus natural, top-1 [95% CI]")  # fmt: skip
     merged, _ = with_interval(shown, "LDS", "LDS low", "LDS high", (-1, 1), 3, "LDS [95% CI]")
     columns = ["influence", "setting", "LDS [95% CI]", "robust minus natural, top-1 [95% CI]"]
     return _section(
         "Influence over the fine-tuned block, and which attribution to believe",
-        f"<p>EK-FAC (curvlinops) over the unfrozen block and the head, beside the head's closed form. Each row's "
+        f"<p>{html.escape(' and '.join(LABELS.get(m, m) for m in studies_of(met)))} over the unfrozen block and the "
+        f"head, beside the head's closed form. Each row's "
         f"linear datamodeling score (LDS: Spearman, per test image, of the summed influence of a random half of the "
         f"training set with the loss of the fine-tune retrained on it, over {met['lds']['subsets']} retrainings of "
         f"{html.escape(met['lds_source'])}) says how far its class-match rate can be trusted.</p>",
@@ -301,12 +302,12 @@ def markdown_summary(report: dict) -> str:
         cells = " | ".join(f"Pearson {v['settings'][i]['pearson']:.3f}" for v in validation.values())
         lines.append(f"| {setting} | {cells} |")
     if report.get("methods"):
-        from study.demo.methods import method_rows
+        from study.demo.methods import method_rows, studies_of
 
         met = report["methods"]
         lines += ["", f"| influence | setting | LDS [95% CI], {met['lds_source']}, {met['lds']['subsets']} retrainings | "
                       "top-1 class match, robust minus natural [95% CI] |", "|---|---|---|---|"]  # fmt: skip
-        for r in method_rows(study, met["study"], met["lds"]):
+        for r in method_rows(study, studies_of(met), met["lds"]):
             lds = f"{r['LDS']:+.3f} [{r['LDS low']:+.3f}, {r['LDS high']:+.3f}]" if r["LDS"] is not None else "-"
             match = f"{r['robust minus natural, top-1']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]"
             lines.append(f"| {r['influence']} | {r['setting']} | {lds} | {match} |")

@@ -48,15 +48,16 @@ class Scale:
     removals: tuple[int, int, int]  # validate-influence: tests, most influential, random
     featviz_iterations: int
     lds: int  # retrainings of the methods stage's linear datamodeling score
+    methods: tuple[str, ...]  # the methods stage's influence methods over the trainable parameters
     expected_s: dict[str, float] = field(default_factory=dict)  # per stage, measured on 2 cores
 
 
 QUICK = Scale(blocks=(1,), seeds={100: 2, 400: 2}, epochs=8, influence_size=400, rcond="paper,1e-3,exact", test=100,
-              removals=(2, 5, 3), featviz_iterations=60, lds=8,
+              removals=(2, 5, 3), featviz_iterations=60, lds=8, methods=("ekfac",),
               expected_s={"transfer": 50, "tables": 8, "influence": 60, "methods": 150, "features": 20,
                           "report": 5})  # fmt: skip
 FULL = Scale(blocks=(0, 1, 3), seeds={100: 3, 400: 3}, epochs=10, influence_size=400, rcond="paper,1e-2,1e-3,1e-4,exact",
-             test=200, removals=(3, 10, 5), featviz_iterations=200, lds=20,
+             test=200, removals=(3, 10, 5), featviz_iterations=200, lds=20, methods=("ekfac", "arnoldi"),
              expected_s={"transfer": 300, "tables": 15, "influence": 150, "methods": 400, "features": 60,
                          "report": 8})  # fmt: skip
 

@@ -43,7 +43,7 @@ def test_the_demo_writes_the_report_from_the_commands_own_files(demo):
     # the methods stage: EK-FAC over the trainable block beside the head, each with its LDS from the same retrainings
     methods = results["methods"]
     ekfac = json.loads((demo / "methods" / "ekfac" / "study.json").read_text())
-    assert methods["study"]["differences"] == ekfac["differences"] and ekfac["config"]["method"] == "ekfac"
+    assert methods["studies"]["ekfac"]["differences"] == ekfac["differences"] and ekfac["config"]["method"] == "ekfac"
     lds = json.loads((demo / "methods" / "lds" / "validate.json").read_text())["lds"]
     assert methods["lds"]["scores"] == lds["scores"] and {r["method"] for r in lds["scores"]} >= {"ekfac"}
     assert sum("Which attribution to believe" in line for line in results["readings"]) == len(lds["scores"])
