@@ -16,13 +16,7 @@ from transfer.device import resolve_device
 from transfer.errors import UserError
 from transfer.freezing import ALL_BLOCKS, parse_blocks, residual_blocks
 from transfer.models import HEAD_INITS, MAX_RESOLUTION, MIN_RESOLUTION, build_model, check_arch, replace_classifier
-from transfer.precision import (
-    check_speed_settings,
-    resolve_augment_on,
-    resolve_channels_last,
-    resolve_precision,
-    speed_fields,
-)
+from transfer.precision import check_speed_settings, resolve_speed, speed_fields
 from transfer.runs import RunDir, atomic_write_json
 from transfer.runtime import Runtime, torch_threads
 from transfer.subsets import MAX_SEED, class_covering_subset
@@ -199,6 +193,7 @@ def finetune(
             else np.arange(len(train_raw))
         )
     epochs = _count(cfg.epochs, {"auto": paper_epochs(n_train)})
+    speed = resolve_speed(cfg, device)
     train_cfg = TrainConfig(
         epochs=epochs,
         batch_size=cfg.batch_size,
@@ -211,10 +206,10 @@ def finetune(
         cache_train_prefix=cfg.augment == "none" and cfg.frozen_bn == "eval",
         workers=cfg.workers,
         save_every_s=cfg.save_every,
-        precision=resolve_precision(cfg.precision, device),
-        channels_last=resolve_channels_last(cfg.channels_last, device),
+        precision=speed["precision"],
+        channels_last=speed["channels_last"],
     )
-    augment_on = resolve_augment_on(cfg.augment_on, device)
+    augment_on = speed["augment_on"]
     settings = {
         **cfg.recorded(),
         "resolved": {

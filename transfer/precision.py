@@ -54,6 +54,14 @@ def check_speed_settings(cfg) -> None:
         raise UserError(f"--augment-on must be one of {', '.join(AUGMENT_ON)}; got {cfg.augment_on!r}")
 
 
+def resolve_speed(cfg, device: torch.device) -> dict:
+    """What ``cfg``'s three speed settings (:func:`speed_fields`) mean on ``device``: ``precision`` (fp32, tf32 or
+    bf16), ``channels_last`` (bool) and ``augment_on`` (loader or device)."""
+    return {"precision": resolve_precision(cfg.precision, device),
+            "channels_last": resolve_channels_last(cfg.channels_last, device),
+            "augment_on": resolve_augment_on(cfg.augment_on, device)}  # fmt: skip
+
+
 def resolve_augment_on(augment_on: str, device: torch.device) -> str:
     """``auto`` -> ``device`` on CUDA, ``loader`` elsewhere (on 2 CPU cores at 224 px the loader measured 498
     images/s, batched transforms 272: ``benchmarks/finetune_throughput.py``)."""

@@ -14,13 +14,7 @@ from transfer.datasets import dataset_spec, load_raw_splits
 from transfer.device import resolve_device
 from transfer.freezing import ALL_BLOCKS
 from transfer.models import MAX_RESOLUTION, MIN_RESOLUTION, build_model, check_arch, native_size
-from transfer.precision import (
-    check_speed_settings,
-    resolve_augment_on,
-    resolve_channels_last,
-    resolve_precision,
-    speed_fields,
-)
+from transfer.precision import check_speed_settings, resolve_speed, speed_fields
 from transfer.runs import RunDir
 from transfer.runtime import Runtime, torch_threads
 from transfer.subsets import MAX_SEED
@@ -113,6 +107,7 @@ def pretrain(
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.arch, spec.num_classes)
+    speed = resolve_speed(cfg, device)
     train_cfg = TrainConfig(
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
@@ -123,10 +118,10 @@ def pretrain(
         attack=attack,
         workers=cfg.workers,
         save_every_s=cfg.save_every,
-        precision=resolve_precision(cfg.precision, device),
-        channels_last=resolve_channels_last(cfg.channels_last, device),
+        precision=speed["precision"],
+        channels_last=speed["channels_last"],
     )
-    augment_on = resolve_augment_on(cfg.augment_on, device)
+    augment_on = speed["augment_on"]
     train_set, test_set = training_inputs(train_raw, test_raw, None, resolution, cfg.augment, augment_on, device)
     meta = {
         "dataset": cfg.dataset,
