@@ -26,7 +26,7 @@ from study.attribution import InfluenceConfig, load_run, run_influence, run_weig
 from study.attribution.lds import MIN_SUBSETS, lds_figure, lds_report
 from study.attribution.retrain_loo import retrained_loo
 from study.attribution.settings import RCOND_VALIDATE, RUN_DATA_ROOT
-from study.sweeps.engines import EXECUTORS, make_executor
+from study.sweeps.engines import make_executor
 from study.sweeps.executors import Executor
 from transfer import validation as v
 from transfer.device import resolve_device
@@ -37,6 +37,7 @@ from transfer.runtime import Runtime, runtime_help, torch_threads
 
 MIN_PAIRS = 3  # fewer points than this have no correlation (two points always lie on a line)
 FEW_PAIRS = 10  # under this a correlation is reported with a warning
+RETRAIN_EXECUTORS = ("local", "inline", "ray")  # slurm: through sweep, whose options carry the job settings
 VALIDATE_FILES = ("validate.json", "validate.csv", "validate.png", "lds", "lds.csv", "lds.png", "loo")
 
 
@@ -110,7 +111,7 @@ class ValidateConfig(Runtime):
             v.integer(name, getattr(self, name), low=1)
         v.integer("random", self.random, low=0)
         v.integer("seed", self.seed, low=0)
-        v.choice("executor", self.executor, EXECUTORS)
+        v.choice("executor", self.executor, RETRAIN_EXECUTORS)
         if self.retrain_workers is not None:
             v.integer("retrain_workers", self.retrain_workers, low=1)
         if self.executor != "local" and self.retrain_workers is not None:
