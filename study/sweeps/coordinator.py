@@ -18,6 +18,7 @@ from study.sweeps.engines import make_executor as executor_named
 from study.sweeps.executors import Executor, check_ray_address
 from study.sweeps.grid import Grid, check_runnable, read_grid
 from study.sweeps.ledger import Ledger
+from study.sweeps.slurm import check_slurm
 from study.sweeps.slurm_settings import SlurmSettings
 from transfer import validation as v
 from transfer.errors import UserError
@@ -133,6 +134,8 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, executor: Executor | None
     check_runnable(grid, cfg.grid)  # every run's settings, before the ledger exists
     if cfg.executor == "ray" and executor is None:
         check_ray_address(cfg.address)
+    if cfg.executor == "slurm" and executor is None:
+        check_slurm(cfg.slurm_settings())
     sweep = SweepDir(cfg.out)
     with sweep.owned(), Ledger(sweep.ledger) as ledger:
         ledger.bind_grid(grid.digest, grid.name)

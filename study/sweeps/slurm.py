@@ -24,17 +24,24 @@ from transfer.errors import UserError
 JOB_NAME = "robust-transfer"
 
 
+def check_slurm(settings: SlurmSettings) -> None:
+    """Refuse, before anything is written, a Slurm sweep that cannot submit from here."""
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise UserError('--executor slurm needs submitit: pip install "robust-transfer[slurm]"') from None
+    if settings.cluster == "slurm" and shutil.which("sbatch") is None:
+        raise UserError("--executor slurm: no sbatch on this machine's PATH; run the sweep on a Slurm login node "
+                        "(--slurm-cluster local runs the same job arrays as processes here)")  # fmt: skip
+
+
 class SlurmExecutor(Executor):
     """Job arrays on Slurm (``cluster="slurm"``), or the same arrays as local processes (``"local"``)."""
 
     def __init__(self, settings: SlurmSettings):
-        try:
-            import submitit
-        except ImportError:
-            raise UserError('--executor slurm needs submitit: pip install "robust-transfer[slurm]"') from None
-        if settings.cluster == "slurm" and shutil.which("sbatch") is None:
-            raise UserError("--executor slurm: no sbatch on this machine's PATH; run the sweep on a Slurm login node "
-                            "(--slurm-cluster local runs the same job arrays as processes here)")  # fmt: skip
+        check_slurm(settings)
+        import submitit
+
         self.settings = settings
         self._ex = submitit.AutoExecutor(folder=settings.folder, cluster=settings.cluster)
         params = {"name": JOB_NAME, "timeout_min": settings.time_min, "cpus_per_task": settings.cpus_per_run,

@@ -160,6 +160,11 @@ def test_slurm_settings_are_checked_and_belong_to_the_slurm_executor(tmp_path):
     if __import__("shutil").which("sbatch") is None:
         with pytest.raises(UserError, match="no sbatch on this machine's PATH"):
             SlurmExecutor(cfg.slurm_settings())
+        grid = tmp_path / "g.toml"
+        grid.write_text(GRID)
+        with pytest.raises(UserError, match="no sbatch"):
+            run_sweep(SweepConfig(str(grid), str(tmp_path / "s"), executor="slurm"), progress=False)
+        assert not (tmp_path / "s").exists()  # refused before the sweep directory was made
 
 
 def test_a_slurm_task_that_dies_is_reported_lost_and_shutdown_cancels(tmp_path):
