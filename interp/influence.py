@@ -255,6 +255,7 @@ def streamed_influence(
     out: str | Path | None = None,
     progress: bool = False,
     desc: str = "influence (streamed)",
+    normalize: str = "none",
 ):
     """``I = -G_rows (H + damping I)^+ G_cols^T`` without holding either gradient matrix whole.
 
@@ -265,21 +266,38 @@ def streamed_influence(
     column gradients are computed once per chunk. Returns ``(matrix, passes over the columns)``; the matrix is a
     CPU float64 tensor, or a ``.npy`` memmap at ``out``. The inverse is symmetric, so which side is solved does
     not change the result.
+
+    ``normalize`` as in :func:`influence_pair`: ``relatif`` divides column ``j`` by ``||(H + damping I)^+
+    g_col_j||``, found in one more pass over the columns (each batch solved once; counted in the passes);
+    ``cosine`` is ``-cos(g_row_i, g_col_j)`` and does not use ``inv``.
     """
     if budget_bytes <= 0:
         raise InterpError(f"budget_bytes must be positive, got {budget_bytes}")
+    if normalize not in NORMALIZE:
+        raise InterpError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
     result = output_array(shape, out)
     m = max(1, int(budget_bytes // (2 * 8 * inv.size)))
     passes, done = 0, 0
+    col_scale = None
+    if normalize == "relatif":  # 1 / ||(H + damping I)^+ g_col_j||, one solve per column batch
+        col_scale = torch.cat([_inverse_norms(torch.linalg.vector_norm(inv.apply(gb.to(inv.device, torch.float64).T),
+                                                                       dim=0)).cpu() for gb in col_batches()])  # fmt: skip
+        passes += 1
+
+    def unit_rows(g: torch.Tensor) -> torch.Tensor:
+        return g * _inverse_norms(torch.linalg.vector_norm(g, dim=1)).unsqueeze(1)
 
     def solve_and_stream(chunk: list[torch.Tensor]) -> None:
         nonlocal passes, done
         g = torch.cat(chunk).to(inv.device, torch.float64)
         require_finite(g, "the row gradients")
-        right = inv.apply(g.T)  # (P, m)
+        right = unit_rows(g).T if normalize == "cosine" else inv.apply(g.T)  # (P, m)
         col = 0
         for gb in col_batches():
-            block = -(gb.to(right.device, torch.float64) @ right).T  # (m, b)
+            gb = gb.to(right.device, torch.float64)
+            block = -((unit_rows(gb) if normalize == "cosine" else gb) @ right).T  # (m, b)
+            if col_scale is not None:
+                block = block * col_scale[col : col + gb.shape[0]].to(block.device)
             rows = block.cpu() if isinstance(result, torch.Tensor) else to_numpy(block)
             result[done : done + len(g), col : col + gb.shape[0]] = rows
             col += gb.shape[0]

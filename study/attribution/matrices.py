@@ -70,17 +70,20 @@ def write_matrices(cfg, out: InfluenceDir, g_test, g_train, operators, grad_norm
 def write_streamed_matrices(cfg, out: InfluenceDir, test_batches, train_batches, shape: tuple[int, int], operators,
                             budget: int, progress) -> list[dict]:  # fmt: skip
     """As :func:`write_matrices`, with the gradients streamed (:func:`interp.influence.streamed_influence`)
-    instead of held: ``test_batches()`` / ``train_batches()`` start a pass over them. The share of the gradients'
-    norm in dropped directions is not computed (it would need them all at once)."""
+    instead of held: ``test_batches()`` / ``train_batches()`` start a pass over them; ``cfg.normalize`` applies as
+    in the held path. The share of the gradients' norm in dropped directions is not computed (it would need
+    them all at once)."""
     n_test, n_train = shape
     written = []
     for i, (st, inv) in enumerate(operators):
         names = _names(i)
         with out.staged(names[0]) as path_test, out.staged(names[1]) as path_train:
             _, test_passes = streamed_influence(inv, test_batches, train_batches, (n_test, n_train),
-                                                budget_bytes=budget, out=path_test, progress=progress)  # fmt: skip
+                                                budget_bytes=budget, out=path_test, progress=progress,
+                                                normalize=cfg.normalize)  # fmt: skip
             _, train_passes = streamed_influence(inv, train_batches, train_batches, (n_train, n_train),
-                                                 budget_bytes=budget, out=path_train, progress=progress)  # fmt: skip
+                                                 budget_bytes=budget, out=path_train, progress=progress,
+                                                 normalize=cfg.normalize)  # fmt: skip
         entry = _entry(cfg, i, st, inv, names, None)
         entry["gradient_passes"] = {"test x train": test_passes, "train x train": train_passes}
         written.append(entry)

@@ -105,9 +105,6 @@ def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, de
     size = sum(dict(model.named_parameters())[n].numel() for n in names)
     n_train, n_test = len(train_loader.dataset), len(test_loader.dataset)
     stream = streams(cfg.gradients, size, n_train, n_test, device)
-    if stream and cfg.normalize != "none":
-        raise UserError(f"--normalize {cfg.normalize} needs every gradient at once; with streamed gradients "
-                        f"({size:,} parameters x {n_train + n_test:,} images) only none is offered")  # fmt: skip
     t = time.perf_counter()
     if not stream:
         g_train = interp.per_example_grads(model, train_loader, names, device=device, progress=progress)

@@ -181,8 +181,6 @@ class InfluenceConfig(Runtime):
         if self.fisher != FISHER_DEFAULT and self.method not in ("kfac", "ekfac"):
             raise UserError(f"--fisher applies to --method kfac and ekfac, not {self.method}")
         v.choice("gradients", self.gradients, GRADIENTS)
-        if self.gradients == "stream" and self.normalize != "none":
-            raise UserError(f"--normalize {self.normalize} needs every gradient at once; --gradients stream offers none")
         if len(rconds) * len(dampings) > 20:
             raise UserError(f"--rcond x --damping asks for {len(rconds) * len(dampings)} settings; at most 20")
         v.number("cg_tol", self.cg_tol, low=0, high=1, low_open=True, high_open=True)

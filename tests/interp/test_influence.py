@@ -190,3 +190,11 @@ def test_streamed_influence_equals_the_dense_one_in_any_chunking():
         torch.testing.assert_close(got, dense, rtol=1e-12, atol=1e-14)
     with pytest.raises(interp.InterpError, match="columns"):
         streamed_influence(inv, batches(test), batches(train), (6, 18), budget_bytes=10**6)
+    for normalize in ("relatif", "cosine"):  # normalised as the held path normalises
+        held = interp.influence_matrix(g_te, g_tr, inv, normalize=normalize)
+        got, n = streamed_influence(inv, batches(test), batches(train), (6, 17), budget_bytes=2 * 8 * 39 * 4,
+                                    normalize=normalize)  # fmt: skip
+        assert n == 2 + (normalize == "relatif")  # relatif: one more pass for the columns' norms
+        torch.testing.assert_close(got, held, rtol=1e-12, atol=1e-14)
+    with pytest.raises(interp.InterpError, match="normalize must be one of"):
+        streamed_influence(inv, batches(test), batches(train), (6, 17), budget_bytes=10**6, normalize="l2")

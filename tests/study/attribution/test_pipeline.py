@@ -240,10 +240,7 @@ def test_trainable_parameters_through_every_model_method(tmp_path):
 
 
 def test_streamed_gradients_give_the_held_ones_matrices(finished_run, tmp_path):
-    import pytest
-
     from study.attribution.store import InfluenceDir
-    from transfer.errors import UserError
 
     common = dict(run=str(finished_run), params="layer3.1.bn2,fc", test="12", method="ggn", rcond="exact",
                   damping="1e-3", device="cpu")  # fmt: skip
@@ -254,6 +251,11 @@ def test_streamed_gradients_give_the_held_ones_matrices(finished_run, tmp_path):
     a, b = InfluenceDir(tmp_path / "held").read(), InfluenceDir(tmp_path / "stream").read()
     for name in ("influence_test", "influence_train"):
         np.testing.assert_allclose(b[name], a[name], rtol=1e-10, atol=1e-14)
-    with pytest.raises(UserError, match="--normalize relatif"):
-        run_influence(InfluenceConfig(out=str(tmp_path / "rel"), gradients="stream", normalize="relatif", **common),
+    for normalize in ("relatif", "cosine"):  # normalised too: the same matrices as with the gradients held
+        kept = InfluenceConfig(out=str(tmp_path / f"{normalize}-held"), gradients="memory", normalize=normalize, **common)
+        run_influence(kept, progress=False)
+        run_influence(InfluenceConfig(out=str(tmp_path / normalize), gradients="stream", normalize=normalize, **common),
                       progress=False)  # fmt: skip
+        a, b = InfluenceDir(tmp_path / f"{normalize}-held").read(), InfluenceDir(tmp_path / normalize).read()
+        for name in ("influence_test", "influence_train"):
+            np.testing.assert_allclose(b[name], a[name], rtol=1e-10, atol=1e-14)
