@@ -129,12 +129,13 @@ def ggn_factor(
     names = list(select_params(model, params))
     dev = resolve(model, device)
     rows = _jacobian_rows(as_eval_copy(model, dtype, dev), names, dtype, dev)
-    parts = [rows(to_device(x, y, dev, dtype)[0]) for x, y in tqdm(loader, desc="GGN factor", disable=not progress)]
-    m = torch.cat(parts)
-    n = sum(len(y) for _, y in loader) if parts else 0
+    parts, n = [], 0
+    for x, y in tqdm(loader, desc="GGN factor", disable=not progress):
+        parts.append(rows(to_device(x, y, dev, dtype)[0]))
+        n += len(x)
     if n == 0:
         raise InterpError("the loader yielded no examples")
-    return m / n**0.5
+    return torch.cat(parts) / n**0.5
 
 
 def ggn_products(

@@ -186,7 +186,8 @@ def kronecker_inverse(
 
 def _fallback(model, loader, names, damping, dtype, dev, progress) -> InverseOperator:
     """The exact damped GGN block of ``names``: dense eigh when small, else from its factor when that is thinner."""
-    total = sum(p.numel() for n, p in model.named_parameters() if n in set(names))
+    wanted = set(names)
+    total = sum(p.numel() for n, p in model.named_parameters() if n in wanted)
     if total > DENSE_FALLBACK_MAX:
         f = ggn_factor(model, loader, names, dtype=dtype, device=dev, progress=progress)
         if f.shape[0] < f.shape[1]:

@@ -118,22 +118,27 @@ class RunDir:
                 f"cannot resume {self.root}: it has no config.json, so its settings are unknown; "
                 "delete the directory to start again"
             )
-        old = {**ADDED_SETTINGS, **self.recorded()}
+        config = self._config()
+        old = {**ADDED_SETTINGS, **config["settings"]}
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if diff:
             shown = "; ".join(f"{k}: recorded {old.get(k)!r}, asked {settings.get(k)!r}" for k in diff[:4])
             raise UserError(f"cannot resume {self.root}: its settings differ ({shown})")
-        before = read_json(self.config, "run directory").get("source_sha256")
+        before = config.get("source_sha256")
         if before and source_sha256 and before != source_sha256:
             raise UserError(f"cannot resume {self.root}: it started from a source file of SHA-256 {before}, and "
                             f"{settings.get('source')!r} is now a file of SHA-256 {source_sha256}")  # fmt: skip
 
     def recorded(self) -> dict:
         """The settings in ``config.json``; a malformed file is a :class:`UserError`."""
+        return self._config()["settings"]
+
+    def _config(self) -> dict:
+        """``config.json``, checked to hold settings."""
         config = read_json(self.config, "run directory")
         if not isinstance(config, dict) or not isinstance(config.get("settings"), dict):
             raise UserError(f"{self.config} has no 'settings'; it was not written by robust-transfer")
-        return config["settings"]
+        return config
 
     def finished(self) -> bool:
         return self.summary.exists()

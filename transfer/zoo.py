@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from transfer.checkpoints import ParsedCheckpoint, checkpoint_arch, load_checkpoint, model_from_checkpoint
+from transfer.checkpoints import checkpoint_arch, load_checkpoint, model_from_checkpoint
 from transfer.errors import UserError
 from transfer.files import atomic_write_json, read_json
 from transfer.models import NormalizedModel, native_size
@@ -169,9 +169,11 @@ def hash_status(source: Source, cache_dir: Path | str | None = None) -> str:
     return f"{prefix}no full hash published: recorded at the first download, later copies checked against it"
 
 
-def verify_source_file(source: Source, path: Path, cache_dir: Path | str | None = None) -> tuple[ParsedCheckpoint, str]:
-    """Check the file's SHA-256 (published, else recorded at first download, after the published prefix), record
-    it when nothing was known, and check that the file is the right network; return it parsed, and its hash."""
+def verify_source_file(source: Source, path: Path, cache_dir: Path | str | None = None,
+                       arch: str | None = None) -> LoadedSource:  # fmt: skip
+    """Check the file's SHA-256 (published, else recorded at first download, after the published prefix), build
+    the network from it (``arch``, default the source's: raises if the weights do not fit), and record the hash
+    when nothing was known; return the loaded model with its hash."""
     digest = file_sha256(path)
     if source.sha256_prefix and not digest.startswith(source.sha256_prefix):
         raise UserError(f"{path} does not match the published SHA-256 prefix {source.sha256_prefix} of {source.name} "
@@ -181,10 +183,11 @@ def verify_source_file(source: Source, path: Path, cache_dir: Path | str | None 
         raise UserError(f"{path} is not the file of {source.name}: its SHA-256 is {digest}, but {expected} was {how}; "
                         "delete it and download it again")  # fmt: skip
     parsed = load_checkpoint(path)
-    model_from_checkpoint(parsed, source.arch)  # raises if the weights do not fit the architecture
+    arch = checkpoint_arch(parsed, arch or source.arch)
+    model = model_from_checkpoint(parsed, arch)
     if expected is None and not source.embedded:
         _record_hash(source, digest, cache_dir)
-    return parsed, digest
+    return LoadedSource(model, arch, parsed.input_size or native_size(arch), source.name, parsed.meta, digest)
 
 
 def _record_hash(source: Source, digest: str, cache_dir: Path | str | None) -> None:
@@ -213,6 +216,11 @@ def _fetch(source: Source, dest: Path) -> Path:
 
 def download_source(source: Source, cache_dir: Path | str | None = None) -> Path:
     """Download ``source`` into the cache, verify it, and move it into place atomically."""
+    return _download_verified(source, cache_dir)[0]
+
+
+def _download_verified(source: Source, cache_dir: Path | str | None, arch: str | None = None) -> tuple[Path, LoadedSource]:
+    """:func:`download_source`, returning also the network its verification built (so it is not built again)."""
     dest = source_path(source, cache_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -225,13 +233,13 @@ def download_source(source: Source, cache_dir: Path | str | None = None) -> Path
             f"it at {dest}"
         ) from None
     try:
-        verify_source_file(source, got, cache_dir)
+        loaded = verify_source_file(source, got, cache_dir, arch)
     except UserError:
         got.unlink(missing_ok=True)
         raise
     if got != dest:
         got.replace(dest)
-    return dest
+    return dest, loaded
 
 
 @dataclass
@@ -268,11 +276,8 @@ def load_source(
                 )
             if not download:
                 raise UserError(f"source {source.name!r} is not in the cache; download {source.url} to {path}")
-            path = download_source(source, cache_dir)
-        parsed, digest = verify_source_file(source, path, cache_dir)
-        arch = checkpoint_arch(parsed, arch or source.arch)
-        return LoadedSource(model_from_checkpoint(parsed, arch), arch, parsed.input_size or native_size(arch),
-                            spec_str, parsed.meta, digest)  # fmt: skip
+            return _download_verified(source, cache_dir, arch)[1]
+        return verify_source_file(source, path, cache_dir, arch)
     else:
         path = Path(spec_str)
         if path.is_dir():
