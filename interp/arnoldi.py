@@ -4,49 +4,72 @@ With ``G v`` products (the exact GGN's, or the Hessian's), Lanczos (ARPACK throu
 symmetric matrix Arnoldi's iteration is Lanczos') finds the ``r`` largest eigenpairs ``G ~ V diag(w) V^T``,
 and
 
-    (G + damping I)^+ ~ V diag(1 / (w + damping)) V^T,
+    (G + damping I)^+ ~ V diag(1 / (w + damping))_kept V^T,
 
-every direction outside the subspace dropped. ``info()`` reports ``r``, the eigenvalues kept and, from a
-Hutchinson estimate of ``trace(G)``, the share of the spectrum they capture. At ``r >= P - 1`` ARPACK
-cannot run (it needs ``r < P``), and the subspace is the whole space: the matrix is assembled from ``P``
-products and decomposed densely, which is then the exact pseudo-inverse.
+every direction outside the subspace dropped, and inside it every direction whose ``w + damping`` is at or
+under the cut-off ``rcond * max(w + damping)`` (default ``exact``, ``P * eps``, as the dense pseudo-inverse:
+without it, asking for more eigenpairs than the numerical rank of ``G`` would invert round-off eigenvalues of
+1e-19 and below).
+
+``info()`` reports ``r``, the eigenvalues kept and the share of ``trace(G)`` they capture: the trace of what
+the ``r`` eigenpairs leave out, ``trace((I - V V^T) G (I - V V^T))``, is estimated by Hutchinson's method on
+that deflated operator, with its standard error (estimating the whole trace instead would let the estimate's
+noise dominate the share). The subspace is the whole space at ``r = P`` only; where ARPACK's Krylov basis
+(``2 r + 1`` vectors) would span the whole space anyway (``2 r + 1 >= P``) and the dense matrix fits, it is
+assembled from ``P`` products (in blocks) and decomposed densely instead, which is cheaper there and exact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
 
 from interp.device import to_numpy
 from interp.errors import InterpError
-from interp.inverse import InverseOperator, _check_damping, symmetric_eigh
+from interp.inverse import InverseOperator, _check_damping, resolve_rcond, symmetric_eigh
+from interp.memory import check_dense_fits
 
 HUTCHINSON_PROBES = 16
 
 
 @dataclass(eq=False)
 class ArnoldiInverse(InverseOperator):
-    """``V diag(1 / (w + damping)) V^T`` over the ``r`` leading eigenpairs ``(w, V)``; directions with
-    ``w + damping <= 0`` are dropped too."""
+    """``V diag(1 / (w + damping)) V^T`` over the leading eigenpairs ``(w, V)`` whose ``w + damping`` is above
+    ``rcond * max(w + damping)`` (see the module's docstring)."""
 
     eigenvalues: torch.Tensor  # (r,), descending
     eigenvectors: torch.Tensor  # (P, r)
     damping: float
     curvature: str
-    trace_estimate: float | None = None
+    rcond: float | str | None = "exact"
+    trace_rest: tuple[float, float] | None = None  # Hutchinson estimate of the trace left out, and its standard error
     products: int = 0
-    dense: bool = False
+    solver: str = "Lanczos (scipy eigsh)"
     method: str = field(default="arnoldi", init=False)
 
     def __post_init__(self):
         _check_damping(self.damping)
-        shifted = self.eigenvalues + self.damping
-        self._kept = shifted > 0
-        self._basis = self.eigenvectors[:, self._kept]
-        self._scale = 1.0 / shifted[self._kept]
+        self.rcond = resolve_rcond(self.rcond, self.size)
+
+    @cached_property
+    def _shifted(self) -> torch.Tensor:
+        return self.eigenvalues + self.damping
+
+    @property
+    def cutoff(self) -> float:
+        return self.rcond * float(self._shifted.max()) if len(self._shifted) else 0.0
+
+    @cached_property
+    def _kept(self) -> torch.Tensor:
+        return (self._shifted > 0) & (self._shifted > self.cutoff)
+
+    @cached_property
+    def _basis(self) -> torch.Tensor:
+        return self.eigenvectors[:, self._kept]
 
     @property
     def size(self) -> int:
@@ -62,13 +85,15 @@ class ArnoldiInverse(InverseOperator):
 
     def apply(self, b: torch.Tensor) -> torch.Tensor:
         cols, vec = self._columns(b)
-        out = self._basis @ (self._scale.unsqueeze(1) * (self._basis.T @ cols))
+        scale = (1.0 / self._shifted[self._kept]).unsqueeze(1)
+        out = self._basis @ (scale * (self._basis.T @ cols))
         return out.flatten() if vec else out
 
     def with_settings(self, *, rcond="same", damping: float | None = None) -> ArnoldiInverse:
-        d = self.damping if damping is None else damping
-        return ArnoldiInverse(self.eigenvalues, self.eigenvectors, d, self.curvature, self.trace_estimate,
-                              self.products, self.dense)  # fmt: skip
+        """The same eigenpairs under another cut-off and/or damping: no new products."""
+        return ArnoldiInverse(self.eigenvalues, self.eigenvectors, self.damping if damping is None else damping,
+                              self.curvature, self.rcond if rcond == "same" else rcond, self.trace_rest,
+                              self.products, self.solver)  # fmt: skip
 
     def dropped_norm_share(self, g: torch.Tensor) -> float:
         """Share of the gradients' squared norm outside the kept subspace."""
@@ -78,7 +103,13 @@ class ArnoldiInverse(InverseOperator):
 
     def info(self) -> dict:
         w = to_numpy(self.eigenvalues)
-        captured = float(w[w > 0].sum())
+        found = float(w[w > 0].sum())
+        rest, rest_se = self.trace_rest if self.trace_rest is not None else (None, None)
+        share = share_se = None
+        if rest is not None and found + rest > 0:
+            share = found / (found + max(rest, 0.0))
+            share_se = found * rest_se / (found + max(rest, 0.0)) ** 2  # the delta method on found / (found + rest)
+        kept = to_numpy(self._shifted[self._kept])
         return {
             "method": "arnoldi",
             "curvature": self.curvature,
@@ -86,22 +117,41 @@ class ArnoldiInverse(InverseOperator):
             "rank_asked": int(len(w)),
             "rank_kept": self.rank,
             "n_dropped": self.size - self.rank,
+            "dropped_in_subspace": int(len(w)) - self.rank,
+            "rcond": self.rcond,
+            "cutoff": self.cutoff,
             "damping": self.damping,
             "largest_eigenvalue": float(w.max()) if len(w) else 0.0,
-            "smallest_kept_eigenvalue": float(w[to_numpy(self._kept)].min()) if self.rank else 0.0,
-            "trace_estimate": self.trace_estimate,
-            "captured_trace_share": captured / self.trace_estimate if self.trace_estimate else None,
+            "smallest_kept_eigenvalue": float(kept.min() - self.damping) if len(kept) else 0.0,
+            "trace_found": found,
+            "trace_rest_estimate": rest,
+            "trace_rest_standard_error": rest_se,
+            "captured_trace_share": share,
+            "captured_trace_share_standard_error": share_se,
             "products": self.products,
-            "solver": "dense eigh of the assembled matrix (rank >= P - 1)" if self.dense else "Lanczos (scipy eigsh)",
+            "solver": self.solver,
         }
 
 
-def hutchinson_trace(matvec: Callable[[torch.Tensor], torch.Tensor], size: int, device, probes: int = HUTCHINSON_PROBES,
-                     seed: int = 0) -> float:  # fmt: skip
-    """``trace(G) ~ mean_k z_k^T G z_k`` over Rademacher ``z_k`` (one block of ``probes`` products)."""
+def deflated_trace(matvec: Callable[[torch.Tensor], torch.Tensor], basis: torch.Tensor, device,
+                   probes: int = HUTCHINSON_PROBES, seed: int = 0) -> tuple[float, float]:  # fmt: skip
+    """``trace((I - V V^T) G (I - V V^T))`` for orthonormal ``V`` ``(P, r)``: Hutchinson's estimate over
+    Rademacher ``z_k`` projected off ``V``, ``mean_k z_k'^T G z_k'``, and its standard error (sample standard
+    deviation over the ``probes`` / sqrt(probes)). 0 with no error when ``V`` spans the whole space."""
+    size, r = basis.shape
+    if r >= size:
+        return 0.0, 0.0
     gen = torch.Generator().manual_seed(seed)
     z = (torch.randint(0, 2, (size, probes), generator=gen, dtype=torch.float64) * 2 - 1).to(device)
-    return float((z * matvec(z).to(torch.float64)).sum() / probes)
+    v = basis.to(device, torch.float64)
+    z = z - v @ (v.T @ z)
+    samples = to_numpy((z * matvec(z).to(torch.float64)).sum(0))
+    return float(samples.mean()), float(samples.std(ddof=1) / np.sqrt(probes))
+
+
+def lanczos_spans_everything(rank: int, size: int) -> bool:
+    """Whether ARPACK's Krylov basis for ``rank`` eigenpairs (``2 rank + 1`` vectors) would be the whole space."""
+    return 2 * rank + 1 >= size
 
 
 def arnoldi_inverse(
@@ -110,26 +160,40 @@ def arnoldi_inverse(
     *,
     rank: int,
     damping: float = 0.0,
+    rcond: float | str | None = "exact",
     curvature: str = "ggn",
     device: torch.device | str = "cpu",
     tol: float = 1e-8,
     chunk: int = 64,
 ) -> ArnoldiInverse:
     """The top-``rank`` eigenpairs of the symmetric operator ``matvec`` (``(P, k) -> (P, k)``) and their
-    damped inverse (see the module's docstring)."""
+    damped inverse above the cut-off ``rcond`` (see the module's docstring)."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise InterpError(f"rank must be an integer >= 1, got {rank!r}")
+    _check_damping(damping)
     rank = min(rank, size)
     dev = torch.device(device)
-    products = 0
-    if rank >= size - 1:
+    dense = rank >= size - 1  # eigsh needs rank < size - 1 for its basis
+    if not dense and lanczos_spans_everything(rank, size):
+        try:
+            check_dense_fits(size, device=dev, what=f"the assembled {size} x {size} curvature")
+            dense = True
+        except InterpError:
+            pass  # too large to assemble: Lanczos, however many products it takes
+    if dense:
+        check_dense_fits(size, device=dev, what=f"the assembled {size} x {size} curvature")
         eye = torch.eye(size, dtype=torch.float64, device=dev)
         mat = torch.cat([matvec(eye[:, s : s + chunk]).to(torch.float64) for s in range(0, size, chunk)], dim=1)
         w, v = symmetric_eigh((mat + mat.T) / 2)
-        trace, products = float(torch.diagonal(mat).sum()), size
         order = torch.argsort(w, descending=True)[:rank]
-        return ArnoldiInverse(w[order], v[:, order], damping, curvature, trace, products, dense=True)
+        w, v = w[order], v[:, order]
+        rest = (float(torch.diagonal(mat).sum()) - float(w[w > 0].sum()), 0.0) if rank < size else (0.0, 0.0)
+        why = "r = P" if rank == size else "Lanczos' basis of 2r + 1 vectors would span the whole space"
+        return ArnoldiInverse(w, v, damping, curvature, rcond, rest, size,
+                              f"dense eigh of the matrix assembled from P products ({why})")  # fmt: skip
     from scipy.sparse.linalg import LinearOperator, eigsh
+
+    products = 0
 
     def mv(x):
         nonlocal products
@@ -140,6 +204,6 @@ def arnoldi_inverse(
     op = LinearOperator((size, size), matvec=mv, dtype=np.float64)
     w, v = eigsh(op, k=rank, which="LA", tol=tol, ncv=min(size, max(2 * rank + 1, rank + 32)))
     order = np.argsort(w)[::-1].copy()
-    trace = hutchinson_trace(matvec, size, dev)
-    return ArnoldiInverse(torch.from_numpy(w[order]).to(dev), torch.from_numpy(v[:, order]).to(dev), damping,
-                          curvature, trace, products + HUTCHINSON_PROBES)  # fmt: skip
+    w, v = torch.from_numpy(w[order]).to(dev), torch.from_numpy(v[:, order]).to(dev)
+    rest = deflated_trace(matvec, v, dev)
+    return ArnoldiInverse(w, v, damping, curvature, rcond, rest, products + HUTCHINSON_PROBES)

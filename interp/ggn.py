@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from interp.device import ieee_float32, resolve, to_device
 from interp.errors import InterpError
 from interp.grads import as_eval_copy
-from interp.memory import check_dense_fits, device_free_bytes
+from interp.memory import GGN_ALTERNATIVE, check_fits, device_free_bytes
 from interp.params import ParamSpec, fixed_tensors, flat_positions, select_params
 
 
@@ -87,7 +87,10 @@ def ggn_blocks(
     sizes = {n: named[n].numel() for n in names}
     item = torch.empty((), dtype=dtype).element_size()
     need = sum(sum(sizes[n] for n in g) ** 2 for g in groups)
-    check_dense_fits(int(need**0.5) + 1, max_bytes=max_bytes, device=dev)
+    p, widest = sum(sizes.values()), max(sum(sizes[n] for n in g) for g in groups)
+    what = (f"the exact GGN over {p} parameters (a dense {p} x {p} matrix)" if len(groups) == 1 else
+            f"the exact GGN's {len(groups)} layer blocks over {p} parameters (the largest {widest} x {widest})")
+    check_fits(3.0 * need * item, what, GGN_ALTERNATIVE, max_bytes, dev)
     pos = flat_positions(model, names)
     index = [torch.cat([pos[n] for n in g]).to(dev) for g in groups]
     start = sum(sizes.values())

@@ -256,6 +256,7 @@ def streamed_influence(
     progress: bool = False,
     desc: str = "influence (streamed)",
     normalize: str = "none",
+    on_rows: Callable[[torch.Tensor], None] | None = None,
 ):
     """``I = -G_rows (H + damping I)^+ G_cols^T`` without holding either gradient matrix whole.
 
@@ -269,7 +270,9 @@ def streamed_influence(
 
     ``normalize`` as in :func:`influence_pair`: ``relatif`` divides column ``j`` by ``||(H + damping I)^+
     g_col_j||``, found in one more pass over the columns (each batch solved once; counted in the passes);
-    ``cosine`` is ``-cos(g_row_i, g_col_j)`` and does not use ``inv``.
+    ``cosine`` is ``-cos(g_row_i, g_col_j)`` and does not use ``inv``. ``on_rows(g)``, when given, sees every row
+    gradient once, in chunks ``(m, P)`` (float64, on the operator's device): for sums over them taken on the way,
+    such as the share of their norm an inverse drops.
     """
     if budget_bytes <= 0:
         raise InterpError(f"budget_bytes must be positive, got {budget_bytes}")
@@ -291,6 +294,8 @@ def streamed_influence(
         nonlocal passes, done
         g = torch.cat(chunk).to(inv.device, torch.float64)
         require_finite(g, "the row gradients")
+        if on_rows is not None:
+            on_rows(g)
         right = unit_rows(g).T if normalize == "cosine" else inv.apply(g.T)  # (P, m)
         col = 0
         for gb in col_batches():

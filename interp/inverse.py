@@ -30,6 +30,7 @@ that device.
 
 from __future__ import annotations
 
+import re
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -534,6 +535,10 @@ class Curvature:
     params: Sequence[str] | None = None
 
 
+NEEDS = ("dense", "hvp", "model")
+_METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
 @dataclass(frozen=True)
 class InverseMethod:
     """A named way to build ``(H + damping I)^+``: one registry entry.
@@ -552,6 +557,28 @@ class InverseMethod:
     shared: str | None = None
     help: str = ""
     damped: bool = False
+    default_rcond: str = "paper"  # the cut-off taken when none is asked for (methods with ``cutoff`` only)
+
+    def __post_init__(self):
+        """An entry is checked when it is declared, so a bad one never reaches the registry's callers."""
+        if not isinstance(self.name, str) or not _METHOD_NAME.fullmatch(self.name):
+            raise InterpError(f"an inverse method's name must be a non-empty string of letters, digits, '_', '-' or "
+                              f"'.', starting with a letter or digit; got {self.name!r}")  # fmt: skip
+        if not callable(self.build):
+            raise InterpError(f"inverse method {self.name!r}: build must be callable "
+                              "(curvature, *, rcond, damping, **options) -> InverseOperator; got "
+                              f"{type(self.build).__name__}")  # fmt: skip
+        if self.needs not in NEEDS:
+            raise InterpError(f"inverse method {self.name!r} needs one of {NEEDS} curvature, got {self.needs!r}")
+        for flag in ("cutoff", "damped"):
+            if not isinstance(getattr(self, flag), bool):
+                raise InterpError(f"inverse method {self.name!r}: {flag} must be True or False, "
+                                  f"got {getattr(self, flag)!r}")  # fmt: skip
+        if self.shared is not None and not (isinstance(self.shared, str) and _METHOD_NAME.fullmatch(self.shared)):
+            raise InterpError(f"inverse method {self.name!r}: shared must be None or a method name, got {self.shared!r}")
+        if not isinstance(self.help, str):
+            raise InterpError(f"inverse method {self.name!r}: help must be a string, got {type(self.help).__name__}")
+        resolve_rcond(self.default_rcond, 1)
 
 
 def _dense(method: str) -> Callable[..., InverseOperator]:
@@ -571,9 +598,6 @@ def _cg(curvature: Curvature, *, rcond=None, damping: float = 0.0, tol: float = 
                                     on=curvature.device, progress=progress)  # fmt: skip
 
 
-NEEDS = ("dense", "hvp", "model")
-
-
 class InverseRegistry:
     """Inverse methods by name. A new method is one :class:`InverseOperator` class and one
     :meth:`register` call (or :func:`interp.register_inverse`); every caller resolves names here."""
@@ -582,8 +606,8 @@ class InverseRegistry:
         self._methods: dict[str, InverseMethod] = {}
 
     def register(self, method: InverseMethod, replace: bool = False) -> InverseMethod:
-        if method.needs not in NEEDS:
-            raise InterpError(f"an inverse method needs one of {NEEDS} curvature, got {method.needs!r}")
+        if not isinstance(method, InverseMethod):
+            raise InterpError(f"register takes an InverseMethod, got {type(method).__name__}")
         if method.name in self._methods and not replace:
             raise InterpError(f"an inverse method named {method.name!r} is registered already; pass replace=True")
         self._methods[method.name] = method
@@ -616,14 +640,15 @@ for _entry in (
 
 
 def register_inverse(name: str, build: Callable[..., InverseOperator], *, needs: str = "dense", cutoff: bool = True,
-                     shared: str | None = None, help: str = "", damped: bool = False,
+                     shared: str | None = None, help: str = "", damped: bool = False, default_rcond: str = "paper",
                      replace: bool = False) -> InverseMethod:  # fmt: skip
     """Register an inverse method under ``name`` for :func:`build_inverse` and ``influence --method NAME``.
 
     ``build(curvature: Curvature, *, rcond, damping, **options) -> InverseOperator``; see
     :class:`InverseMethod` for ``needs``, ``cutoff`` and ``shared``.
     """
-    return INVERSES.register(InverseMethod(name, build, needs, cutoff, shared, help, damped), replace=replace)
+    return INVERSES.register(InverseMethod(name, build, needs, cutoff, shared, help, damped, default_rcond),
+                             replace=replace)
 
 
 def build_inverse(name: str, curvature: Curvature, *, rcond=None, damping: float = 0.0, **options) -> InverseOperator:

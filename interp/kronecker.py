@@ -16,6 +16,10 @@ per sampled label, ``mc_samples`` of them, curvlinops' fixed seed: an unbiased e
 the true labels: the empirical Fisher, which is not the GGN and is offered for comparison only). No
 Kronecker factor is written here.
 
+A layer's weight and bias are two Kronecker blocks here (curvlinops' default ``separate_weight_and_bias``), with
+the cross terms between them dropped; kronfluence joins them into one block (the input extended by a constant 1),
+so at matched conventions the two agree on weight-only layers and differ slightly where a layer has a bias.
+
 Parameters no Kronecker factorisation covers (BatchNorm scales and shifts, grouped convolutions) are
 handled by a stated fallback: the exact GGN block of those parameters together (damped the same; cross
 terms with the covered ones dropped), and their names and count are reported by ``info()``. The block is
@@ -38,9 +42,12 @@ from interp.errors import InterpError
 from interp.ggn import DeviceData, curvlinops_model, ggn, ggn_factor
 from interp.inverse import InverseOperator, spectral_inverse
 from interp.lowrank import lowrank_inverse
-from interp.params import flat_positions
+from interp.params import flat_positions, select_params
 
 KINDS = ("kfac", "ekfac")
+WEIGHT_AND_BIAS = ("separate Kronecker blocks for a layer's weight and its bias (curvlinops' separate_weight_and_bias; "
+                   "kronfluence joins them into one block over the input with a homogeneous coordinate, a small "
+                   "difference)")
 DENSE_FALLBACK_MAX = 8192  # uncovered parameters up to which their block is inverted densely (a 512 MiB block)
 FISHER_TYPES = ("type-2", "mc", "empirical")  # curvlinops' names; see the module's docstring
 FISHER_DEFAULT = "type-2"  # the exact GGN's Kronecker factors (not a Monte-Carlo or empirical Fisher)
@@ -135,6 +142,7 @@ class KroneckerInverse(InverseOperator):
             "kronecker_params": int(len(self.covered)),
             "fallback_params": int(len(self.uncovered)),
             "fallback_names": self.uncovered_names,
+            "weight_and_bias": WEIGHT_AND_BIAS,
             "fallback": f"exact GGN block of these parameters, damped the same (cross terms dropped), inverted by "
             f"{'eigh' if self.fallback.method != 'lowrank' else 'Woodbury on its factor'}"
             if self.uncovered_names
@@ -164,7 +172,7 @@ def kronecker_inverse(
     if not (isinstance(mc_samples, int) and mc_samples >= 1):
         raise InterpError(f"mc_samples must be an integer >= 1, got {mc_samples!r}")
 
-    names = list(names)
+    names = list(select_params(model, list(names)))  # each once, in the gradients' (named_parameters) order
     dev = torch.device(device)
     covered, uncovered = kronecker_coverage(model, names)
     pos = flat_positions(model, names)

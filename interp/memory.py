@@ -57,16 +57,32 @@ def device_free_bytes(device: torch.device | str | None) -> int:
     return available_bytes()
 
 
-def check_dense_fits(
-    p: int, copies: float = 3.0, max_bytes: int | None = None, device: torch.device | str | None = None
-) -> None:
-    """Refuse a dense ``P x P`` float64 matrix (and ``copies`` working copies) that will not fit on ``device``."""
-    need = copies * p * p * 8
+DENSE_ALTERNATIVE = ("use the matrix-free path (interp.hessian_vector_product with interp.ConjugateGradientInverse, or "
+                     "--method cg) or fewer parameters (--params fc)")
+GGN_ALTERNATIVE = ("use a method that needs no dense matrix: --method ekfac or kfac (Kronecker factors) or arnoldi "
+                   "(GGN products), or fewer parameters")
+
+
+def check_fits(need: float, what: str, instead: str, max_bytes: int | None = None,
+               device: torch.device | str | None = None) -> None:  # fmt: skip
+    """Refuse ``need`` bytes (``what``, in words) that will not fit on ``device``, saying what to do ``instead``."""
     limit = max_bytes if max_bytes is not None else device_free_bytes(device)
     if need > limit:
         where = "GPU memory" if device is not None and torch.device(device).type == "cuda" else "memory"
         raise InterpError(
-            f"a dense {p} x {p} float64 Hessian needs about {need / 2**30:.1f} GiB with its working copies, "
-            f"more than the {limit / 2**30:.1f} GiB of {where} available; use the matrix-free path "
-            "(interp.hessian_vector_product with interp.ConjugateGradientInverse, or --method cg) or fewer parameters (--params fc)"
+            f"{what} needs about {need / 2**30:.1f} GiB with its working copies, more than the {limit / 2**30:.1f} GiB "
+            f"of {where} available; {instead}"
         )
+
+
+def check_dense_fits(
+    p: int,
+    copies: float = 3.0,
+    max_bytes: int | None = None,
+    device: torch.device | str | None = None,
+    what: str | None = None,
+    instead: str = DENSE_ALTERNATIVE,
+) -> None:
+    """Refuse a dense ``P x P`` float64 matrix (and ``copies`` working copies) that will not fit on ``device``;
+    ``what`` names it (default: a dense Hessian) and ``instead`` says what to do."""
+    check_fits(copies * p * p * 8, what or f"a dense {p} x {p} float64 Hessian", instead, max_bytes, device)

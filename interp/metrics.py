@@ -130,23 +130,29 @@ def paired_difference(a: ClassMatch, b: ClassMatch, level: float = 0.95, n_boot:
 def ranking_agreement(approx, exact, k: int = 10) -> dict:
     """How well an approximate influence matrix ranks training images as the exact one does, per test row.
 
-    ``approx`` and ``exact`` ``(n_test, n_train)`` (this module's sign convention: negative = helpful).
-    Returns ``pearson`` (of all entries), ``spearman`` (mean over rows of the rank correlation of a row),
-    ``top_k_overlap`` (mean over rows of |top-k most helpful by approx intersected with exact| / k) and ``k``.
-    What class-match reads is the ranking of each row, so the last two are the ones that matter there.
+    ``approx`` and ``exact`` ``(n_test, n_train)`` (this module's sign convention: negative = helpful); ``k``
+    between 1 and ``n_train`` (an :class:`InterpError` otherwise, never clamped). Returns ``pearson`` (of all
+    entries; NaN where either matrix is constant), ``spearman`` (mean over the rows where both are
+    non-constant of the rank correlation of a row; NaN if there is none), ``top_k_overlap`` (mean over rows of
+    |top-k most helpful by approx intersected with exact| / k), ``k``, and ``constant_rows`` (rows left out of
+    ``spearman``). What class-match reads is the ranking of each row, so the last two rates are the ones that
+    matter there.
     """
     from scipy.stats import spearmanr
 
-    a, e = np.asarray(approx, dtype=np.float64), np.asarray(exact, dtype=np.float64)
-    if a.shape != e.shape or a.ndim != 2:
+    a, e = _influence_rows(approx), _influence_rows(exact)
+    if a.shape != e.shape:
         raise InterpError(f"approx and exact must be 2-D of the same shape, got {a.shape} and {e.shape}")
-    k = min(k, a.shape[1])
+    k = require_k(k, a.shape[1])
     top_a, top_e = most_helpful(a, k), most_helpful(e, k)
     overlap = [len(set(top_a[i]) & set(top_e[i])) / k for i in range(len(a))]
-    rows = [spearmanr(a[i], e[i])[0] for i in range(len(a))]
+    varied = [i for i in range(len(a)) if np.ptp(a[i]) > 0 and np.ptp(e[i]) > 0]
+    rows = [spearmanr(a[i], e[i])[0] for i in varied]
+    both_vary = np.ptp(a) > 0 and np.ptp(e) > 0
     return {
-        "pearson": float(np.corrcoef(a.ravel(), e.ravel())[0, 1]),
-        "spearman": float(np.nanmean(rows)),
+        "pearson": float(np.corrcoef(a.ravel(), e.ravel())[0, 1]) if both_vary else float("nan"),
+        "spearman": float(np.mean(rows)) if rows else float("nan"),
         "top_k_overlap": float(np.mean(overlap)),
         "k": k,
+        "constant_rows": len(a) - len(varied),
     }

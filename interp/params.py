@@ -17,9 +17,11 @@ def select_params(model: nn.Module, params: ParamSpec = None) -> dict[str, nn.Pa
 
     ``params`` may be ``None`` (every parameter with ``requires_grad``), a submodule of ``model``
     (``model.fc``), a module path (``"fc"``, ``"model.fc"``, ``"layer4.2"``: every parameter under
-    that module), or a list of exact parameter names. A module path is matched at the end of the
-    full path (a full path itself always wins), and must name exactly one module: ``conv1`` in a ResNet (the stem's and every
-    block's) is an error that lists the matches. Unknown names get the list of valid module paths.
+    that module), or a list of exact parameter names (each kept once, whatever the list's order or repeats). A
+    module path that is a full path names that module; otherwise it is matched at the end of the full paths and
+    must match exactly one: in a ResNet wrapped as ``model.*``, ``conv1`` ends the stem's path and every block's
+    (an error that lists the matches), while ``model.conv1``, a full path, is the stem's alone. Unknown names get
+    the list of valid module paths.
     """
     named = dict(model.named_parameters())
     if params is None:

@@ -229,8 +229,26 @@ def test_a_method_registered_from_outside_works_from_the_api_and_the_cli(registe
         interp.build_inverse("nope", interp.Curvature(6))
     out = tmp_path / "inf"
     assert main(["influence", "--run", str(finished_run), "--out", str(out), "--test", "20", "--method", registered,
-                 "--rcond", "exact"]) == 0  # fmt: skip
+                 "--rcond", "exact"]) == 2  # a method without a cut-off refuses one, the default included
+    assert main(["influence", "--run", str(finished_run), "--out", str(out), "--test", "20", "--method", registered]) == 0
     result = InfluenceDir(out).read()
     assert result.meta["inverse"]["method"] == registered and result.meta["settings"][0]["method"] == registered
     assert "no cut-off" in result.meta["settings"][0]["rcond_meaning"]
     assert main(["influence", "--run", str(finished_run), "--out", str(tmp_path / "x"), "--method", "nope"]) == 2
+
+
+@pytest.mark.parametrize("name,build,match", [
+    ("", _build_scaled, "name"), (3, _build_scaled, "name"), ("two words", _build_scaled, "name"),
+    ("a,b", _build_scaled, "name"), ("ok", "not callable", "build must be callable"),
+])  # fmt: skip
+def test_the_registry_refuses_a_bad_entry_when_it_is_declared(name, build, match):
+    with pytest.raises(interp.InterpError, match=match):
+        interp.register_inverse(name, build)
+    with pytest.raises(interp.InterpError, match="needs one of"):
+        interp.register_inverse("fine-name", _build_scaled, needs="matrix")
+    with pytest.raises(interp.InterpError, match="cutoff must be True or False"):
+        interp.register_inverse("fine-name", _build_scaled, cutoff="no")
+    # nothing half-registered: the unknown-method message still lists clean names
+    with pytest.raises(interp.InterpError, match=r"unknown inverse method 'nope'; registered: auto, cholesky, eigh"):
+        interp.build_inverse("nope", interp.Curvature(6))
+    assert all(isinstance(n, str) and n for n in interp.INVERSES.names())
