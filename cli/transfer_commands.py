@@ -21,9 +21,10 @@ def _datasets(args) -> None:
 
 
 def _sources(args) -> None:
-    from transfer.zoo import FAMILIES, SOURCES, hash_status, source_path
+    from transfer.zoo import FAMILIES, SOURCES, TOFU_WARNING, hash_status, source_path
 
     wn, wa = max(len(s.name) for s in SOURCES), max(len(s.arch) for s in SOURCES)
+    checks = {s.name: hash_status(s, args.cache_dir) for s in SOURCES}  # a damaged hash record stops before any line
     for family, about in FAMILIES.items():
         print(f"{family}: {about}")
         print(f"  {'name':<{wn}} {'arch':<{wa}} {'threat':<6} {'eps':<6} {'top-1':>6}  {'status':<8} file / download; SHA-256")
@@ -33,10 +34,11 @@ def _sources(args) -> None:
             acc = "-" if math.isnan(s.accuracy) else f"{s.accuracy:.2f}"
             where = f"{path}" + ("" if s.embedded else f"  <- {s.url}")
             print(f"  {s.name:<{wn}} {s.arch:<{wa}} {s.constraint:<6} {s.eps_label:<6} {acc:>6}  {status:<8} {where}; "
-                  f"{hash_status(s, args.cache_dir)}")  # fmt: skip
+                  f"{checks[s.name]}")  # fmt: skip
         print()
     print("The paper (Utrera et al. 2020) used resnet50-natural and the engstrom2019 family; every file is checked by "
-          "SHA-256 (published, else recorded at its first download) and the hash a run used is in its config.json.")
+          "SHA-256 (published, else recorded at its first download) and the hash a run used is in its config.json. "
+          f"Note: {TOFU_WARNING}.")
 
 
 def _pretrain(args) -> None:

@@ -78,6 +78,12 @@ def parse_checkpoint(obj: dict) -> ParsedCheckpoint:
     if not isinstance(obj, dict):
         raise UserError(f"a checkpoint must hold a dict, found {type(obj).__name__}")
     if obj.get("format") == FORMAT:
+        missing = [k for k in ("arch", "mean", "std", "state_dict") if k not in obj]
+        if missing:
+            raise UserError(f"the checkpoint declares {FORMAT} but lacks {', '.join(missing)}: it is damaged or was not "
+                            "written by robust-transfer")  # fmt: skip
+        if not isinstance(obj["state_dict"], dict):
+            raise UserError(f"the checkpoint declares {FORMAT} but its state_dict is a {type(obj['state_dict']).__name__}")
         return ParsedCheckpoint(
             state_dict=_strip("model.", obj["state_dict"]),
             mean=tuple(obj["mean"]),

@@ -22,6 +22,7 @@ README).
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -138,15 +139,34 @@ def file_sha256(path: Path | str) -> str:
     return h.hexdigest()
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+TOFU_WARNING = ("records made on first use (hashes.json in the cache) are only as trustworthy as the cache: anyone who "
+                "can edit it can edit them")
+
+
 def recorded_hashes(cache_dir: Path | str | None = None) -> dict[str, str]:
-    """The hashes recorded at first download (file name -> SHA-256) in the cache's ``hashes.json``."""
+    """The hashes recorded at first download (file name -> SHA-256) in the cache's ``hashes.json``.
+
+    A damaged record (not a JSON object, an entry without a 64-digit hex ``sha256``, a null or empty one) is
+    refused, never read as "nothing recorded": that would let a tampered cached file be trusted anew and the record
+    be overwritten with its hash. The message says how to repair it.
+    """
     path = Path(cache_dir or DEFAULT_CACHE) / HASHES_FILE
     if not path.is_file():
         return {}
     data = read_json(path, "hash record")
+    repair = (f"the hash record {path} is damaged ({{}}); it is what later downloads are checked against, so it is not "
+              f"repaired here: delete that entry (or the whole file) together with the cached file it names under "
+              f"{path.parent}, then download the file again to record its hash anew")  # fmt: skip
     if not isinstance(data, dict):
-        raise UserError(f"{path} is not a hash record (a JSON object of file name -> SHA-256); delete it")
-    return {k: v["sha256"] if isinstance(v, dict) else v for k, v in data.items()}
+        raise UserError(repair.format("not a JSON object of file name -> record"))
+    out = {}
+    for name, entry in data.items():
+        digest = entry.get("sha256") if isinstance(entry, dict) else entry
+        if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+            raise UserError(repair.format(f"the entry of {name!r} has no 64-digit hex sha256: {entry!r}"))
+        out[name] = digest
+    return out
 
 
 def expected_sha256(source: Source, cache_dir: Path | str | None = None) -> tuple[str | None, str]:

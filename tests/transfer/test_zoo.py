@@ -174,3 +174,46 @@ def test_hub_files_come_through_huggingface_hub_and_offline_names_the_path(tmp_p
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(UserError, match=f"place it at {tmp_path / 'c2' / src.filename}"):
         download_source(src, tmp_path / "c2")
+
+
+@pytest.mark.parametrize("entry", [{"source": "r18-tofu"}, {"sha256": None}, {"sha256": ""}, None, "", "abc",
+                                   {"sha256": "AB" * 32}])  # fmt: skip
+def test_a_damaged_trust_record_is_refused_not_healed(tmp_path, entry):
+    import json
+
+    from cli.main import main
+
+    remote = _robustness_file(tmp_path / "remote.ckpt")
+    src = Source("r18-tofu", "resnet18", "l2", 3.0, "3", 0.0, "imagenet", "t.ckpt", remote.as_uri(), family="salman2020")
+    cache = tmp_path / "cache"
+    dest = download_source(src, cache)
+    _robustness_file(dest, seed=1)  # the cached copy tampered with ...
+    record = cache / "hashes.json"
+    record.write_text(json.dumps({"t.ckpt": entry}))  # ... and its record damaged
+    before = record.read_text()
+    with pytest.raises(UserError, match=r"hashes.json is damaged .* delete that entry"):
+        load_source_of(src, cache)
+    assert record.read_text() == before  # not overwritten with the tampered file's hash
+    with pytest.raises(UserError, match="damaged"):
+        recorded_hashes(cache)
+    assert main(["sources", "--cache-dir", str(cache)]) == 2  # one line, no traceback
+
+
+def test_sources_says_what_trust_on_first_use_is_worth(capsys):
+    from cli.main import main
+
+    assert main(["sources"]) == 0
+    assert "anyone who can edit it can edit them" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("missing", ["state_dict", "mean", "arch"])
+def test_a_checkpoint_that_declares_our_format_but_lacks_a_part_is_refused(tmp_path, missing):
+    from transfer.checkpoints import FORMAT, load_checkpoint
+
+    net = build_model("small_resnet", 10)
+    ckpt = {"format": FORMAT, "arch": "small_resnet", "num_classes": 10, "mean": [0.5], "std": [0.5],
+            "input_size": 28, "state_dict": net.state_dict(), "meta": {}}  # fmt: skip
+    del ckpt[missing]
+    torch.save(ckpt, tmp_path / "c.pt")
+    with pytest.raises(UserError, match=f"lacks {missing}"):
+        load_checkpoint(tmp_path / "c.pt")
