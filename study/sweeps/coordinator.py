@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from study.sweeps.engines import make_executor as executor_named
-from study.sweeps.executors import Executor, check_ray_address
+from study.sweeps.executors import MAX_WORKERS, Executor, check_ray_address
 from study.sweeps.grid import Grid, check_runnable, read_grid
 from study.sweeps.ledger import Ledger
 from study.sweeps.slurm import check_slurm
@@ -65,9 +65,10 @@ class SweepConfig:
 
     def __post_init__(self):
         v.choice("executor", self.executor, EXECUTORS)
-        for name in ("workers", "threads"):
-            if getattr(self, name) is not None:
-                v.integer(name, getattr(self, name), low=1)
+        if self.workers is not None:
+            v.integer("workers", self.workers, low=1, high=MAX_WORKERS)
+        if self.threads is not None:
+            v.integer("threads", self.threads, low=1)
         v.integer("ray_cpus_per_run", self.ray_cpus_per_run, low=1)
         v.integer("max_attempts", self.max_attempts, low=1)
         given = [f.name for f in fields(self) if f.name.startswith("slurm_") and getattr(self, f.name) != f.default]
@@ -152,6 +153,8 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, executor: Executor | None
             _drive(ledger, executor, cfg, progress)
         finally:
             executor.shutdown()
+            # runs still marked running (a submission failure, Ctrl-C) go back to pending; they resume from state.pt
+            ledger.requeue_interrupted()
         return ledger.counts()
 
 

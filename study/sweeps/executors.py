@@ -54,6 +54,9 @@ class Executor(ABC):
         """Stop every worker; runs in flight are abandoned (the ledger requeues them next time)."""
 
 
+MAX_WORKERS = 1024  # worker processes of a local executor: far above any one machine's cores or GPUs
+
+
 def default_local_workers(cuda_devices: int, cores: int) -> tuple[int, int]:
     """``(workers, threads per worker)``: one worker per visible GPU, else workers x threads = cores."""
     if cuda_devices:
@@ -72,10 +75,10 @@ class LocalExecutor(Executor):
     """
 
     def __init__(self, workers: int, threads: int, gpus: int = 0):
-        if workers < 1 or threads < 1:
-            raise UserError(f"--workers and --threads must be >= 1, got {workers} and {threads}")
+        if not (1 <= workers <= MAX_WORKERS) or threads < 1:
+            raise UserError(f"--workers must be in [1, {MAX_WORKERS}] and --threads >= 1, got {workers} and {threads}")
         self.slots, self.threads, self._gpus = workers, threads, gpus
-        self._workers: list[dict] = [self._start(i) for i in range(workers)]
+        self._workers: list[dict] = []  # started as runs need them: never more workers than runs in flight
         where = f"{gpus} GPU(s), one worker each" if gpus else f"CPU, {workers} worker(s) x {threads} thread(s)"
         self.description = f"local: {where}"
 
@@ -91,6 +94,9 @@ class LocalExecutor(Executor):
 
     def submit(self, spec: RunSpec, run_dir: Path) -> None:
         idle = next((w for w in self._workers if w["job"] is None), None)
+        if idle is None and len(self._workers) < self.slots:
+            idle = self._start(len(self._workers))
+            self._workers.append(idle)
         if idle is None:
             raise RuntimeError("submit called with every worker busy")
         if idle["proc"].poll() is not None:  # died while idle

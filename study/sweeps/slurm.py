@@ -30,9 +30,11 @@ def check_slurm(settings: SlurmSettings) -> None:
         import submitit  # noqa: F401
     except ImportError:
         raise UserError('--executor slurm needs submitit: pip install "robust-transfer[slurm]"') from None
-    if settings.cluster == "slurm" and shutil.which("sbatch") is None:
-        raise UserError("--executor slurm: no sbatch on this machine's PATH; run the sweep on a Slurm login node "
-                        "(--slurm-cluster local runs the same job arrays as processes here)")  # fmt: skip
+    if settings.cluster == "slurm":
+        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+        if missing:
+            raise UserError(f"--executor slurm: no {' or '.join(missing)} on this machine's PATH; run the sweep on a "
+                            "Slurm login node (--slurm-cluster local runs the same job arrays as processes here)")  # fmt: skip
 
 
 class SlurmExecutor(Executor):
@@ -71,8 +73,16 @@ class SlurmExecutor(Executor):
         from study.sweeps.worker import execute_run
 
         batch, self._buffer = self._buffer, []
-        jobs = self._ex.map_array(execute_run, [s.settings for s, _ in batch], [str(d) for _, d in batch],
-                                  [None if s.indices is None else list(s.indices) for s, _ in batch])  # fmt: skip
+        try:
+            jobs = self._ex.map_array(execute_run, [s.settings for s, _ in batch], [str(d) for _, d in batch],
+                                      [None if s.indices is None else list(s.indices) for s, _ in batch])  # fmt: skip
+        except Exception as exc:  # submitit's FailedJobError from sbatch's exit code, an OSError, ...: one line
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            said = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "")
+            raise UserError(f"--executor slurm: submitting a job array of {len(batch)} run(s) failed "
+                            f"({type(exc).__name__}: {said[:300]}); check the --slurm-* settings against the "
+                            f"cluster (partition, time, GPUs), then run the same command again; submitit's files are "
+                            f"in {self.settings.folder}") from None  # fmt: skip
         for job, (spec, _) in zip(jobs, batch, strict=True):
             self._jobs[job] = spec.key
 

@@ -158,13 +158,52 @@ def test_slurm_settings_are_checked_and_belong_to_the_slurm_executor(tmp_path):
     cfg = SweepConfig("g.toml", str(tmp_path / "s"), executor="slurm", slurm_partition="gpu", slurm_time=30)
     assert cfg.slurm_settings() == SlurmSettings(str(tmp_path / "s" / "slurm"), "gpu", 1, 8, None, 30, 64, "slurm")
     if __import__("shutil").which("sbatch") is None:
-        with pytest.raises(UserError, match="no sbatch on this machine's PATH"):
+        with pytest.raises(UserError, match="no sbatch or srun on this machine's PATH"):
             SlurmExecutor(cfg.slurm_settings())
         grid = tmp_path / "g.toml"
         grid.write_text(GRID)
         with pytest.raises(UserError, match="no sbatch"):
             run_sweep(SweepConfig(str(grid), str(tmp_path / "s"), executor="slurm"), progress=False)
         assert not (tmp_path / "s").exists()  # refused before the sweep directory was made
+
+
+def _fake_tools(tmp_path, monkeypatch, **scripts):
+    """Stand-ins for Slurm's commands (name -> shell body) first on PATH, the machine's own sbatch/srun hidden."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    rest = [d for d in os.environ["PATH"].split(os.pathsep)
+            if not any((Path(d) / t).exists() for t in ("sbatch", "srun"))]  # fmt: skip
+    monkeypatch.setenv("PATH", os.pathsep.join([str(bin_dir), *rest]))
+
+
+def test_a_refused_slurm_submission_is_one_line_and_leaves_the_runs_pending(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    from transfer.errors import UserError
+
+    grid = tmp_path / "g.toml"
+    grid.write_text(GRID)
+    _fake_tools(tmp_path, monkeypatch, sbatch='echo "sbatch: error: invalid partition specified: gpu" >&2; exit 1',
+                srun="exit 0")  # fmt: skip
+    out = tmp_path / "s"
+    with pytest.raises(UserError, match="submitting a job array of .* failed .*invalid partition") as caught:
+        run_sweep(SweepConfig(str(grid), str(out), executor="slurm", slurm_partition="gpu"), progress=False)
+    assert "\n" not in str(caught.value)
+    assert _counts(out) == {"pending": 6}  # nothing left running: the same command resumes them
+
+
+def test_slurm_without_srun_is_refused_before_the_sweep_directory_is_made(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    from transfer.errors import UserError
+
+    grid = tmp_path / "g.toml"
+    grid.write_text(GRID)
+    _fake_tools(tmp_path, monkeypatch, sbatch="exit 0")
+    with pytest.raises(UserError, match="no srun on this machine's PATH"):
+        run_sweep(SweepConfig(str(grid), str(tmp_path / "s"), executor="slurm"), progress=False)
+    assert not (tmp_path / "s").exists()
 
 
 def test_a_slurm_task_that_dies_is_reported_lost_and_shutdown_cancels(tmp_path):

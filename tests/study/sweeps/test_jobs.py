@@ -89,3 +89,17 @@ def test_executors_train_on_the_given_indices_and_keep_finished_runs(tmp_path, n
 def test_an_unknown_executor_is_refused():
     with pytest.raises(UserError, match="unknown executor 'dask'; choose from inline, local, ray"):
         make_executor("dask")
+
+
+def test_a_local_executor_starts_no_more_workers_than_runs(tmp_path):
+    from study.sweeps.executors import MAX_WORKERS, LocalExecutor
+
+    with pytest.raises(UserError, match=f"--workers must be in \\[1, {MAX_WORKERS}\\]"):
+        LocalExecutor(MAX_WORKERS + 1, 1)
+    ex = LocalExecutor(9, 1)
+    started = []
+    start = ex._start
+    ex._start = lambda slot: started.append(slot) or start(slot)
+    runs = [(RunSpec(f"k{i}", SETTINGS, tuple(range(i, 120, 10))), tmp_path / f"k{i}") for i in range(2)]
+    summaries = run_jobs(runs, ex, progress=False)
+    assert len(summaries) == 2 and started == [0, 1]  # 9 slots, 2 runs: 2 worker processes
