@@ -40,17 +40,20 @@ def _influence(args) -> None:
         names = inverse["fallback_names"]
         print(f"{inverse['fallback_params']} parameters Kronecker factors do not cover ({len(names)} tensors: "
               f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): {inverse['fallback']}")  # fmt: skip
+    if inverse.get("weight_and_bias"):
+        print(f"{inverse['method']}: {inverse['weight_and_bias']}")
     if inverse.get("method") == "arnoldi":
-        share = inverse.get("captured_trace_share")
-        print(f"arnoldi: {inverse['rank_kept']} eigenpairs of {inverse['size']}"
-              + (f", about {share:.0%} of the trace" if share is not None else ""))  # fmt: skip
+        share, se = inverse.get("captured_trace_share"), inverse.get("captured_trace_share_standard_error")
+        print(f"arnoldi: {inverse['rank_asked']} eigenpairs of {inverse['size']} by {inverse['solver']}"
+              + (f", {share:.1%} (standard error {se:.1%}) of the trace" if share is not None else ""))  # fmt: skip
     for st in meta.get("settings", []):
-        print(
-            f"{st['label']:<32} kept {st['rank_kept']} of {st['size']} directions; the dropped ones carried "
-            f"{st['dropped_gradient_norm_share']:.1%} of the training gradients' squared norm"
-            if st.get("rank_kept") is not None
-            else st["label"]
-        )
+        if st.get("rank_kept") is None:
+            print(st["label"])
+            continue
+        share = st.get("dropped_gradient_norm_share")
+        carried = f"{share:.1%}" if share is not None else "(not computed)"
+        print(f"{st['label']:<32} kept {st['rank_kept']} of {st['size']} directions; the dropped ones carried "
+              f"{carried} of the training gradients' squared norm")  # fmt: skip
     print(json.dumps({k: meta[k] for k in ("n_train", "n_test", "rank_kept", "cg", "timings") if k in meta}, indent=2))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from transfer.files import read_json
 from transfer.runs import RunDir
 from transfer.subsets import class_covering_subset
 from transfer.transforms import build_transform
-from transfer.zoo import load_source
+from transfer.zoo import file_sha256, load_source
 
 
 def load_run(cfg: InfluenceConfig):
@@ -66,3 +67,33 @@ def output_bytes(n_train: int, n_test: int) -> int:
     right before they are created.
     """
     return 8 * (n_test * n_train + n_train * n_train) + 8 * (2 * n_train + 2 * n_test)
+
+
+def run_identity(run: Path | str) -> dict:
+    """What tells one finished run from another made later at the same path: the SHA-256 of its ``model.pt`` and of
+    its training indices. An influence directory records it (``meta["run_identity"]``), and whatever scores the
+    directory against the run later checks it (:func:`identity_mismatch`)."""
+    rd = RunDir(run)
+    indices = np.asarray(read_json(rd.subset, "run directory")["indices"], dtype=np.int64)
+    return {"model_sha256": file_sha256(rd.model), "indices_sha256": hashlib.sha256(indices.tobytes()).hexdigest()}
+
+
+def identity_mismatch(meta: dict, idx_train: np.ndarray, run: Path | str, now: dict | None = None) -> str | None:
+    """Why an influence directory (its ``meta`` and ``idx_train``) was not computed from the run now at ``run``, or
+    None when it was (``now``: the run's :func:`run_identity`, when the caller has it). A directory from before
+    identities were recorded is matched by its run's settings and training indices."""
+    rd = RunDir(run)
+    now = now or run_identity(run)
+    recorded = meta.get("run_identity")
+    if recorded:
+        if recorded.get("model_sha256") != now["model_sha256"]:
+            return "the run's model.pt is another file now"
+        if recorded.get("indices_sha256") != now["indices_sha256"]:
+            return "the run's training images are others now"
+        return None
+    if meta.get("run_settings") != rd.recorded():
+        return "the run's settings are others now"
+    indices = np.asarray(read_json(rd.subset, "run directory")["indices"], dtype=np.int64)
+    if not np.array_equal(np.asarray(idx_train, dtype=np.int64), indices):
+        return "the run's training images are others now"
+    return None

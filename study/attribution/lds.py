@@ -23,6 +23,7 @@ from scipy.stats import spearmanr
 from torch.utils.data import DataLoader
 
 from interp.metrics import bootstrap_interval
+from study.attribution.inputs import identity_mismatch, run_identity
 from study.attribution.store import InfluenceDir
 from study.sweeps.executors import Executor
 from study.sweeps.grid import RunSpec
@@ -37,6 +38,7 @@ from transfer.transforms import build_transform
 from transfer.zoo import load_source
 
 MIN_SUBSETS = 5
+MAX_RETRAININGS = 10_000  # fine-tunes one ground truth may ask for (TRAK and dattri use 100 to 300; SOURCE 100 x 50)
 
 
 def subsets(labels: np.ndarray, m: int, fraction: float, seed: int) -> list[np.ndarray]:
@@ -102,27 +104,33 @@ def score(influence: np.ndarray, chosen: list[np.ndarray], actual: np.ndarray, s
 
 
 def read_influence_of(run: Path, influence_dirs: list[Path]) -> list:
-    """The influence directories, read, each checked to have been computed from ``run``."""
+    """The influence directories, read, each checked to have been computed from ``run``: from its path, and from the
+    run now there (not an earlier one deleted and made again at the same path: :func:`identity_mismatch`)."""
     results = [InfluenceDir(d).read() for d in influence_dirs]
+    now = run_identity(run)
     for d, res in zip(influence_dirs, results, strict=True):
         if Path(res.meta["config"]["run"]).resolve() != run.resolve():
             raise UserError(f"{d} was computed from {res.meta['config']['run']}, not from {run}")
+        why = identity_mismatch(res.meta, res["idx_train"], run, now)
+        if why:
+            raise UserError(f"{d} was computed from an earlier run at {run} ({why}); compute it again: "
+                            f"robust-transfer influence --run {run} --out {d}")  # fmt: skip
     return results
 
 
-def lds_report(run: Path, influence_dirs: list[Path], out: Path, m: int, fraction: float, seed: int, device: str,
+def lds_report(run: Path, results: list, out: Path, m: int, fraction: float, seed: int, device: str,
                data_root: str | None, executor: Callable[[], Executor], progress: bool) -> dict:  # fmt: skip
     """Retrain on ``m`` subsets (on ``executor()``), measure, and score every setting of every influence
-    directory of ``run``."""
+    directory of ``run`` (``results``: from :func:`read_influence_of`)."""
     if m < MIN_SUBSETS:
         raise UserError(f"--lds {m}: a rank correlation over fewer than {MIN_SUBSETS} subsets means nothing")
-    results = read_influence_of(run, influence_dirs)
     y_train = np.asarray(results[0]["y_train"])
     chosen = subsets(y_train, m, fraction, seed)
     settings = RunDir(run).recorded()
     runs = retrain(run, out / "runs", chosen, device, executor, progress, desc="LDS retrainings")
     rows, scatter, measured = [], {}, {}
-    for d, res in zip(influence_dirs, results, strict=True):
+    for res in results:
+        d = res.root
         idx_test = np.asarray(res["idx_test"])
         key = idx_test.tobytes()  # directories of the same test images share one evaluation of the retrained models
         if key not in measured:

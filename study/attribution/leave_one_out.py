@@ -23,11 +23,11 @@ from torch.utils.data import DataLoader
 import interp
 from interp.loo import leave_one_out, refit_head
 from study.attribution import InfluenceConfig, load_run, run_influence, run_weight_decay
-from study.attribution.lds import MIN_SUBSETS, lds_figure, lds_report
+from study.attribution.lds import MAX_RETRAININGS, MIN_SUBSETS, lds_figure, lds_report, read_influence_of
 from study.attribution.retrain_loo import retrained_loo
 from study.attribution.settings import RCOND_VALIDATE, RUN_DATA_ROOT
 from study.sweeps.engines import make_executor
-from study.sweeps.executors import Executor
+from study.sweeps.executors import MAX_WORKERS, Executor
 from transfer import validation as v
 from transfer.device import resolve_device
 from transfer.errors import UserError
@@ -97,7 +97,9 @@ class ValidateConfig(Runtime):
         default=None, metadata={"help": "--executor local: worker processes (default: one per GPU, else per core)"}
     )
     address: str | None = field(default=None, metadata={"help": "--executor ray: cluster address (default: a local Ray)"})
-    device: str = field(default="cpu", metadata=runtime_help("device"))
+    device: str = field(default="auto", metadata=runtime_help("device", help=(
+        "auto, cpu, cuda or cuda:N: where features, influence and the --lds/--retrain retrainings run (the head's "
+        "refits run on the CPU whatever it is: thousands of tiny solves)")))  # fmt: skip
     data_root: str | None = field(default=None, metadata=runtime_help("data_root", help=RUN_DATA_ROOT))
 
     RUNTIME = ("device", "threads", "data_root")
@@ -113,13 +115,13 @@ class ValidateConfig(Runtime):
         v.integer("seed", self.seed, low=0)
         v.choice("executor", self.executor, RETRAIN_EXECUTORS)
         if self.retrain_workers is not None:
-            v.integer("retrain_workers", self.retrain_workers, low=1)
+            v.integer("retrain_workers", self.retrain_workers, low=1, high=MAX_WORKERS)
         if self.executor != "local" and self.retrain_workers is not None:
             raise UserError("--retrain-workers is for --executor local")
         if self.executor != "ray" and self.address is not None:
             raise UserError("--address is for --executor ray")
         if self.lds:
-            v.integer("lds", self.lds, low=MIN_SUBSETS)
+            v.integer("lds", self.lds, low=MIN_SUBSETS, high=MAX_RETRAININGS)
         v.number("fraction", self.fraction, low=0, high=1, low_open=True, high_open=True)
         if self.influence is not None and not (self.lds or self.retrain):
             raise UserError("--influence names directories for --lds or --retrain to score; give one of them")
@@ -148,8 +150,10 @@ def validate_influence(cfg: ValidateConfig, progress: bool = True) -> dict:
 
 
 def _validate(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
+    # the named directories are read, and checked to be this run's, before any refit or retraining starts
+    named = read_influence_of(Path(cfg.run), _named_dirs(cfg)) if cfg.influence else None
     if cfg.retrain:
-        return _validate_retrained(cfg, out, progress)
+        return _validate_retrained(cfg, out, named, progress)
     icfg = cfg.influence_config()
     settings, model, train, test, _, _ = load_run(icfg)
     lam = run_weight_decay(settings)
@@ -204,33 +208,38 @@ def _validate(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
         "prediction": "-I[t, j] / n with damping = weight decay",
         "settings": results,
     }
-    return _finish(cfg, out, report, rows, "actual change in test loss (refit without j)", progress)
+    return _finish(cfg, out, report, rows, "actual change in test loss (refit without j)", named, progress)
 
 
-def _finish(cfg: ValidateConfig, out: Path, report: dict, rows: list, xlabel: str, progress: bool) -> dict:
+def _finish(cfg: ValidateConfig, out: Path, report: dict, rows: list, xlabel: str, named, progress: bool) -> dict:
     """Add the LDS when asked, then write validate.csv, validate.png and validate.json (last)."""
     if cfg.lds:
-        report["lds"] = _lds(cfg, out, progress)
+        report["lds"] = _lds(cfg, out, named, progress)
     atomic_write_csv(out / "validate.csv", ["setting", "test_index", "train_index", "kind", "predicted", "actual"], rows)
     atomic_write_figure(out / "validate.png", _figure(rows, report["settings"], xlabel))
     atomic_write_json(out / "validate.json", report)
     return report
 
 
-def _influence_dirs(cfg: ValidateConfig, own: Path, progress: bool) -> list[Path]:
-    """The directories of ``--influence``, or one computed at ``own`` (head, the cut-offs, damping = weight decay)."""
-    if cfg.influence:
-        return [Path(d.strip()) for d in cfg.influence.split(",") if d.strip()]
+def _named_dirs(cfg: ValidateConfig) -> list[Path]:
+    return [Path(d.strip()) for d in cfg.influence.split(",") if d.strip()]
+
+
+def _scored(cfg: ValidateConfig, own: Path, named, progress: bool) -> list:
+    """The directories of ``--influence`` (``named``, read), or one computed at ``own`` (head, the cut-offs, damping =
+    weight decay) and read."""
+    if named is not None:
+        return named
     if not (own / "meta.json").exists():
         run_influence(InfluenceConfig(run=cfg.run, out=str(own), rcond=cfg.rcond, damping="wd", test=cfg.test,
                                       device=cfg.device, data_root=cfg.data_root), progress=progress)  # fmt: skip
-    return [own]
+    return read_influence_of(Path(cfg.run), [own])
 
 
-def _validate_retrained(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
+def _validate_retrained(cfg: ValidateConfig, out: Path, named, progress: bool) -> dict:
     """Leave-one-out by retraining the whole fine-tune (:mod:`study.attribution.retrain_loo`)."""
-    dirs = _influence_dirs(cfg, out / "loo" / "influence", progress)
-    scored, rows = retrained_loo(Path(cfg.run), dirs, out / "loo", cfg.tests, cfg.removals, cfg.random, cfg.seed,
+    results = _scored(cfg, out / "loo" / "influence", named, progress)
+    scored, rows = retrained_loo(Path(cfg.run), results, out / "loo", cfg.tests, cfg.removals, cfg.random, cfg.seed,
                                  cfg.device, cfg.data_root, cfg.retrain_executor, progress)  # fmt: skip
     results = [{**{k: v for k, v in r.items() if k not in ("predicted", "actual", "n_pairs")},
                 **correlations(r["predicted"], r["actual"]), "n_pairs": r["n_pairs"]} for r in scored]  # fmt: skip
@@ -241,13 +250,13 @@ def _validate_retrained(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
         "prediction": "-I[t, j] / n of each influence directory's setting",
         "settings": results,
     }
-    return _finish(cfg, out, report, rows, "actual change in test loss (retrained without j)", progress)
+    return _finish(cfg, out, report, rows, "actual change in test loss (retrained without j)", named, progress)
 
 
-def _lds(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
+def _lds(cfg: ValidateConfig, out: Path, named, progress: bool) -> dict:
     """The linear datamodeling score of the named influence directories (or of one computed here)."""
-    dirs = _influence_dirs(cfg, out / "lds" / "influence", progress)
-    report, scatter = lds_report(Path(cfg.run), dirs, out / "lds", cfg.lds, cfg.fraction, cfg.seed, cfg.device,
+    results = _scored(cfg, out / "lds" / "influence", named, progress)
+    report, scatter = lds_report(Path(cfg.run), results, out / "lds", cfg.lds, cfg.fraction, cfg.seed, cfg.device,
                                  cfg.data_root, cfg.retrain_executor, progress)  # fmt: skip
     atomic_write_csv(out / "lds.csv", ["influence", "method", "setting", "params", "lds", "low", "high", "lds_margin",
                                        "n_test"],

@@ -67,24 +67,43 @@ def write_matrices(cfg, out: InfluenceDir, g_test, g_train, operators, grad_norm
     return written, first
 
 
+class DroppedShare:
+    """The share of the training gradients' squared norm an inverse drops, summed chunk by chunk:
+    ``sum_c share_c ||G_c||_F^2 / sum_c ||G_c||_F^2``, which equals the share over all of them at once
+    (:meth:`interp.InverseOperator.dropped_norm_share` is a ratio of sums over rows)."""
+
+    def __init__(self, inv):
+        self.inv, self.dropped, self.total = inv, 0.0, 0.0
+
+    def __call__(self, g) -> None:
+        norm = float((g * g).sum())
+        self.dropped += self.inv.dropped_norm_share(g) * norm
+        self.total += norm
+
+    @property
+    def share(self) -> float:
+        return self.dropped / self.total if self.total else 0.0
+
+
 def write_streamed_matrices(cfg, out: InfluenceDir, test_batches, train_batches, shape: tuple[int, int], operators,
                             budget: int, progress) -> list[dict]:  # fmt: skip
     """As :func:`write_matrices`, with the gradients streamed (:func:`interp.influence.streamed_influence`)
     instead of held: ``test_batches()`` / ``train_batches()`` start a pass over them; ``cfg.normalize`` applies as
-    in the held path. The share of the gradients' norm in dropped directions is not computed (it would need
-    them all at once)."""
+    in the held path, and the share of the gradients' norm in dropped directions is summed over the training
+    gradients' chunks as the train x train matrix passes them (:class:`DroppedShare`)."""
     n_test, n_train = shape
     written = []
     for i, (st, inv) in enumerate(operators):
         names = _names(i)
+        dropped = DroppedShare(inv)
         with out.staged(names[0]) as path_test, out.staged(names[1]) as path_train:
             _, test_passes = streamed_influence(inv, test_batches, train_batches, (n_test, n_train),
                                                 budget_bytes=budget, out=path_test, progress=progress,
                                                 normalize=cfg.normalize)  # fmt: skip
             _, train_passes = streamed_influence(inv, train_batches, train_batches, (n_train, n_train),
                                                  budget_bytes=budget, out=path_train, progress=progress,
-                                                 normalize=cfg.normalize)  # fmt: skip
-        entry = _entry(cfg, i, st, inv, names, None)
+                                                 normalize=cfg.normalize, on_rows=dropped)  # fmt: skip
+        entry = _entry(cfg, i, st, inv, names, dropped.share)
         entry["gradient_passes"] = {"test x train": test_passes, "train x train": train_passes}
         written.append(entry)
         if i == 0:

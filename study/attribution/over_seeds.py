@@ -28,6 +28,7 @@ from interp.inverse import INVERSES
 from interp.kronecker import FISHER_DEFAULT
 from study.attribution import InfluenceConfig, run_influence
 from study.attribution.class_match import class_match_report
+from study.attribution.inputs import identity_mismatch
 from study.attribution.settings import DAMPING_DEFAULT, RCOND_STUDY, RUN_DATA_ROOT
 from study.attribution.store import DERIVED, InfluenceDir
 from study.sweeps.grid import RunSpec, source_dirs
@@ -54,7 +55,12 @@ class InfluenceStudyConfig(Runtime):
     out: str | None = field(default=None, metadata={"help": "default: SWEEP/influence/<target>/b<blocks>/n<size>[-<params>][-<method>][-<fisher>] (the suffixes for other than the defaults)"})
     natural: str | None = field(default=None, metadata={"help": "the natural source (default: the zoo's)"})
     test: str = field(default="200", metadata={"help": "test images per run: all or N (the same ones for every run)"})
-    rcond: str = field(default=RCOND_STUDY, metadata={"help": "cut-offs, as influence --rcond"})
+    rcond: str | None = field(
+        default=None,
+        metadata={"help": f"cut-offs, as influence --rcond (default: {RCOND_STUDY} for the head's Hessian, whose "
+                  "comparison the paper's cut-off may flip; the method's own for ggn, blockdiag and arnoldi; none "
+                  "for methods without a cut-off)"},
+    )  # fmt: skip
     damping: str = field(default=DAMPING_DEFAULT, metadata={"help": "dampings, as influence --damping (wd: the weight decay)"})
     normalize: str = field(default="none", metadata={"help": "none, relatif or cosine, as influence --normalize"})
     refit_head: bool = field(default=False, metadata={"help": "as influence --refit-head"})
@@ -78,8 +84,10 @@ class InfluenceStudyConfig(Runtime):
         if self.k is not None:
             v.integer("k", self.k, low=1)
         super().__post_init__()
-        if self.rcond == RCOND_STUDY and self.method in INVERSES.names() and not INVERSES.get(self.method).cutoff:
-            self.rcond = "exact"  # the default list of cut-offs means nothing to a method without one
+        if self.rcond is None and self.method in INVERSES.names():
+            method = INVERSES.get(self.method)
+            if method.cutoff and method.default_rcond == "paper":
+                self.rcond = RCOND_STUDY  # the paper's cut-off and the others it is read against
         self.influence_config("run", "out")  # every influence setting checked before anything runs
 
     def influence_config(self, run: str, out: str) -> InfluenceConfig:
@@ -108,13 +116,15 @@ def cell_runs(
 
 
 def _up_to_date(path: Path, cfg: InfluenceConfig) -> bool:
-    """A complete influence directory computed with the same shared settings (resume)."""
+    """A complete influence directory computed with the same shared settings from the run now at its path (resume)."""
     try:
-        meta = InfluenceDir(path).read().meta
+        result = InfluenceDir(path).read()
     except UserError:
         return False
-    wanted = {k: getattr(cfg, k) for k in SHARED} | {"run": cfg.run}
-    return all(meta.get("config", {}).get(k) == val for k, val in wanted.items())
+    asked = cfg.asked()
+    wanted = {k: asked[k] for k in SHARED if k in asked} | {"run": cfg.run}
+    return (all(result.meta.get("config", {}).get(k) == val for k, val in wanted.items())
+            and identity_mismatch(result.meta, result["idx_train"], cfg.run) is None)  # fmt: skip
 
 
 def _variant(cfg: InfluenceStudyConfig) -> str:
@@ -216,7 +226,7 @@ def reading(diff_rows: list[dict]) -> list[str]:
         for stat, name in STATISTICS.items():
             parts = []
             for r in (r for r in diff_rows if r["robust"] == robust and r["statistic"] == stat):
-                parts.append(f"{r['setting']}: {r['mean']:+.3f} ({verdict(r['low'], r['high'])})")
+                parts.append(f"{r['setting']}: {r['mean']:+.3f} ({verdict(r['low'], r['high'], r['n_seeds'])})")
             out.append(f"{name} class match, {robust} minus {diff_rows[0]['natural']}: " + "; ".join(parts))
     return out
 

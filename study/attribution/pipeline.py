@@ -13,8 +13,8 @@ disk space) before the directory is touched, and it is complete or refused by re
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
-from dataclasses import asdict
 
 import numpy as np
 from torch.utils.data import DataLoader
@@ -26,7 +26,7 @@ import interp.memory
 from interp.influence import NORMALIZE_HELP
 from interp.inverse import Curvature
 from study.attribution.head_path import compute_head
-from study.attribution.inputs import load_run, output_bytes, run_weight_decay
+from study.attribution.inputs import load_run, output_bytes, run_identity, run_weight_decay
 from study.attribution.matrices import operators_per_setting, write_matrices, write_streamed_matrices
 from study.attribution.settings import HEAD_ALIASES, SIGN_CONVENTION, TRAINABLE, InfluenceConfig
 from study.attribution.store import InfluenceDir
@@ -45,7 +45,7 @@ def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     settings, model, train, test, idx_train, idx_test = load_run(cfg)
-    requested = asdict(cfg)  # meta.json's "config" is what was asked for; its "settings" the values used
+    requested = cfg.asked()  # meta.json's "config" is what was asked for; its "settings" the values used
     cfg = cfg.with_weight_decay(run_weight_decay(settings))
     model = model.to(device).eval()
     names = _param_names(model, cfg.params, settings)
@@ -55,6 +55,7 @@ def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
         for name, arr in (("y_train", train.targets), ("y_test", test.targets), ("idx_train", idx_train),
                           ("idx_test", idx_test)):  # fmt: skip
             out.save(name, np.asarray(arr))
+        meta["run_identity"] = run_identity(cfg.run)
         meta["timings"]["total_s"] = time.perf_counter() - t0
         out.complete(meta)
     return meta
@@ -69,17 +70,16 @@ def _param_names(model, params: str, settings: dict) -> list[str]:
     if params == TRAINABLE:
         return trainable_names(model, parse_blocks(settings.get("blocks", "1")))
     try:
-        return [
-            n for path in params.split(",") if path.strip() for n in interp.params.select_params(model, path.strip())
-        ]
+        chosen = {n for path in params.split(",") if path.strip() for n in interp.params.select_params(model, path.strip())}
     except interp.InterpError as exc:
         raise UserError(f"--params: {exc}") from None
+    # each tensor once, in the model's order (the gradients' layout), however the paths overlap or are ordered
+    return [n for n, _ in model.named_parameters() if n in chosen]
 
 
 def _compute(cfg, out: InfluenceDir, settings, model, names, train, test, device, progress) -> dict:
     loader = lambda ds: DataLoader(ds, batch_size=cfg.batch_size)  # noqa: E731
     meta = {
-        "config": asdict(cfg),
         "sign_convention": SIGN_CONVENTION,
         "run_settings": settings,
         "n_train": len(train),
@@ -101,15 +101,15 @@ def streams(mode: str, size: int, n_train: int, n_test: int, device) -> bool:
     return 8 * size * (3 * n_train + n_test) > interp.memory.device_free_bytes(device) / 2
 
 
-def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, device, progress) -> dict:
-    size = sum(dict(model.named_parameters())[n].numel() for n in names)
-    n_train, n_test = len(train_loader.dataset), len(test_loader.dataset)
-    stream = streams(cfg.gradients, size, n_train, n_test, device)
-    t = time.perf_counter()
-    if not stream:
-        g_train = interp.per_example_grads(model, train_loader, names, device=device, progress=progress)
-        g_test = interp.per_example_grads(model, test_loader, names, device=device, progress=progress)
-    timings = {"gradients_s": time.perf_counter() - t}
+def _first_built(operators):
+    """``operators`` (a generator of ``(setting, inverse)``) with its first inverse built now: a curvature that does
+    not fit, or any other refusal of the method, comes before the per-example gradients are computed."""
+    first = next(operators)
+    return itertools.chain([first], operators)
+
+
+def _curvature_operators(cfg, model, names, size, train_loader, out: InfluenceDir, device, progress):
+    """``(operators per setting, how the curvature was taken, seconds)``, the first operator already built."""
     t = time.perf_counter()
     method = cfg.inverse_method()
     if method.needs == "model":
@@ -119,24 +119,37 @@ def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, de
     elif method.needs == "hvp":
         matvec, size = interp.hessian_vector_product(model, train_loader, names, device=device)
         operators = operators_per_setting(Curvature(size, matvec=matvec, device=device), cfg, tol=cfg.cg_tol,
-                              max_iter=cfg.cg_max_iter, progress=progress)  # fmt: skip
+                                          max_iter=cfg.cg_max_iter, progress=progress)  # fmt: skip
         path = f"matrix-free ({cfg.method}, Hessian-vector products)"
     else:
         h = interp.hessian(model, train_loader, names, device=device, progress=progress)
-        timings["hessian_s"] = time.perf_counter() - t
         if cfg.save_hessian:
             out.save("hessian", h.cpu().numpy())
-        t = time.perf_counter()
         if cfg.method == "auto":  # the generic Hessian is rarely positive definite: go straight to eigh
             cfg = dataclasses.replace(cfg, method="eigh")
         operators = operators_per_setting(Curvature(h.shape[0], matrix=h, device=h.device), cfg)
         path = "dense Hessian (torch.func)"
+    operators = _first_built(operators)
+    return operators, path, time.perf_counter() - t
+
+
+def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, device, progress) -> dict:
+    size = sum(dict(model.named_parameters())[n].numel() for n in names)
+    n_train, n_test = len(train_loader.dataset), len(test_loader.dataset)
+    operators, path, curvature_s = _curvature_operators(cfg, model, names, size, train_loader, out, device, progress)
+    timings = {"curvature_s": curvature_s}
+    stream = streams(cfg.gradients, size, n_train, n_test, device)  # with the curvature already in memory
+    t = time.perf_counter()
     if stream:
         budget = interp.memory.device_free_bytes(device) // 4
         batches = lambda loader: lambda: interp.grads.per_example_grad_batches(model, loader, names, device=device)  # noqa: E731
         written, inv = write_streamed_matrices(cfg, out, batches(test_loader), batches(train_loader),
                                                (n_test, n_train), operators, budget, progress)  # fmt: skip
     else:
+        g_train = interp.per_example_grads(model, train_loader, names, device=device, progress=progress)
+        g_test = interp.per_example_grads(model, test_loader, names, device=device, progress=progress)
+        timings["gradients_s"] = time.perf_counter() - t
+        t = time.perf_counter()
         written, inv = write_matrices(cfg, out, g_test, g_train, operators, None, progress)
     if inv.spectrum() is not None:
         out.save("spectrum", inv.spectrum())

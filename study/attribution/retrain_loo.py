@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from study.attribution.lds import outputs, read_influence_of, retrain
+from study.attribution.lds import outputs, retrain
 from study.sweeps.executors import Executor
 from transfer.errors import UserError
 from transfer.runs import RunDir
@@ -41,18 +41,18 @@ def choose_pairs(influence: np.ndarray, base_loss: np.ndarray, tests: int, remov
     return pairs
 
 
-def retrained_loo(run: Path, influence_dirs: list[Path], out: Path, tests: int, removals: int, random: int,
+def retrained_loo(run: Path, results: list, out: Path, tests: int, removals: int, random: int,
                   seed: int, device: str, data_root: str | None, executor: Callable[[], Executor],
                   progress: bool) -> tuple[list[dict], list[list]]:  # fmt: skip
-    """Predictions of every setting of ``influence_dirs`` beside retrained leave-one-out; returns (per setting:
+    """Predictions of every setting of the influence directories ``results`` (from
+    :func:`study.attribution.lds.read_influence_of`) beside retrained leave-one-out; returns (per setting:
     its label, size, rank and the ``predicted`` / ``actual`` arrays; CSV rows ``[setting, test_index,
     train_index, kind, predicted, actual]``)."""
-    results = read_influence_of(run, influence_dirs)
     first = results[0]
     idx_test = np.asarray(first["idx_test"])
-    for d, res in zip(influence_dirs, results, strict=True):
+    for res in results:
         if not np.array_equal(np.asarray(res["idx_test"]), idx_test):
-            raise UserError(f"{d} has other test images than {influence_dirs[0]}; compute them with the same --test")
+            raise UserError(f"{res.root} has other test images than {first.root}; compute them with the same --test")
     settings = RunDir(run).recorded()
     where = data_root or settings.get("data_root")
     base_loss, _ = outputs([run], settings["target"], where, idx_test, device)
@@ -66,7 +66,8 @@ def retrained_loo(run: Path, influence_dirs: list[Path], out: Path, tests: int, 
                         device)  # fmt: skip
     actual = {j: losses[k] - base_loss for k, j in enumerate(removed)}
     out_rows, per_setting = [], []
-    for d, res in zip(influence_dirs, results, strict=True):
+    for res in results:
+        d = res.root
         for st in res.settings:
             inf = np.asarray(res.setting(st["index"])[0])
             label = f"{Path(d).name}: {res.meta.get('inverse', {}).get('method', '?')}, {st.get('label', '')}"

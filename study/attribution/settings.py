@@ -31,9 +31,9 @@ SIGN_CONVENTION = (
 
 
 # The cut-offs and dampings have one parser (InfluenceConfig.rconds / dampings) and these defaults, one per
-# purpose: a single matrix pair follows the paper; validation sets the exact inverse beside it; the study over
-# seeds reads how the comparison moves with the cut-off. No damping unless asked (``wd``: the weight decay).
-RCOND_DEFAULT = "paper"
+# purpose: a single matrix pair takes the method's own (the paper's for the head: interp's registry says);
+# validation sets the exact inverse beside it; the study over seeds reads how the comparison moves with the
+# cut-off. No damping unless asked (``wd``: the weight decay).
 RCOND_VALIDATE = "exact,paper"
 RCOND_STUDY = "paper,1e-2,1e-3,exact"
 DAMPING_DEFAULT = "0"
@@ -56,12 +56,15 @@ class InfluenceConfig(Runtime):
     test: str = field(
         default="all", metadata={"help": "test images: all, or N (a class-covering random subset, seed 0)"}
     )
-    rcond: str = field(
-        default=RCOND_DEFAULT,
+    rcond: str | None = field(
+        default=None,
         metadata={
             "help": "pseudo-inverse cut-off relative to the largest eigenvalue: paper (0.05, as the paper's code, "
             "scipy pinv2 rcond=5e-2), exact (P * eps, scipy.linalg.pinv's default) or a number in [0, 1); a "
-            "comma-separated list (paper,1e-2,1e-4,exact) factorises once and writes one matrix pair per setting"
+            "comma-separated list (paper,1e-2,1e-4,exact) factorises once and writes one matrix pair per setting. "
+            "Default: the method's own, paper for the dense Hessian methods (auto, cholesky, eigh, svd: the head, as "
+            "the paper), exact for ggn, blockdiag and arnoldi (the exact references); methods without a cut-off "
+            "(cg, kfac, ekfac) refuse it"
         },
     )
     damping: str = field(
@@ -96,7 +99,7 @@ class InfluenceConfig(Runtime):
         },
     )
     arnoldi_rank: int = field(
-        default=ARNOLDI_RANK, metadata={"help": "arnoldi: eigenpairs of the GGN kept (the subspace's dimension)"}
+        default=ARNOLDI_RANK, metadata={"help": "arnoldi: eigenpairs of the GGN computed (the subspace's dimension)"}
     )
     fisher: str = field(
         default=FISHER_DEFAULT,
@@ -129,8 +132,11 @@ class InfluenceConfig(Runtime):
 
     RUNTIME = ("device", "threads", "data_root")
 
-    def rconds(self) -> list[float | str]:
-        """The cut-offs asked for: ``paper``, ``exact`` or numbers in [0, 1), in the order given."""
+    def rconds(self) -> list[float | str | None]:
+        """The cut-offs asked for: ``paper``, ``exact`` or numbers in [0, 1), in the order given; ``[None]`` for a
+        method without a cut-off."""
+        if self.rcond is None:
+            return [None]
         return [_setting_value("rcond", item, ("paper", "exact"), high=1) for item in _items("rcond", self.rcond)]
 
     def dampings(self) -> list[float | str]:
@@ -158,28 +164,28 @@ class InfluenceConfig(Runtime):
         if not [p for p in self.params.split(",") if p.strip()]:
             raise UserError("--params must name at least one module, e.g. fc or layer4.2,fc")
         v.count_or_word("test", self.test, ("all",))
-        self.rcond = "exact" if self.rcond is None else str(self.rcond)
+        method = self.inverse_method()
+        if not method.cutoff and self.rcond is not None:
+            raise UserError(f"--rcond does not apply to --method {self.method} (it solves without a cut-off); drop it")
+        if method.cutoff and self.rcond is None:
+            self.rcond = method.default_rcond  # the method's own: paper for the head's Hessian, exact for ggn & co.
+        self.rcond = None if self.rcond is None else str(self.rcond)
         self.damping = str(self.damping)
         rconds, dampings = self.rconds(), self.dampings()
         for name, values in (("rcond", rconds), ("damping", dampings)):
             # one matrix pair per setting: the same value twice would write two identical pairs
-            seen = [str(x) if isinstance(x, str) else float(x) for x in values]
+            seen = [x if x is None or isinstance(x, str) else float(x) for x in values]
             twice = sorted({str(x) for x in seen if seen.count(x) > 1})
             if twice:
                 raise UserError(f"--{name} lists {', '.join(twice)} more than once; give each value once")
-        method = self.inverse_method()
         v.choice("normalize", self.normalize, NORMALIZE)
         if self.refit_head and (self.params not in HEAD_ALIASES or method.needs != "dense"):
             raise UserError(f"--refit-head applies to the head alone (--params fc, not --method {self.method})")
-        if not method.cutoff and (len(rconds) > 1 or self.rcond not in ("paper", "exact")):
-            raise UserError(f"--rcond does not apply to --method {self.method} (it solves without a cut-off); drop it")
         if method.damped and any(d != "wd" and float(d) <= 0 for d in dampings):
             raise UserError(f"--method {self.method} needs --damping > 0 (its curvature has zero eigenvalues); "
                             "give e.g. wd (the run's weight decay) or 1e-3")  # fmt: skip
         v.integer("arnoldi_rank", self.arnoldi_rank, low=1)
         v.choice("fisher", self.fisher, FISHER_TYPES)
-        if self.fisher != FISHER_DEFAULT and self.method not in ("kfac", "ekfac"):
-            raise UserError(f"--fisher applies to --method kfac and ekfac, not {self.method}")
         v.choice("gradients", self.gradients, GRADIENTS)
         if len(rconds) * len(dampings) > 20:
             raise UserError(f"--rcond x --damping asks for {len(rconds) * len(dampings)} settings; at most 20")
@@ -187,7 +193,25 @@ class InfluenceConfig(Runtime):
         v.integer("cg_max_iter", self.cg_max_iter, low=1)
         v.integer("batch_size", self.batch_size, low=1)
         v.choice("features_dtype", self.features_dtype, ("float32", "float64"))
+        self._refuse_foreign_options(method)
         super().__post_init__()
+
+    def asked(self) -> dict:
+        """The settings as recorded in ``meta.json``: every field but the options of methods other than this one."""
+        return {k: val for k, val in dataclasses.asdict(self).items()
+                if k not in METHOD_OPTIONS or self.method in METHOD_OPTIONS[k]}  # fmt: skip
+
+    def _refuse_foreign_options(self, method) -> None:
+        """A method's own option set for another method is refused, not recorded as if it had been used."""
+        for name, readers in METHOD_OPTIONS.items():
+            default = next(f.default for f in dataclasses.fields(self) if f.name == name)
+            if getattr(self, name) != default and self.method not in readers:
+                raise UserError(f"{v.flag(name)} applies to --method {' and '.join(readers)}, not {method.name}")
+
+
+# the options of one method each, and the methods that read them
+METHOD_OPTIONS = {"arnoldi_rank": ("arnoldi",), "fisher": ("kfac", "ekfac"), "cg_tol": ("cg",),
+                  "cg_max_iter": ("cg",)}  # fmt: skip
 
 
 def _items(name: str, text: str) -> list[str]:

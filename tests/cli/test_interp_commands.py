@@ -132,3 +132,21 @@ def test_sensitivity_class_match_with_intervals_and_a_paired_difference(runs, tm
     for p in paired:
         assert float(p["low"]) <= float(p["difference"]) <= float(p["high"])
     assert (outs[0] / "class_match_sensitivity.png").stat().st_size > 10_000
+
+
+def test_streamed_gradients_through_the_cli_end_in_the_printout_not_a_traceback(runs, tmp_path, capsys):
+    out = tmp_path / "stream"
+    capsys.readouterr()
+    assert main(["influence", "--run", str(runs / "mnist5k-l2"), "--out", str(out), "--params", "layer3.1.bn2,fc",
+                 "--method", "ggn", "--rcond", "paper", "--gradients", "stream", "--test", "20", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "rcond=paper damping=0" in printed and "of the training gradients' squared norm" in printed
+    assert "(not computed)" not in printed
+
+
+def test_overlapping_paths_through_ekfac_name_each_tensor_once(runs, tmp_path):
+    out = tmp_path / "overlap"
+    assert main(["influence", "--run", str(runs / "mnist5k-l2"), "--out", str(out), "--method", "ekfac",
+                 "--params", "layer3.1,layer3.1.conv2,fc", "--damping", "1e-3", "--test", "20", "--no-progress"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert len(meta["params"]) == len(set(meta["params"])) == 8

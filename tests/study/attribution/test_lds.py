@@ -79,3 +79,54 @@ def test_validate_influence_reports_lds_for_named_influence_directories(finished
     again = validate_influence(cfg, progress=False)  # finished retrainings are kept, not redone
     assert [(r / "summary.json").stat().st_mtime_ns for r in runs] == before
     assert again["lds"]["scores"][0]["lds"] == pytest.approx(row["lds"])
+
+
+def test_an_influence_directory_of_an_earlier_run_at_the_same_path_is_refused(tmp_path):
+    import shutil
+
+    from study.attribution import InfluenceConfig, run_influence
+    from study.attribution.inputs import identity_mismatch
+    from study.attribution.lds import read_influence_of
+    from study.attribution.store import InfluenceDir
+    from transfer.finetune import FinetuneConfig, finetune
+
+    run = tmp_path / "run"
+
+    def make(subset: str) -> None:
+        finetune(FinetuneConfig(source="mnist5k-l2", target="digits", blocks="0", subset=subset, epochs="1",
+                                augment="none", device="cpu"), run, progress=False)  # fmt: skip
+
+    make("40")
+    inf = tmp_path / "inf"
+    run_influence(InfluenceConfig(run=str(run), out=str(inf), test="10", device="cpu"), progress=False)
+    res = InfluenceDir(inf).read()
+    assert identity_mismatch(res.meta, res["idx_train"], run) is None
+    assert read_influence_of(run, [inf])[0].meta["run_identity"]["model_sha256"]
+    shutil.rmtree(run)
+    make("30")  # another run at the same path: fewer images, another model
+    with pytest.raises(UserError, match="computed from an earlier run"):
+        read_influence_of(run, [inf])
+    cfg = ValidateConfig(run=str(run), out=str(tmp_path / "v"), lds=5, influence=str(inf), executor="inline",
+                         device="cpu")  # fmt: skip
+    with pytest.raises(UserError, match="earlier run"):
+        validate_influence(cfg, progress=False)
+    assert not (tmp_path / "v" / "lds" / "runs").exists()  # refused before any retraining
+    # a directory written before identities were recorded is matched by the run's settings and images
+    meta = dict(res.meta)
+    meta.pop("run_identity")
+    assert identity_mismatch(meta, res["idx_train"], run) is not None
+
+
+def test_lds_and_workers_are_bounded(finished_run, tmp_path):
+    from study.sweeps.executors import MAX_WORKERS
+
+    with pytest.raises(UserError, match="--lds must be an integer in"):
+        ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), lds=100_000_000)
+    with pytest.raises(UserError, match="--retrain-workers must be an integer in"):
+        ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), lds=5, retrain_workers=MAX_WORKERS + 1)
+
+
+def test_the_retrainings_run_where_the_runtime_default_puts_them(finished_run, tmp_path):
+    """--device defaults to auto (a GPU where there is one) for features, influence and retrainings; only the
+    head's refits move to the CPU, whatever the device."""
+    assert ValidateConfig(run=str(finished_run), out=str(tmp_path / "v")).device == "auto"

@@ -3,8 +3,10 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
+import interp
 from study.attribution import InfluenceConfig, run_influence
 
 
@@ -71,7 +73,6 @@ def test_each_setting_of_a_sensitivity_run_equals_a_separate_run(finished_run, t
 
 
 def test_the_cli_default_cut_off_is_the_papers_and_the_api_is_plain(finished_run, tmp_path):
-    import interp
 
     assert InfluenceConfig(run="r", out="o").rcond == "paper"
     h = torch.eye(3, dtype=torch.float64)
@@ -104,7 +105,6 @@ def test_meta_says_how_far_from_stationary_the_fine_tuned_head_is(influence_out)
 
 
 def test_refit_head_moves_to_the_optimum_and_influence_is_taken_there(finished_run, tmp_path):
-    import interp
     from interp.loo import gradient_norm
     from study.attribution import load_run
 
@@ -259,3 +259,68 @@ def test_streamed_gradients_give_the_held_ones_matrices(finished_run, tmp_path):
         a, b = InfluenceDir(tmp_path / f"{normalize}-held").read(), InfluenceDir(tmp_path / normalize).read()
         for name in ("influence_test", "influence_train"):
             np.testing.assert_allclose(b[name], a[name], rtol=1e-10, atol=1e-14)
+
+
+def test_streamed_gradients_report_the_dropped_share_the_held_path_reports(finished_run, tmp_path):
+    common = dict(run=str(finished_run), params="layer3.1.bn2,fc", test="12", method="ggn", rcond="paper,1e-4",
+                  device="cpu")  # fmt: skip
+    held = run_influence(InfluenceConfig(out=str(tmp_path / "held"), gradients="memory", **common), progress=False)
+    streamed = run_influence(InfluenceConfig(out=str(tmp_path / "stream"), gradients="stream", **common), progress=False)
+    shares = [(a["dropped_gradient_norm_share"], b["dropped_gradient_norm_share"])
+              for a, b in zip(held["settings"], streamed["settings"], strict=True)]  # fmt: skip
+    assert 0 < shares[0][0] < 1
+    for a, b in shares:
+        assert b == pytest.approx(a, rel=1e-9, abs=1e-12)
+
+
+def test_a_curvature_that_does_not_fit_is_refused_before_any_gradient(finished_run, tmp_path, monkeypatch):
+    import interp.grads
+    import interp.memory
+
+    def no_gradients(*args, **kwargs):
+        raise AssertionError("per-example gradients were computed before the refusal")
+
+    monkeypatch.setattr(interp.memory, "device_free_bytes", lambda device=None: 2**20)
+    monkeypatch.setattr(interp.grads, "per_example_grad_batches", no_gradients)
+    for method in ("ggn", "blockdiag"):
+        with pytest.raises(interp.InterpError, match="exact GGN.*--method ekfac"):
+            run_influence(InfluenceConfig(run=str(finished_run), out=str(tmp_path / method), params="layer3.1.bn2,fc",
+                                          method=method, gradients="memory", test="12", device="cpu"), progress=False)
+        assert not (tmp_path / method / "meta.json").exists()
+
+
+def test_overlapping_or_reordered_paths_name_each_tensor_once_in_the_models_order(finished_run, tmp_path):
+    from study.attribution.store import InfluenceDir
+
+    common = dict(run=str(finished_run), test="10", damping="1e-3", device="cpu")
+    metas = {}
+    for tag, params in (("plain", "layer3.1.bn2,fc"), ("messy", "fc,layer3.1.bn2,model.layer3.1.bn2,model.fc")):
+        for method in ("ggn", "ekfac", "blockdiag"):
+            metas[tag, method] = run_influence(InfluenceConfig(out=str(tmp_path / f"{tag}-{method}"), params=params,
+                                                               method=method, **common), progress=False)  # fmt: skip
+    for method in ("ggn", "ekfac", "blockdiag"):
+        plain, messy = metas["plain", method], metas["messy", method]
+        assert messy["params"] == plain["params"] == ["model.layer3.1.bn2.weight", "model.layer3.1.bn2.bias",
+                                                      "model.fc.weight", "model.fc.bias"]  # fmt: skip
+        assert messy["inverse"]["size"] == plain["inverse"]["size"] == 2 * 64 + 650
+        a, b = InfluenceDir(tmp_path / f"plain-{method}").read(), InfluenceDir(tmp_path / f"messy-{method}").read()
+        np.testing.assert_allclose(b["influence_test"], a["influence_test"], rtol=1e-9, atol=1e-12)
+
+
+def test_each_method_takes_its_own_default_cut_off_and_refuses_others_options(finished_run):
+    from transfer.errors import UserError
+
+    run = dict(run=str(finished_run), out="unused")
+    assert InfluenceConfig(**run).rcond == "paper"  # the head's Hessian: the paper's choice
+    for method in ("ggn", "blockdiag", "arnoldi"):  # the exact references are not cut at 5% unasked
+        assert InfluenceConfig(**run, method=method).rcond == "exact"
+    assert InfluenceConfig(**run, method="ekfac", damping="1e-3").rconds() == [None]
+    for kwargs, flag in (({"method": "ekfac", "damping": "1e-3", "rcond": "paper"}, "--rcond"),
+                         ({"method": "kfac", "damping": "1e-3", "rcond": "exact"}, "--rcond"),
+                         ({"method": "ekfac", "damping": "1e-3", "arnoldi_rank": 50}, "--arnoldi-rank"),
+                         ({"method": "ggn", "fisher": "mc"}, "--fisher"),
+                         ({"method": "arnoldi", "cg_tol": 1e-6}, "--cg-tol")):  # fmt: skip
+        with pytest.raises(UserError, match=flag):
+            InfluenceConfig(**run, **kwargs)
+    asked = InfluenceConfig(**run, method="ekfac", damping="1e-3").asked()
+    assert "fisher" in asked and "arnoldi_rank" not in asked and "cg_tol" not in asked
