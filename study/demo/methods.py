@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 
+from study.sweeps.summary import interval_text
+
 LDS_STAT = "top1"
 LABELS = {"ekfac": "EK-FAC, trainable", "arnoldi": "Arnoldi (r = 200), trainable"}  # the demo's methods
 
@@ -62,7 +64,7 @@ def method_rows(head_study: dict, studies: dict[str, dict], lds: dict) -> list[d
             s = scores.get((key, d["setting"]))
             rows.append({
                 "influence": name, "setting": d["setting"], "robust minus natural, top-1": d["mean"],
-                "low": d["low"], "high": d["high"], "LDS": s["lds"] if s else None,
+                "low": d["low"], "high": d["high"], "n_seeds": d["n_seeds"], "LDS": s["lds"] if s else None,
                 "LDS low": s["interval"][0] if s else None, "LDS high": s["interval"][1] if s else None,
             })  # fmt: skip
     return rows
@@ -74,6 +76,8 @@ def method_readings(rows: list[dict], lds_source: str) -> list[str]:
     for r in rows:
         lds = (f"LDS {r['LDS']:+.3f} [{r['LDS low']:+.3f}, {r['LDS high']:+.3f}] on {lds_source}"
                if r["LDS"] is not None else "no LDS")  # fmt: skip
-        out.append(f"{r['influence']}, {r['setting']}: {lds}; robust minus natural top-1 class match "
-                   f"{r['robust minus natural, top-1']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] over seeds.")  # fmt: skip
+        match = interval_text(r["robust minus natural, top-1"], r["low"], r["high"], r["n_seeds"], 3, (-1, 1),
+                              signed=True)  # fmt: skip
+        out.append(f"{r['influence']}, {r['setting']}: {lds}; robust minus natural top-1 class match {match} "
+                   f"over {r['n_seeds']} seeds.")  # fmt: skip
     return out

@@ -15,7 +15,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from study.sweeps.summary import verdict
+from study.sweeps.summary import interval_text, verdict
 from transfer.files import atomic_write_text
 
 PACKAGES = ("robust-transfer", "torch", "torchvision", "numpy", "scipy", "matplotlib", "captum", "mlxtend")
@@ -44,11 +44,11 @@ def transfer_readings(paired: list[dict]) -> list[str]:
     """One sentence per (size, blocks) cell of the paired robust-minus-natural accuracy differences."""
     out = []
     for r in paired:
-        mean, low, high = _num(r["mean_diff"]), _num(r["ci_low"]), _num(r["ci_high"])
-        interval = f" [{low:+.1f}, {high:+.1f}]" if low is not None and high is not None else ""
+        mean, low, high, n = _num(r["mean_diff"]), _num(r["ci_low"]), _num(r["ci_high"]), int(r["pairs"])
+        shown = interval_text(mean, low, high, n, 1, (-100, 100), signed=True)
         out.append(
             f"Transfer to {r['target']}, {r['n_train']} images, {r['blocks']} block(s) unfrozen: {r['source']} minus "
-            f"{r['minus']} = {mean:+.1f} accuracy points{interval} over {r['pairs']} seeds ({verdict(low, high)})."
+            f"{r['minus']} = {shown} accuracy points over {n} seeds ({verdict(low, high, n)})."
         )
     return out
 
@@ -114,16 +114,17 @@ def _table(rows: list[dict], columns: list[str] | None = None, caption: str = ""
 
 
 def with_interval(rows: list[dict], mean: str, low: str, high: str, clip: tuple[float, float], digits: int,
-                  label: str) -> tuple[list[dict], list[str]]:  # fmt: skip
+                  label: str, seeds: str | None = None) -> tuple[list[dict], list[str]]:  # fmt: skip
     """Rows for display: ``mean``, ``low`` and ``high`` merged into one ``label`` cell, ``mean [low, high]``
     rounded to ``digits`` decimals with the interval clipped to ``clip`` (the valid range: a t interval
-    over two seeds can pass 100%); the CSVs and results.json keep the raw bounds. Returns the rows and columns."""
+    over three seeds can pass 100%), or, where the interval is over the seeds counted in column ``seeds`` and they
+    are too few, the mean and why no interval is shown (:func:`study.sweeps.summary.interval_text`); the CSVs and
+    results.json keep the raw bounds. Returns the rows and columns."""
     out = []
     for r in rows:
         m, lo, hi = _num(r.get(mean)), _num(r.get(low)), _num(r.get(high))
-        cell = "" if m is None else f"{m:.{digits}f}"
-        if m is not None and lo is not None and hi is not None:
-            cell += f" [{max(clip[0], lo):.{digits}f}, {min(clip[1], hi):.{digits}f}]"
+        n = int(r[seeds]) if seeds is not None and r.get(seeds) not in (None, "") else None
+        cell = "" if m is None else interval_text(m, lo, hi, n, digits, clip)
         out.append({**{k: v for k, v in r.items() if k not in (mean, low, high)}, label: cell})
     columns = [c for c in rows[0] if c not in (mean, low, high)] + [label] if rows else []
     return out, columns
@@ -177,10 +178,12 @@ def render(report: dict, root: Path) -> str:
     rates = [{k: r[k] for k in ("source", "setting", "statistic", "mean", "low", "high", "n_seeds")}
              for r in inf["study"]["rates"]]  # fmt: skip
     ci = "mean [95% CI]"
-    table5, table5_cols = with_interval(t["table5"], "mean", "ci_low", "ci_high", (0, 100), 1, "accuracy % " + ci)
-    paired, paired_cols = with_interval(t["paired"], "mean_diff", "ci_low", "ci_high", (-100, 100), 1, "points " + ci)
-    rates, rates_cols = with_interval(rates, "mean", "low", "high", (0, 1), 3, "class match " + ci)
-    diffs, diffs_cols = with_interval(diffs, "mean", "low", "high", (-1, 1), 3, "difference " + ci)
+    table5, table5_cols = with_interval(t["table5"], "mean", "ci_low", "ci_high", (0, 100), 1, "accuracy % " + ci,
+                                        "seeds")  # fmt: skip
+    paired, paired_cols = with_interval(t["paired"], "mean_diff", "ci_low", "ci_high", (-100, 100), 1, "points " + ci,
+                                        "pairs")  # fmt: skip
+    rates, rates_cols = with_interval(rates, "mean", "low", "high", (0, 1), 3, "class match " + ci, "n_seeds")
+    diffs, diffs_cols = with_interval(diffs, "mean", "low", "high", (-1, 1), 3, "difference " + ci, "n_seeds")
     seed0, seed0_cols = with_interval(inf["paired_seed0"], "difference", "low", "high", (-1, 1), 3, "difference " + ci)
     headline = [p for p in t["figures"] if Path(p).name in ("delta.png", "accuracy.png")][:1]
     validation = [{"source": s, **{k: st[k] for k in ("setting", "rank_kept", "size", "pearson", "spearman", "n_pairs")},
@@ -258,7 +261,7 @@ def _methods_section(report: dict, fig) -> str:
     met = report["methods"]
     rows = method_rows(report["influence"]["study"], studies_of(met), met["lds"])
     shown, _ = with_interval(rows, "robust minus natural, top-1", "low", "high", (-1, 1), 3,
-                             "robust minus natural, top-1 [95% CI]")  # fmt: skip
+                             "robust minus natural, top-1 [95% CI]", "n_seeds")  # fmt: skip
     merged, _ = with_interval(shown, "LDS", "LDS low", "LDS high", (-1, 1), 3, "LDS [95% CI]")
     columns = ["influence", "setting", "LDS [95% CI]", "robust minus natural, top-1 [95% CI]"]
     return _section(
@@ -277,19 +280,17 @@ def _methods_section(report: dict, fig) -> str:
 def markdown_summary(report: dict) -> str:
     """The headline numbers as Markdown (the README's demo section is this file, copied)."""
 
-    def interval(r, low="ci_low", high="ci_high", scale=1.0, digits=1):
-        lo, hi = _num(r[low]), _num(r[high])
-        mean = _num(r["mean_diff" if "mean_diff" in r else "mean"]) * scale
-        return f"{mean:+.{digits}f}" + (
-            f" [{lo * scale:+.{digits}f}, {hi * scale:+.{digits}f}]" if lo is not None else ""
-        )
+    def interval(r, low="ci_low", high="ci_high", digits=1, clip=(-100, 100)):
+        n = r.get("pairs", r.get("n_seeds"))
+        return interval_text(_num(r["mean_diff" if "mean_diff" in r else "mean"]), _num(r[low]), _num(r[high]),
+                             None if n is None else int(n), digits, clip, signed=True)  # fmt: skip
 
     lines = ["| images | blocks | robust minus natural, accuracy points [95% CI] | seeds |", "|---|---|---|---|"]
     lines += [f"| {r['n_train']} | {r['blocks']} | {interval(r)} | {r['pairs']} |" for r in report["tables"]["paired"]]
     study = report["influence"]["study"]
     lines += ["", f"| influence cut-off | top-1 class match, robust minus natural [95% CI], {len(study['seeds'])} seeds, "
               f"{study['cell']['size']} images |", "|---|---|"]  # fmt: skip
-    lines += [f"| {r['setting']} | {interval(r, 'low', 'high', digits=3)} |" for r in study["differences"]
+    lines += [f"| {r['setting']} | {interval(r, 'low', 'high', 3, (-1, 1))} |" for r in study["differences"]
               if r["statistic"] == "top1"]  # fmt: skip
     validation = report["influence"]["validation"]
     lines += [
@@ -309,7 +310,8 @@ def markdown_summary(report: dict) -> str:
                       "top-1 class match, robust minus natural [95% CI] |", "|---|---|---|---|"]  # fmt: skip
         for r in method_rows(study, studies_of(met), met["lds"]):
             lds = f"{r['LDS']:+.3f} [{r['LDS low']:+.3f}, {r['LDS high']:+.3f}]" if r["LDS"] is not None else "-"
-            match = f"{r['robust minus natural, top-1']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]"
+            match = interval_text(r["robust minus natural, top-1"], r["low"], r["high"], r["n_seeds"], 3, (-1, 1),
+                                  signed=True)  # fmt: skip
             lines.append(f"| {r['influence']} | {r['setting']} | {lds} | {match} |")
     return "\n".join(lines) + "\n"
 

@@ -18,6 +18,7 @@ import csv
 import json
 import shlex
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -102,7 +103,8 @@ class Demo:
         self.commands.append(line)
         log = self.root / "logs" / f"{stage}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        beat = Heartbeat(f"{stage}: {argv[0]}", self.clock, sys.stderr) if self.progress else contextlib.nullcontext()
+        with beat, open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
             print(f"$ {line}", flush=True)
             code = self.run_command(argv)
         if code != 0:
@@ -111,6 +113,33 @@ class Demo:
 
     def stage_file(self, name: str) -> Path:
         return self.root / "stages" / f"{name}.json"
+
+
+HEARTBEAT_S = 60.0
+
+
+class Heartbeat:
+    """While a command runs (its own output going to its log), a line every ``every`` seconds on ``stream`` with the
+    command's elapsed time and the demo's time left: a long stage shows it is alive, terminal or not."""
+
+    def __init__(self, what: str, clock: Clock, stream, every: float = HEARTBEAT_S):
+        self.what, self.clock, self.stream, self.every = what, clock, stream, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        started = time.perf_counter()
+        while not self._stop.wait(self.every):
+            print(f"    {self.what} still running, {minutes(time.perf_counter() - started)} so far (about "
+                  f"{minutes(self.clock.left())} left in the demo)", file=self.stream, flush=True)  # fmt: skip
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 @dataclass
@@ -165,7 +194,7 @@ def run_demo(cfg: DemoConfig, run_command: Callable[[list[str]], int], progress:
 def _stages(demo: Demo, scale: Scale, device: str, progress: bool) -> dict:
     stages = [("transfer", _transfer), ("tables", _tables), ("influence", _influence), ("methods", _methods),
               ("features", _features)]  # fmt: skip
-    results, started = {}, time.perf_counter()
+    results = {}
     for i, (name, fn) in enumerate(stages, 1):
         record = demo.stage_file(name)
         if record.exists():
@@ -182,8 +211,10 @@ def _stages(demo: Demo, scale: Scale, device: str, progress: bool) -> dict:
         atomic_write_json(record, results[name])
     _say(f"[demo {len(stages) + 1}/{len(stages) + 1}] report", progress)
     t = time.perf_counter()
-    report = _report(demo, results, device, time.perf_counter() - started)
+    # the stages' own seconds, each from the invocation that ran it: a resumed demo's total counts them all
+    report = _report(demo, results, device, sum(r["seconds"] for r in results.values()))
     report["seconds"]["report"] = time.perf_counter() - t
+    report["seconds"]["total"] += report["seconds"]["report"]
     return report
 
 

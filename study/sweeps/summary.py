@@ -59,20 +59,39 @@ class Interval:
         return cls(mean, mean - half, mean + half, n)
 
     def text(self, digits: int = 2, clip: tuple[float, float] | None = None) -> str:
-        """``mean [low, high]``; ``clip`` bounds the shown interval to what the quantity can take (an
-        accuracy's t interval over two or three seeds can pass 100%); the CSVs keep the raw bounds."""
-        if math.isnan(self.low):
-            return f"{self.mean:.{digits}f} (n=1)"
-        low, high = (self.low, self.high) if clip is None else (max(clip[0], self.low), min(clip[1], self.high))
-        return f"{self.mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+        """``mean [low, high]`` (see :func:`interval_text`); the CSVs keep the raw bounds."""
+        return interval_text(self.mean, self.low, self.high, self.n, digits, clip)
 
 
-def verdict(low: float | None, high: float | None) -> str:
-    """What a 95% interval of per-seed robust-minus-natural differences supports, in words.
+# Under this many seeds a t interval over them is not shown: with two its half-width is 12.7 standard errors, and a
+# difference of rates gets an "interval" far outside [-1, 1] that says nothing. The CSVs keep the bounds.
+MIN_SEEDS_FOR_INTERVAL = 3
+
+
+def interval_text(mean: float, low: float | None, high: float | None, n: int | None, digits: int = 2,
+                  clip: tuple[float, float] | None = None, signed: bool = False) -> str:  # fmt: skip
+    """``mean [low, high]`` over ``n`` seeds, the interval clipped to ``clip`` (what the quantity can take: an
+    accuracy's t interval over three seeds can pass 100%); with fewer than :data:`MIN_SEEDS_FOR_INTERVAL` seeds, the
+    mean and why no interval is shown. ``n`` None: the interval is not over seeds (a bootstrap), shown as it is."""
+    fmt = f"{'+' if signed else ''}.{digits}f"
+    text = format(mean, fmt)
+    if n is not None and n < MIN_SEEDS_FOR_INTERVAL:
+        return text + (" (one seed: no interval)" if n == 1 else f" ({n} seeds: too few for an interval)")
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return text
+    if clip is not None:
+        low, high = max(clip[0], low), min(clip[1], high)
+    return f"{text} [{format(low, fmt)}, {format(high, fmt)}]"
+
+
+def verdict(low: float | None, high: float | None, n: int | None = None) -> str:
+    """What a 95% interval of per-seed robust-minus-natural differences over ``n`` seeds supports, in words.
 
     A zero-width interval (every seed gave the same difference, which happens with few seeds and
     accuracies counted on a few hundred images) is said to be one, not read as excluding zero.
     """
+    if n is not None and 1 < n < MIN_SEEDS_FOR_INTERVAL:
+        return f"{n} seeds: too few for an interval"
     if low is None or high is None or math.isnan(low):
         return "one seed only, no interval"
     if high - low <= 1e-9 * max(1.0, abs(high)):

@@ -58,7 +58,7 @@ def test_best_epoch_accuracy_is_a_choice():
 
 def test_one_seed_has_no_interval():
     iv = Interval.of([71.0])
-    assert iv.n == 1 and math.isnan(iv.low) and iv.text() == "71.00 (n=1)"
+    assert iv.n == 1 and math.isnan(iv.low) and iv.text() == "71.00 (one seed: no interval)"
 
 
 def test_the_verdict_reads_the_interval_and_flags_a_zero_width_one():
@@ -141,11 +141,14 @@ def test_summarize_never_overwrites_a_users_file(sweep_factory, tmp_path, capsys
 
 
 def test_shown_intervals_are_clipped_and_the_csv_keeps_the_raw_ones(tmp_path):
-    rows = [_row("resnet50-natural", 20_000_000, 0.99), _row("resnet50-natural", 20_100_000, 0.80)]
+    rows = [_row("resnet50-natural", 20_000_000 + 100_000 * i, a) for i, a in enumerate((0.99, 0.80, 0.97))]
     texts = write_summary(rows, tmp_path)
-    iv = Interval.of([99.0, 80.0])
+    iv = Interval.of([99.0, 80.0, 97.0])
     assert iv.high > 100 and f"[{max(0, iv.low):.2f}, 100.00]" in texts["table5"]
     assert f"{round(iv.high, 4)}" in (tmp_path / "table5.csv").read_text()
+    two = write_summary(rows[:2], tmp_path / "two")  # two seeds: no interval shown, the CSV keeps the bounds
+    assert "89.50 (2 seeds: too few for an interval)" in two["table5"]
+    assert f"{round(Interval.of([99.0, 80.0]).high, 4)}" in (tmp_path / "two" / "table5.csv").read_text()
 
 
 def test_a_summary_an_earlier_version_wrote_inside_the_sweep_is_rewritten(sweep_factory):
@@ -156,3 +159,15 @@ def test_a_summary_an_earlier_version_wrote_inside_the_sweep_is_rewritten(sweep_
     (sweep / "summary" / "table5.csv").write_text("old, unmarked")  # written before markers existed
     summarize_sweep(sweep)
     assert (sweep / "summary" / "table5.csv").read_text().startswith("target,n_train")
+
+
+def test_an_interval_over_too_few_seeds_is_said_not_printed():
+    from study.sweeps.summary import Interval, interval_text, verdict
+
+    two = Interval.of([0.1, -0.2])
+    assert two.text(digits=3) == "-0.050 (2 seeds: too few for an interval)"
+    assert verdict(two.low, two.high, two.n) == "2 seeds: too few for an interval"
+    assert Interval.of([0.5]).text() == "0.50 (one seed: no interval)"
+    three = Interval.of([0.9, 0.95, 0.99])
+    assert three.high > 1 and three.text(digits=3, clip=(-1, 1)).endswith(", 1.000]")  # clipped to what it can be
+    assert interval_text(0.25, 0.1, 0.4, None, 2, signed=True) == "+0.25 [+0.10, +0.40]"  # a bootstrap: shown as is
