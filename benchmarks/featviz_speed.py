@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from interp.featviz import FeatVizConfig, noise_seeds, visualize
+from interp.viz import FeatVizConfig, noise_seeds, visualize
 from transfer.zoo import load_source
 
 

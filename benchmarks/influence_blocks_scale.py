@@ -28,11 +28,8 @@ import numpy as np
 import torch
 import torchvision
 
-from interp.grads import per_example_grad_batches
-from interp.influence import streamed_influence
-from interp.inverse import Curvature, build_inverse
-from interp.memory import device_free_bytes
-from interp.params import select_params
+from interp import Curvature, build_inverse, per_example_grad_batches, select_params, streamed_influence
+from interp.curvature import device_free_bytes
 
 
 def peak_gib() -> float:
@@ -56,7 +53,8 @@ def run(args) -> None:
 
     t = time.perf_counter()
     inv = build_inverse(args.method, Curvature(size, device=device, model=model, data=train, params=names),
-                        damping=args.damping, progress=False, fisher=args.fisher)  # fmt: skip
+                        damping=args.damping, progress=False,
+                        **({"fisher": args.fisher} if args.method in ("kfac", "ekfac") else {}))  # fmt: skip
     _ = inv.apply(torch.zeros(size, 1, dtype=torch.float64, device=device))  # the factors are computed on first use
     t_curv = time.perf_counter() - t
     info = inv.info()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interp.metrics import class_match, ranking_agreement
+from interp import class_match, ranking_agreement
 
 SELECTION = "layer1.1.conv2,fc"
 

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from influence_blocks_scale import add_arguments as add_blocks_arguments
 from influence_blocks_scale import run as run_blocks
 
-from interp.head import folded_to_canonical, head_influence, linear_head_grads, linear_head_hessian
+from interp import head_influence, linear_head_grads, linear_head_hessian
+from interp.curvature import folded_to_canonical
 
 
 def peak_gib() -> float:

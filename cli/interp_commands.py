@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from cli.dataclass_args import add_dataclass_arguments, dataclass_from_args
@@ -13,13 +12,6 @@ def _influence(args) -> None:
     from study.attribution import InfluenceConfig, run_influence
 
     meta = run_influence(dataclass_from_args(InfluenceConfig, args), progress=not args.no_progress)
-    cg = meta.get("cg", {})
-    if cg and not cg["converged"]:
-        print(
-            f"warning: CG stopped at its iteration limit with relative residual {cg['max_relative_residual']:.3g} "
-            f"(tol {cg['tol']:g}); the influence values are approximate",
-            file=sys.stderr,
-        )
     stat = meta.get("stationarity")
     if stat and stat["refit"]:
         fit = stat["refit"]
@@ -33,20 +25,10 @@ def _influence(args) -> None:
             f"gradient norm of the regularised objective at the fine-tuned head: {g:.2e}"
             + (" (not a stationary point, where influence assumes one: consider --refit-head)" if g > 1e-4 else "")
         )
-    inverse = meta.get("inverse", {})
-    if inverse.get("curvature"):
-        print(f"curvature: {inverse['curvature']}")
-    if inverse.get("fallback_names"):
-        names = inverse["fallback_names"]
-        print(f"{inverse['fallback_params']} parameters Kronecker factors do not cover ({len(names)} tensors: "
-              f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): {inverse['fallback']}")  # fmt: skip
-    if inverse.get("weight_and_bias"):
-        print(f"{inverse['method']}: {inverse['weight_and_bias']}")
-    if inverse.get("method") == "arnoldi":
-        share, se = inverse.get("captured_trace_share"), inverse.get("captured_trace_share_standard_error")
-        print(f"arnoldi: {inverse['rank_asked']} eigenpairs of {inverse['size']} by {inverse['solver']}"
-              + (f", {share:.1%} (standard error {se:.1%}) of the trace" if share is not None else ""))  # fmt: skip
-    for st in meta.get("settings", []):
+    settings = meta.get("settings", [])
+    for line in dict.fromkeys(line for st in settings for line in st.get("report", [])):  # what each operator says
+        print(line)
+    for st in settings:
         if st.get("rank_kept") is None:
             print(st["label"])
             continue

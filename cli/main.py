@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe (``robust-transfer datasets | head``) 141, silently, as a command killed by SIGPIPE.
     Anything else is a bug and keeps its traceback.
     """
-    from interp.errors import InterpError
+    from interp import InterpError
     from transfer.errors import UserError
 
     try:

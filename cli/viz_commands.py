@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def _featviz(args) -> None:
     from cli.dataclass_args import dataclass_from_args
-    from interp.featviz import FeatVizConfig
+    from interp.viz import FeatVizConfig
     from study.attribution.visual import featviz_to_dir
 
     report = featviz_to_dir(args.model, args.features, args.out, dataclass_from_args(FeatVizConfig, args), args.seeds,
@@ -29,7 +29,7 @@ def _saliency(args) -> None:
 
 def register(sub) -> None:
     from cli.dataclass_args import add_dataclass_arguments
-    from interp.featviz import FeatVizConfig
+    from interp.viz import FeatVizConfig
 
     p = sub.add_parser("featviz", help="feature visualisation from noise seeds, natural vs robust side by side")
     p.add_argument("--model", action="append", required=True, help="run directory, source name or checkpoint (repeat)")

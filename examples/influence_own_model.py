@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import interp
-from interp.plots import heatmap_figure
+from interp.viz import heatmap_figure
 
 
 def digits(seed: int = 0):

@@ -9,6 +9,7 @@ to the CPU first, so nothing calls ``.numpy()`` on a tensor it did not move itse
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -58,3 +59,10 @@ def ieee_float32():
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+
+
+def synced_seconds(t0: float, device: torch.device) -> float:
+    """Seconds since ``t0`` (``time.perf_counter``) once the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0

@@ -1,4 +1,4 @@
-"""Influence matrices (Koh & Liang's ``I_up,loss``), dense, blocked to disk, on a softmax head, and matrix-free.
+"""Influence matrices (Koh & Liang's ``I_up,loss``): dense, blocked to disk, streamed, and on a softmax head.
 
 Sign convention. Entry ``[i, j]`` is
 
@@ -10,13 +10,14 @@ loss. Removing training point ``j`` (weight ``-1/n``) changes the test loss by a
 ``-I[i, j] / n``. Negative entries are *helpful* (up-weighting lowers the test loss); the most
 helpful training image for test image ``i`` is ``argmin_j I[i, j]``.
 
-The closed forms of a softmax head, with its exact null space removed, are in :mod:`interp.head`
-(:func:`interp.head.head_influence`); the inverses are :mod:`interp.inverse`'s operators.
+The closed forms of a softmax head, with its exact null space removed, are in :mod:`interp.curvature.head`, and
+:func:`head_influence` computes both matrices from them; the inverses are :mod:`interp.inverses`' operators.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -24,9 +25,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from interp.device import ieee_float32, resolve, to_device, to_numpy
+from interp.curvature.head import reduce_head
+from interp.device import synced_seconds, to_numpy
 from interp.errors import InterpError, require_finite, require_tensor
-from interp.inverse import InverseOperator, pseudo_inverse
+from interp.inverses.base import InverseOperator
+from interp.inverses.dense import pseudo_inverse
 
 
 def check_gradients(g_test, g_train) -> None:
@@ -138,7 +141,7 @@ def influence_pair(
     * ``cosine``: ``-g_test_i^T g_train_j / (||g_test_i|| ||g_train_j||)`` (``inv`` is not used).
 
     ``grad_norms`` ``(||g_test_i||, ||g_train_j||)`` replace the norms of the given rows where those
-    are reduced coordinates (the softmax head with dead features: see :mod:`interp.head`).
+    are reduced coordinates (the softmax head with dead features: see :mod:`interp.curvature.head`).
     Returns ``(test, train)``: CPU float64 tensors, or memmaps where ``out_*`` paths are given.
     """
     check_gradients(g_test, g_train)
@@ -167,7 +170,7 @@ def influence_matrix(
 
     ``g_test`` ``(n_test, P)`` and ``g_train`` ``(n_train, P)`` are per-example gradients in the same
     layout as ``h``: a dense ``(P, P)`` Hessian, factorised here by
-    :func:`interp.inverse.pseudo_inverse` with ``rcond``, ``damping`` and ``method`` (default ``eigh``,
+    :func:`interp.inverses.dense.pseudo_inverse` with ``rcond``, ``damping`` and ``method`` (default ``eigh``,
     a true pseudo-inverse with cut-off ``rcond * lambda_max``), or any :class:`InverseOperator`
     (Cholesky, spectral, conjugate gradient, ...), whose own settings then apply. ``normalize``:
     ``none``, ``relatif`` or ``cosine`` (see :func:`influence_pair`). The solves run on the
@@ -178,7 +181,7 @@ def influence_matrix(
     Raises :class:`InterpError`, naming the argument, for inputs that would give a wrong matrix
     silently: gradients that are not 2-D float32/float64 tensors or hold NaN/Inf, gradient widths
     that differ from ``H``'s, and an ``H`` that is not square, symmetric (to round-off) and finite
-    or that has no positive eigenvalue (see :func:`interp.inverse.pseudo_inverse`).
+    or that has no positive eigenvalue (see :func:`interp.inverses.dense.pseudo_inverse`).
     """
     check_gradients(g_test, g_train)
     if normalize not in NORMALIZE:
@@ -195,54 +198,67 @@ def influence_matrix(
     )
 
 
-def hessian_vector_product(
-    model: torch.nn.Module,
-    loader,
-    params=None,
+def head_influence(
+    z_train: torch.Tensor,
+    logits_train: torch.Tensor,
+    y_train: torch.Tensor,
+    z_test: torch.Tensor,
+    logits_test: torch.Tensor,
+    y_test: torch.Tensor,
     *,
-    loss_fn=None,
-    dtype: torch.dtype = torch.float64,
+    rcond: float | str | None = None,
+    damping: float = 0.0,
+    method: str = "auto",
+    normalize: str = "none",
+    block_size: int = 2048,
+    out_test: str | Path | None = None,
+    out_train: str | Path | None = None,
     device: torch.device | str | None = None,
-) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
-    """``v -> H v`` for the Hessian of the MEAN loss over ``loader``, without forming ``H``.
+    progress: bool = False,
+) -> dict:
+    """Both influence matrices of a softmax linear head, exactly, at the paper's scale.
 
-    Forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``), vectorised over the columns
-    of ``v`` ``(P, k)``, on an eval-mode copy of the model on ``device`` (default: the model's); the
-    batches of ``loader`` are held there, and products are returned there. Returns ``(matvec, P)``;
-    ``interp.inverse.ConjugateGradientInverse(matvec, P, on=device)`` turns it into an inverse.
+    Inputs are the head's inputs ``z`` ``(n, D)``, the logits ``(n, C)`` and labels ``(n,)`` of the
+    training set (which defines the Hessian of the mean training loss) and of the test set. The
+    Hessian, its factorisation and the solves run on ``device`` (default: that of ``z_train``), in
+    float64; the matrices are returned on the CPU (or streamed to the ``.npy`` paths).
+    ``normalize`` is ``none``, ``relatif`` or ``cosine`` (:func:`influence_pair`).
+    Returns ``{"test": (n_test, n_train), "train": (n_train, n_train), "inverse": InverseOperator,
+    "hessian_reduced": H_r, "basis": Q, "live": (D,) mask, "removed": {...}, "reduced": ReducedHead,
+    "timings": {...}}``; see :mod:`interp.curvature.head` for the reductions, which are exact.
+    ``method="auto"`` factorises ``H_r`` by Cholesky when it is positive definite and well
+    conditioned for ``rcond``, else by eigh with the cut-off.
     """
-    import torch.nn.functional as F
-    from torch.func import functional_call, grad, jvp, vmap
-
-    from interp.grads import as_eval_copy
-    from interp.params import fixed_tensors, select_params
-
-    loss_fn = loss_fn or F.cross_entropy
-    names = list(select_params(model, params))
-    dev = resolve(model, device)
-    model = as_eval_copy(model, dtype, dev)
-    named = dict(model.named_parameters())
-    fixed = fixed_tensors(model, names)
-    theta = {k: named[k].detach() for k in names}
-    sizes = [theta[k].numel() for k in names]
-    batches = [to_device(x, y, dev, dtype) for x, y in loader]
-    n = sum(len(y) for _, y in batches)
-
-    def total_loss(th):
-        return sum(loss_fn(functional_call(model, {**fixed, **th}, (x,)), y) * len(y) for x, y in batches) / n
-
-    def hvp_one(v_flat):
-        v = {k: t.view(theta[k].shape) for k, t in zip(names, v_flat.split(sizes), strict=True)}
-        _, hv = jvp(grad(total_loss), (theta,), (v,))
-        return torch.cat([hv[k].flatten() for k in names])
-
-    batched = vmap(hvp_one, in_dims=1, out_dims=1)
-
-    def matvec(v: torch.Tensor) -> torch.Tensor:
-        with ieee_float32():
-            return batched(v.to(dev, dtype))
-
-    return matvec, sum(sizes)
+    red = reduce_head(z_train, logits_train, y_train, z_test, logits_test, y_test, device=device, progress=progress)
+    dev = red.hessian.device
+    timings = {"hessian_s": red.hessian_s}
+    t = time.perf_counter()
+    inv = pseudo_inverse(red.hessian, rcond=rcond, damping=damping, method=method)
+    timings["factorise_s"] = synced_seconds(t, dev)
+    t = time.perf_counter()
+    test, train = influence_pair(
+        red.g_test,
+        red.g_train,
+        inv,
+        normalize=normalize,
+        grad_norms=red.grad_norms,
+        block_size=block_size,
+        out_test=out_test,
+        out_train=out_train,
+        progress=progress,
+    )
+    timings["influence_s"] = synced_seconds(t, dev)
+    return {
+        "test": test,
+        "train": train,
+        "inverse": inv,
+        "hessian_reduced": red.hessian,
+        "basis": red.basis,
+        "live": red.live,
+        "removed": red.removed,
+        "reduced": red,
+        "timings": timings,
+    }
 
 
 def streamed_influence(
@@ -261,7 +277,7 @@ def streamed_influence(
     """``I = -G_rows (H + damping I)^+ G_cols^T`` without holding either gradient matrix whole.
 
     ``row_batches()`` and ``col_batches()`` each start a new pass over per-example gradients, ``(b, P)`` a batch,
-    in the matrix's row and column order (e.g. :func:`interp.grads.per_example_grad_batches`). Rows are gathered
+    in the matrix's row and column order (e.g. :func:`interp.curvature.grads.per_example_grad_batches`). Rows are gathered
     in chunks of ``m`` whose solve ``(H + damping I)^+ G_chunk^T`` (``P x m``, float64, twice with the chunk)
     fits in ``budget_bytes``; each chunk is solved once and the column gradients are streamed past it, so the
     column gradients are computed once per chunk. Returns ``(matrix, passes over the columns)``; the matrix is a
@@ -328,3 +344,16 @@ def streamed_influence(
     if not isinstance(result, torch.Tensor):
         result.flush()
     return result, passes
+
+
+def __getattr__(name: str):
+    """``hessian_vector_product`` lived here before ``interp`` had rooms: it is :mod:`interp.curvature`'s now."""
+    if name == "hessian_vector_product":
+        import warnings
+
+        from interp.curvature.hessian import hessian_vector_product
+
+        warnings.warn("interp.influence.hessian_vector_product moved to interp.curvature (interp.hessian_vector_product "
+                      "too)", DeprecationWarning, stacklevel=2)  # fmt: skip
+        return hessian_vector_product
+    raise AttributeError(f"module 'interp.influence' has no attribute {name!r}")

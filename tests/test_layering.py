@@ -71,7 +71,61 @@ def test_there_is_no_import_circle():
     assert not circles, circles
 
 
-def test_no_file_in_study_is_over_400_lines():
-    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "study").rglob("*.py")
+
+
+FACES = ("interp", "interp.curvature", "interp.inverses", "interp.viz")  # what code outside interp imports from
+
+
+def _interp_imports(path: Path) -> list[tuple[str, list[str]]]:
+    """``(module, names)`` of every import of ``interp`` in ``path`` (``import interp.x`` gives no names)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(a.name, []) for a in node.names if a.name.split(".")[0] == "interp"]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.split(".")[0] == "interp":
+            found.append((node.module, [a.name for a in node.names]))
+    return found
+
+
+def test_study_benchmarks_and_examples_import_interp_through_its_faces_only():
+    import importlib
+
+    wrong = []
+    for top in ("study", "benchmarks", "examples"):
+        for path in (ROOT / top).rglob("*.py"):
+            for module, names in _interp_imports(path):
+                if module not in FACES:
+                    wrong.append((str(path.relative_to(ROOT)), module))
+                    continue
+                exported = set(importlib.import_module(module).__all__)
+                submodules = {"curvature", "inverses", "viz"} if module == "interp" else set()
+                wrong += [(str(path.relative_to(ROOT)), f"{module}.{n}") for n in names if n not in exported | submodules]
+    assert not wrong, wrong
+
+
+def test_each_face_exports_what_it_names():
+    import importlib
+
+    for face in FACES:
+        module = importlib.import_module(face)
+        missing = [n for n in module.__all__ if not hasattr(module, n)]
+        assert not missing, (face, missing)
+
+
+def test_no_file_in_study_or_interp_is_over_400_lines():
+    long = {str(p.relative_to(ROOT)): n for top in ("study", "interp") for p in (ROOT / top).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 400}  # fmt: skip
     assert not long, long
+
+
+def test_the_tests_mirror_the_package_tree():
+    """tests/<package>/<room>/test_x.py only where <package>/<room> is a folder of the project (a package, or
+    examples/), and a package's every room has its tests' folder."""
+    stray = [str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
+             if len(p.relative_to(ROOT / "tests").parts) > 1
+             and not (ROOT / Path(*p.relative_to(ROOT / "tests").parts[:-1])).is_dir()]  # fmt: skip
+    rooms = [p.parent.relative_to(ROOT) for pkg in PACKAGES for p in (ROOT / pkg).rglob("__init__.py")
+             if p.parent != ROOT / pkg]  # fmt: skip
+    untested = [str(r) for r in rooms if not (ROOT / "tests" / r).is_dir()]
+    assert not stray, stray
+    assert not untested, untested

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interp.metrics import ClassMatch, class_match, paired_difference
+from interp import ClassMatch, class_match, paired_difference
 from study.attribution.store import InfluenceDir, InfluenceResult
 from transfer.errors import UserError
 
@@ -102,7 +102,7 @@ def write_class_match(report: ClassMatchReport, csv_path: Path | str, png: Path 
     """The report's files: rates per rank (CSV), the main curves (PNG, default beside the CSV), the paired
     differences (``<csv>_paired.csv``, where there are two directories with the same test images) and, for
     directories with several settings, the sensitivity figure (``<csv>_sensitivity.png``). Returns the paths."""
-    from interp.plots import class_match_figure, sensitivity_figure
+    from interp.viz import class_match_figure, sensitivity_figure
     from transfer.files import atomic_write_csv, atomic_write_figure
 
     csv_path = Path(csv_path)

@@ -12,13 +12,9 @@ import numpy as np
 import torch
 
 import interp
-import interp.head
-from interp.device import to_numpy
-from interp.grads import as_eval_copy
-from interp.head import reduced_to_folded
-from interp.influence import NORMALIZE_HELP
-from interp.inverse import Curvature, extreme_eigenvalues
-from interp.loo import gradient_norm, refit_head
+from interp import NORMALIZE_HELP, Curvature, gradient_norm, refit_head, to_numpy
+from interp.curvature import as_eval_copy, reduce_head, reduced_to_folded
+from interp.inverses import extreme_eigenvalues
 from study.attribution.matrices import operators_per_setting, write_matrices
 from study.attribution.store import InfluenceDir
 from transfer.models import classifier, classifier_names
@@ -67,13 +63,13 @@ def compute_head(cfg, model, train_loader, test_loader, out: InfluenceDir, devic
     t = time.perf_counter()
     logits_tr, logits_te, stationarity = _stationary_head(cfg, head, z_tr, logits_tr, y_tr, z_te, logits_te, lam, out)
     stationarity_s = time.perf_counter() - t
-    red = interp.head.reduce_head(
+    red = reduce_head(
         z_tr.double(), logits_tr, y_tr, z_te.double(), logits_te, y_te, device=device, progress=progress
     )
     t = time.perf_counter()
     curvature = Curvature(red.hessian.shape[0], matrix=red.hessian, device=red.hessian.device)
     written, inv = write_matrices(
-        cfg, out, red.g_test, red.g_train, operators_per_setting(curvature, cfg), red.grad_norms, progress
+        cfg, out, red.g_test, red.g_train, operators_per_setting(curvature, cfg, progress), red.grad_norms, progress
     )
     influence_s = time.perf_counter() - t
     h_r, q, live = red.hessian, red.basis, red.live

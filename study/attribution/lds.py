@@ -22,7 +22,7 @@ import torch
 from scipy.stats import spearmanr
 from torch.utils.data import DataLoader
 
-from interp.metrics import bootstrap_interval
+from interp import bootstrap_interval
 from study.attribution.inputs import identity_mismatch, run_identity
 from study.attribution.store import InfluenceDir
 from study.sweeps.executors import Executor

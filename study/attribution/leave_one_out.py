@@ -21,11 +21,11 @@ from scipy.stats import pearsonr, spearmanr
 from torch.utils.data import DataLoader
 
 import interp
-from interp.loo import leave_one_out, refit_head
+from interp import leave_one_out, refit_head
 from study.attribution import InfluenceConfig, load_run, run_influence, run_weight_decay
 from study.attribution.lds import MAX_RETRAININGS, MIN_SUBSETS, lds_figure, lds_report, read_influence_of
 from study.attribution.retrain_loo import retrained_loo
-from study.attribution.settings import RCOND_VALIDATE, RUN_DATA_ROOT
+from study.attribution.settings import RCOND_VALIDATE, RUN_DATA_ROOT, influence_field
 from study.sweeps.engines import make_executor
 from study.sweeps.executors import MAX_WORKERS, Executor
 from transfer import validation as v
@@ -67,8 +67,8 @@ class ValidateConfig(Runtime):
     tests: int = field(default=3, metadata={"help": "test images (the highest-loss ones after the refit)"})
     removals: int = field(default=10, metadata={"help": "most influential training images removed per test image"})
     random: int = field(default=5, metadata={"help": "random training images removed per test image"})
-    rcond: str = field(default=RCOND_VALIDATE, metadata={"help": "cut-offs to compare (as influence --rcond)"})
-    test: str = field(default="200", metadata={"help": "test images the candidates are drawn from: all or N"})
+    rcond: str = influence_field("rcond", default=RCOND_VALIDATE, help="cut-offs to compare (as influence --rcond)")
+    test: str = influence_field("test", default="200", help="test images the candidates are drawn from: all or N")
     seed: int = field(default=0, metadata={"help": "seed of the random removals and of the --lds subsets"})
     lds: int = field(
         default=0,

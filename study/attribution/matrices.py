@@ -6,24 +6,29 @@ that factorisation. Each setting's matrices and what it kept and dropped are wri
 
 from __future__ import annotations
 
-from interp.influence import influence_pair, streamed_influence
-from interp.inverse import NAMED_RCOND, Curvature, build_inverse
+from interp import Curvature, build_inverse, influence_pair, streamed_influence
+from interp.inverses import NAMED_RCOND
 from study.attribution.settings import InfluenceConfig
 from study.attribution.store import InfluenceDir
 
 
-def operators_per_setting(curvature: Curvature, cfg: InfluenceConfig, **options):
-    """One operator per setting, lazily, through the registry; where the method factorises once for several
-    settings (its ``shared`` entry), the others reuse that factorisation (:meth:`InverseOperator.with_settings`)."""
+def operators_per_setting(curvature: Curvature, cfg: InfluenceConfig, progress: bool = False):
+    """One operator per setting, lazily, through the registry, each given exactly what its method reads (the
+    setting's cut-off and damping, ``cfg.options``); where the method factorises once for several settings (its
+    ``shared`` entry), the others reuse that factorisation (:meth:`InverseOperator.with_settings`)."""
     settings, method = cfg.settings(), cfg.inverse_method()
+
+    def build(name: str, st: dict):
+        return build_inverse(name, curvature, rcond=st["rcond"], damping=st["damping"], progress=progress,
+                             **cfg.options)  # fmt: skip
+
     if len(settings) == 1 or method.shared is None:
         for st in settings:
-            yield st, build_inverse(cfg.method, curvature, rcond=st["rcond"], damping=st["damping"], **options)
+            yield st, build(cfg.method, st)
         return
-    base = build_inverse(method.shared, curvature, rcond=settings[0]["rcond"], damping=settings[0]["damping"], **options)
+    base = build(method.shared, settings[0])
     for st in settings:
-        reused = base.with_settings(rcond=st["rcond"], damping=st["damping"])
-        yield st, reused or build_inverse(cfg.method, curvature, rcond=st["rcond"], damping=st["damping"], **options)
+        yield st, base.with_settings(rcond=st["rcond"], damping=st["damping"]) or build(cfg.method, st)
 
 
 def _setting_label(st: dict, cutoff: bool = True) -> str:
@@ -45,6 +50,7 @@ def _entry(cfg, i: int, st: dict, inv, names: tuple[str, str], share: float | No
         **{k: info.get(k) for k in ("method", "rcond", "damping", "cutoff", "rank_kept", "size", "n_dropped")},
         "dropped_gradient_norm_share": share,
         "inverse": info,
+        "report": inv.report(),
     }
 
 
@@ -87,7 +93,7 @@ class DroppedShare:
 
 def write_streamed_matrices(cfg, out: InfluenceDir, test_batches, train_batches, shape: tuple[int, int], operators,
                             budget: int, progress) -> list[dict]:  # fmt: skip
-    """As :func:`write_matrices`, with the gradients streamed (:func:`interp.influence.streamed_influence`)
+    """As :func:`write_matrices`, with the gradients streamed (:func:`interp.streamed_influence`)
     instead of held: ``test_batches()`` / ``train_batches()`` start a pass over them; ``cfg.normalize`` applies as
     in the held path, and the share of the gradients' norm in dropped directions is summed over the training
     gradients' chunks as the train x train matrix passes them (:class:`DroppedShare`)."""

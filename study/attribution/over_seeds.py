@@ -17,19 +17,18 @@ so that a conclusion never rests on one seed, and each cut-off shows whether it 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from interp.curvature_methods import ARNOLDI_RANK
-from interp.inverse import INVERSES
-from interp.kronecker import FISHER_DEFAULT
+from interp import INVERSES
+from interp.inverses import FISHER_DEFAULT
 from study.attribution import InfluenceConfig, run_influence
 from study.attribution.class_match import class_match_report
 from study.attribution.inputs import identity_mismatch
-from study.attribution.settings import DAMPING_DEFAULT, RCOND_STUDY, RUN_DATA_ROOT
+from study.attribution.settings import RCOND_STUDY, RUN_DATA_ROOT, influence_field
 from study.attribution.store import DERIVED, InfluenceDir
 from study.sweeps.grid import RunSpec, source_dirs
 from study.sweeps.summary import Interval, natural_source, verdict
@@ -41,7 +40,7 @@ from transfer.runtime import Runtime, runtime_help
 STATISTICS = {"top1": "top-1", "at_least_3_of_5": ">= 3 of top 5"}
 # the influence settings a study fixes for every run; the rest are InfluenceConfig's defaults
 STUDY_FILES = ("study.json", "study.csv", "study.png")
-SHARED = ("params", "method", "arnoldi_rank", "fisher", "test", "rcond", "damping", "normalize", "refit_head", "features_dtype")
+SHARED = ("params", "method", "options", "test", "rcond", "damping", "normalize", "refit_head", "features_dtype")
 
 
 @dataclass(kw_only=True)
@@ -54,21 +53,21 @@ class InfluenceStudyConfig(Runtime):
     target: str | None = field(default=None, metadata={"help": "target of the cell (default: the grid's only one)"})
     out: str | None = field(default=None, metadata={"help": "default: SWEEP/influence/<target>/b<blocks>/n<size>[-<params>][-<method>][-<fisher>] (the suffixes for other than the defaults)"})
     natural: str | None = field(default=None, metadata={"help": "the natural source (default: the zoo's)"})
-    test: str = field(default="200", metadata={"help": "test images per run: all or N (the same ones for every run)"})
-    rcond: str | None = field(
-        default=None,
-        metadata={"help": f"cut-offs, as influence --rcond (default: {RCOND_STUDY} for the head's Hessian, whose "
-                  "comparison the paper's cut-off may flip; the method's own for ggn, blockdiag and arnoldi; none "
-                  "for methods without a cut-off)"},
-    )  # fmt: skip
-    damping: str = field(default=DAMPING_DEFAULT, metadata={"help": "dampings, as influence --damping (wd: the weight decay)"})
-    normalize: str = field(default="none", metadata={"help": "none, relatif or cosine, as influence --normalize"})
-    refit_head: bool = field(default=False, metadata={"help": "as influence --refit-head"})
-    features_dtype: str = field(default="float32", metadata={"help": "as influence --features-dtype"})
-    params: str = field(default="fc", metadata={"help": "as influence --params (head, trainable or module paths)"})
-    method: str = field(default="auto", metadata={"help": "as influence --method (eigh, ggn, ekfac, arnoldi, ...)"})
-    arnoldi_rank: int = field(default=ARNOLDI_RANK, metadata={"help": "as influence --arnoldi-rank"})
-    fisher: str = field(default=FISHER_DEFAULT, metadata={"help": "as influence --fisher (kfac, ekfac)"})
+    test: str = influence_field("test", default="200",
+                                help="test images per run: all or N (the same ones for every run)")  # fmt: skip
+    rcond: str | None = influence_field(
+        "rcond", help=f"cut-offs, as influence --rcond (default: {RCOND_STUDY} for the head's Hessian, whose "
+        "comparison the paper's cut-off may flip; the method's own for ggn, blockdiag and arnoldi; none for methods "
+        "without a cut-off)")  # fmt: skip
+    damping: str = influence_field("damping")
+    normalize: str = influence_field("normalize")
+    refit_head: bool = influence_field("refit_head")
+    features_dtype: str = influence_field("features_dtype")
+    params: str = influence_field("params")
+    method: str = influence_field("method")
+    options: dict = influence_field("options")
+    arnoldi_rank: InitVar[int | None] = None  # as earlier versions took them (they go to ``options``)
+    fisher: InitVar[str | None] = None
     k: int | None = field(
         default=None, metadata={"help": "ranks of the class-match curves (default 100, or all training images if fewer)"}
     )
@@ -79,7 +78,9 @@ class InfluenceStudyConfig(Runtime):
 
     RUNTIME = ("device", "threads", "data_root")
 
-    def __post_init__(self):
+    def __post_init__(self, arnoldi_rank=None, fisher=None):
+        legacy = {"arnoldi_rank": arnoldi_rank, "fisher": fisher}
+        self.options = {**dict(self.options), **{k: val for k, val in legacy.items() if val is not None}}
         v.count_or_word("size", self.size, ("all",))
         if self.k is not None:
             v.integer("k", self.k, low=1)
@@ -88,7 +89,7 @@ class InfluenceStudyConfig(Runtime):
             method = INVERSES.get(self.method)
             if method.cutoff and method.default_rcond == "paper":
                 self.rcond = RCOND_STUDY  # the paper's cut-off and the others it is read against
-        self.influence_config("run", "out")  # every influence setting checked before anything runs
+        self.options = self.influence_config("run", "out").options  # every setting checked, the options resolved
 
     def influence_config(self, run: str, out: str) -> InfluenceConfig:
         return InfluenceConfig(run=run, out=out, device=self.device, threads=self.threads, data_root=self.data_root,
@@ -121,7 +122,7 @@ def _up_to_date(path: Path, cfg: InfluenceConfig) -> bool:
         result = InfluenceDir(path).read()
     except UserError:
         return False
-    asked = cfg.asked()
+    asked = asdict(cfg)
     wanted = {k: asked[k] for k in SHARED if k in asked} | {"run": cfg.run}
     return (all(result.meta.get("config", {}).get(k) == val for k, val in wanted.items())
             and identity_mismatch(result.meta, result["idx_train"], cfg.run) is None)  # fmt: skip
@@ -130,7 +131,8 @@ def _up_to_date(path: Path, cfg: InfluenceConfig) -> bool:
 def _variant(cfg: InfluenceStudyConfig) -> str:
     """The default directory's suffix for a method or selection other than the default (head, auto), so
     studies of several methods on one cell sit side by side."""
-    parts = [p for p, default in ((cfg.params, "fc"), (cfg.method, "auto"), (cfg.fisher, FISHER_DEFAULT))
+    fisher = cfg.options.get("fisher", FISHER_DEFAULT)
+    parts = [p for p, default in ((cfg.params, "fc"), (cfg.method, "auto"), (fisher, FISHER_DEFAULT))
              if p != default and p != "head"]  # fmt: skip
     return "".join("-" + p.replace(",", "+").replace(".", "_") for p in parts)
 

@@ -20,11 +20,8 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 import interp
-import interp.grads
-import interp.head
-import interp.memory
-from interp.influence import NORMALIZE_HELP
-from interp.inverse import Curvature
+from interp import NORMALIZE_HELP, Curvature
+from interp.curvature import device_free_bytes
 from study.attribution.head_path import compute_head
 from study.attribution.inputs import load_run, output_bytes, run_identity, run_weight_decay
 from study.attribution.matrices import operators_per_setting, write_matrices, write_streamed_matrices
@@ -45,7 +42,7 @@ def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     settings, model, train, test, idx_train, idx_test = load_run(cfg)
-    requested = cfg.asked()  # meta.json's "config" is what was asked for; its "settings" the values used
+    requested = dataclasses.asdict(cfg)  # meta.json's "config" is what was asked for; its "settings" the values used
     cfg = cfg.with_weight_decay(run_weight_decay(settings))
     model = model.to(device).eval()
     names = _param_names(model, cfg.params, settings)
@@ -70,7 +67,7 @@ def _param_names(model, params: str, settings: dict) -> list[str]:
     if params == TRAINABLE:
         return trainable_names(model, parse_blocks(settings.get("blocks", "1")))
     try:
-        chosen = {n for path in params.split(",") if path.strip() for n in interp.params.select_params(model, path.strip())}
+        chosen = {n for path in params.split(",") if path.strip() for n in interp.select_params(model, path.strip())}
     except interp.InterpError as exc:
         raise UserError(f"--params: {exc}") from None
     # each tensor once, in the model's order (the gradients' layout), however the paths overlap or are ordered
@@ -98,7 +95,7 @@ def streams(mode: str, size: int, n_train: int, n_test: int, device) -> bool:
     ones twice, with their solve, and the test ones) would take more than half the memory free on the device."""
     if mode != "auto":
         return mode == "stream"
-    return 8 * size * (3 * n_train + n_test) > interp.memory.device_free_bytes(device) / 2
+    return 8 * size * (3 * n_train + n_test) > device_free_bytes(device) / 2
 
 
 def _first_built(operators):
@@ -114,20 +111,19 @@ def _curvature_operators(cfg, model, names, size, train_loader, out: InfluenceDi
     method = cfg.inverse_method()
     if method.needs == "model":
         curvature = Curvature(size, device=device, model=model, data=train_loader, params=names)
-        operators = operators_per_setting(curvature, cfg, progress=progress, rank=cfg.arnoldi_rank, fisher=cfg.fisher)
+        operators = operators_per_setting(curvature, cfg, progress)
         path = f"{cfg.method} ({method.help})"
     elif method.needs == "hvp":
-        matvec, size = interp.hessian_vector_product(model, train_loader, names, device=device)
-        operators = operators_per_setting(Curvature(size, matvec=matvec, device=device), cfg, tol=cfg.cg_tol,
-                                          max_iter=cfg.cg_max_iter, progress=progress)  # fmt: skip
-        path = f"matrix-free ({cfg.method}, Hessian-vector products)"
+        products = interp.hessian_vector_product(model, train_loader, names, device=device)
+        operators = operators_per_setting(Curvature(products.size, matvec=products, device=device), cfg, progress)
+        path = f"matrix-free ({cfg.method}, {products.description})"
     else:
         h = interp.hessian(model, train_loader, names, device=device, progress=progress)
         if cfg.save_hessian:
             out.save("hessian", h.cpu().numpy())
         if cfg.method == "auto":  # the generic Hessian is rarely positive definite: go straight to eigh
             cfg = dataclasses.replace(cfg, method="eigh")
-        operators = operators_per_setting(Curvature(h.shape[0], matrix=h, device=h.device), cfg)
+        operators = operators_per_setting(Curvature(h.shape[0], matrix=h, device=h.device), cfg, progress)
         path = "dense Hessian (torch.func)"
     operators = _first_built(operators)
     return operators, path, time.perf_counter() - t
@@ -141,8 +137,8 @@ def _generic(cfg, model, names, train_loader, test_loader, out: InfluenceDir, de
     stream = streams(cfg.gradients, size, n_train, n_test, device)  # with the curvature already in memory
     t = time.perf_counter()
     if stream:
-        budget = interp.memory.device_free_bytes(device) // 4
-        batches = lambda loader: lambda: interp.grads.per_example_grad_batches(model, loader, names, device=device)  # noqa: E731
+        budget = device_free_bytes(device) // 4
+        batches = lambda loader: lambda: interp.per_example_grad_batches(model, loader, names, device=device)  # noqa: E731
         written, inv = write_streamed_matrices(cfg, out, batches(test_loader), batches(train_loader),
                                                (n_test, n_train), operators, budget, progress)  # fmt: skip
     else:

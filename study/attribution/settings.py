@@ -8,14 +8,9 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
-import interp
-import interp.head
-from interp.curvature_methods import ARNOLDI_RANK
-from interp.influence import NORMALIZE
-from interp.inverse import INVERSES
-from interp.kronecker import FISHER_DEFAULT, FISHER_TYPES
+from interp import INVERSES, NORMALIZE, InterpError, InverseMethod
 from transfer import validation as v
 from transfer.errors import UserError
 from transfer.runtime import Runtime, runtime_help
@@ -89,28 +84,17 @@ class InfluenceConfig(Runtime):
             "the gradients, no Hessian)"
         },
     )
-    method: str = field(
-        default="auto",
-        metadata={
-            "help": "a registered inverse method: auto, cholesky, eigh, svd (the Hessian, dense), cg (the Hessian, "
-            "matrix-free), ggn (the exact Gauss-Newton matrix, dense), blockdiag (its per-layer blocks), kfac and "
-            "ekfac (Kronecker-factored GGN, curvlinops; need --damping > 0), arnoldi (the GGN's top --arnoldi-rank "
-            "eigenpairs); interp.register_inverse adds more"
-        },
-    )
-    arnoldi_rank: int = field(
-        default=ARNOLDI_RANK, metadata={"help": "arnoldi: eigenpairs of the GGN computed (the subspace's dimension)"}
-    )
-    fisher: str = field(
-        default=FISHER_DEFAULT,
-        metadata={"help": "kfac, ekfac: the Fisher of the Kronecker factors: type-2 (the exact GGN's, one backward pass "
-                  "per class), mc (one sampled label per image: an unbiased estimate, classes-times cheaper, for "
-                  "large selections) or empirical (the true labels' gradients: not the GGN, for comparison)"},
+    method: str = field(default="auto", metadata={"help": lambda: method_help()})
+    options: dict = field(
+        default_factory=dict,
+        metadata={"help": "the method's own options by name (each offered as its own flag, e.g. --arnoldi-rank); "
+                  "an option of another method is refused", "method_options": True},
     )  # fmt: skip
-    cg_tol: float = field(default=1e-10, metadata={"help": "cg: relative residual at which a solve stops"})
-    cg_max_iter: int = field(
-        default=1000, metadata={"help": "cg: iteration limit; a solve that reaches it unconverged is reported"}
-    )
+    # the options of the built-in methods, as earlier versions took them (they go to ``options``)
+    arnoldi_rank: InitVar[int | None] = None
+    fisher: InitVar[str | None] = None
+    cg_tol: InitVar[float | None] = None
+    cg_max_iter: InitVar[int | None] = None
     gradients: str = field(
         default="auto",
         metadata={"help": "per-example gradients of a generic selection: memory (held whole), stream (computed "
@@ -143,8 +127,8 @@ class InfluenceConfig(Runtime):
         """The dampings asked for: numbers >= 0, or ``wd`` (resolved by :func:`with_weight_decay`)."""
         return [_setting_value("damping", item, ("wd",), high=None) for item in _items("damping", self.damping)]
 
-    def inverse_method(self) -> interp.inverse.InverseMethod:
-        """The registry entry of ``method`` (:data:`interp.inverse.INVERSES`)."""
+    def inverse_method(self) -> InverseMethod:
+        """The registry entry of ``method`` (:data:`interp.INVERSES`)."""
         if self.method not in INVERSES.names():
             raise UserError(f"--method must be one of {', '.join(INVERSES.names())}; got {self.method!r} "
                             "(interp.register_inverse adds methods)")  # fmt: skip
@@ -159,8 +143,10 @@ class InfluenceConfig(Runtime):
         """Every (cut-off, damping) pair, the first being the directory's main matrices."""
         return [{"rcond": r, "damping": d} for r in self.rconds() for d in self.dampings()]
 
-    def __post_init__(self):
+    def __post_init__(self, arnoldi_rank=None, fisher=None, cg_tol=None, cg_max_iter=None):
         """Every setting checked before the run is read or the output touched."""
+        legacy = {"arnoldi_rank": arnoldi_rank, "fisher": fisher, "cg_tol": cg_tol, "cg_max_iter": cg_max_iter}
+        self.options = {**dict(self.options), **{k: val for k, val in legacy.items() if val is not None}}
         if not [p for p in self.params.split(",") if p.strip()]:
             raise UserError("--params must name at least one module, e.g. fc or layer4.2,fc")
         v.count_or_word("test", self.test, ("all",))
@@ -184,34 +170,38 @@ class InfluenceConfig(Runtime):
         if method.damped and any(d != "wd" and float(d) <= 0 for d in dampings):
             raise UserError(f"--method {self.method} needs --damping > 0 (its curvature has zero eigenvalues); "
                             "give e.g. wd (the run's weight decay) or 1e-3")  # fmt: skip
-        v.integer("arnoldi_rank", self.arnoldi_rank, low=1)
-        v.choice("fisher", self.fisher, FISHER_TYPES)
         v.choice("gradients", self.gradients, GRADIENTS)
         if len(rconds) * len(dampings) > 20:
             raise UserError(f"--rcond x --damping asks for {len(rconds) * len(dampings)} settings; at most 20")
-        v.number("cg_tol", self.cg_tol, low=0, high=1, low_open=True, high_open=True)
-        v.integer("cg_max_iter", self.cg_max_iter, low=1)
         v.integer("batch_size", self.batch_size, low=1)
         v.choice("features_dtype", self.features_dtype, ("float32", "float64"))
-        self._refuse_foreign_options(method)
+        self.options = method_options(method, self.options)
         super().__post_init__()
 
-    def asked(self) -> dict:
-        """The settings as recorded in ``meta.json``: every field but the options of methods other than this one."""
-        return {k: val for k, val in dataclasses.asdict(self).items()
-                if k not in METHOD_OPTIONS or self.method in METHOD_OPTIONS[k]}  # fmt: skip
 
-    def _refuse_foreign_options(self, method) -> None:
-        """A method's own option set for another method is refused, not recorded as if it had been used."""
-        for name, readers in METHOD_OPTIONS.items():
-            default = next(f.default for f in dataclasses.fields(self) if f.name == name)
-            if getattr(self, name) != default and self.method not in readers:
-                raise UserError(f"{v.flag(name)} applies to --method {' and '.join(readers)}, not {method.name}")
+def method_help() -> str:
+    """``--method``'s help, from the registry (a method registered from outside the package is listed too)."""
+    listed = "; ".join(f"{m.name}: {m.help}" if m.help else m.name for m in INVERSES.methods())
+    return f"a registered inverse method: {listed} (interp.register_inverse adds more)"
 
 
-# the options of one method each, and the methods that read them
-METHOD_OPTIONS = {"arnoldi_rank": ("arnoldi",), "fisher": ("kfac", "ekfac"), "cg_tol": ("cg",),
-                  "cg_max_iter": ("cg",)}  # fmt: skip
+def method_options(method: InverseMethod, given: dict) -> dict:
+    """``method``'s own options, ``given`` over their defaults (:meth:`InverseMethod.resolve_options`). An option
+    of another method is refused, naming the methods that read it; a value the method's options class refuses is
+    said with its flag."""
+    owners = INVERSES.option_owners()
+    for name in given:
+        if name not in owners:
+            raise UserError(f"{v.flag(name)} is no registered method's option; options: "
+                            f"{', '.join(v.flag(n) for n in owners) or 'none'}")  # fmt: skip
+        if method.name not in owners[name]:
+            raise UserError(f"{v.flag(name)} applies to --method {' and '.join(owners[name])}, not {method.name}")
+    try:
+        return method.resolve_options(given)
+    except InterpError as exc:
+        text = str(exc)
+        first = text.split(" ", 1)[0]
+        raise UserError(v.flag(first) + text[len(first):] if first in owners else f"--method {method.name}: {text}") from None
 
 
 def _items(name: str, text: str) -> list[str]:
@@ -230,3 +220,16 @@ def _setting_value(name: str, item: str, words: tuple[str, ...], high: float | N
         allowed = f"{', '.join(words)} or a number" if words else "a number"
         raise UserError(f"--{name} must be {allowed}, got {item!r}") from None
     return v.number(name, x, low=0, high=high, high_open=high is not None)
+
+
+def influence_field(name: str, **override):
+    """:class:`InfluenceConfig`'s field ``name`` for another command's settings: its default, help and checks (the
+    other command builds an :class:`InfluenceConfig` from it), with ``default`` or ``help`` overridden where
+    given, so that a flag means the same everywhere instead of being copied."""
+    f = InfluenceConfig.__dataclass_fields__[name]
+    meta = {**f.metadata, **({"help": override["help"]} if "help" in override else {})}
+    if "default" in override:
+        return field(default=override["default"], metadata=meta)
+    if f.default_factory is not dataclasses.MISSING:
+        return field(default_factory=f.default_factory, metadata=meta)
+    return field(default=f.default, metadata=meta)

@@ -15,9 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interp.featviz import FeatVizConfig, visualize
-from interp.plots import featviz_figure, saliency_figure
-from interp.saliency import concentration, magnitude, saliency_maps
+from interp.viz import (
+    FeatVizConfig,
+    concentration,
+    featviz_figure,
+    magnitude,
+    saliency_figure,
+    saliency_maps,
+    visualize,
+)
 from transfer.datasets import Transformed, load_raw_splits
 from transfer.device import resolve_device
 from transfer.errors import UserError
@@ -48,7 +54,7 @@ def load_models(specs: list[str], device):
 
 
 def parse_seeds(specs: list[str], size: int):
-    from interp.featviz import grey_seed, image_seed, noise_seeds
+    from interp.viz import grey_seed, image_seed, noise_seeds
 
     seeds, labels = [], []
     for spec in specs or ["noise:3"]:
@@ -159,7 +165,7 @@ def plot_influence_dirs(outs: list[str], top: int = 8, png_dir: Path | str | Non
     matrix (``influence_heatmap.png``) and, per directory, a grid of each shown test image beside its ``top``
     most helpful and most harmful training images (``influence_grid_<dir>.png``), in ``png_dir`` (default:
     the first directory). Returns the paths."""
-    from interp.plots import heatmap_figure, influence_grid_figure
+    from interp.viz import heatmap_figure, influence_grid_figure
     from study.attribution.store import InfluenceDir
 
     if top < 1:

@@ -89,20 +89,6 @@ def test_a_rerun_keeps_finished_stages_and_redoes_the_missing_one(demo):
     assert seconds["total"] > seconds["features"] + seconds["transfer"]
 
 
-def test_a_long_command_shows_it_is_alive_on_a_stream_that_is_no_terminal():
-    import io
-    import time
-
-    from study.demo.stages import Clock, Heartbeat
-
-    stream = io.StringIO()
-    with Heartbeat("influence: validate-influence", Clock(), stream, every=0.05):
-        time.sleep(0.3)
-    lines = stream.getvalue().splitlines()
-    assert len(lines) >= 3 and all("validate-influence still running" in ln and "left in the demo" in ln
-                                   for ln in lines)  # fmt: skip
-
-
 def _browser():
     """A headless Chromium through Selenium, or a skip where the machine lacks one (CI requires it)."""
     required = os.environ.get("REQUIRE_BROWSER") == "1"
@@ -170,15 +156,3 @@ def test_a_failed_stage_is_reported_with_its_cause_and_not_recorded_as_done(tmp_
     err = capsys.readouterr().err
     assert "demo stage transfer" in err and "holds files that are not robust-transfer's sweep (notes.txt)" in err
     assert not (out / "stages" / "transfer.json").exists()
-
-
-def test_the_time_left_grows_when_a_stage_runs_over_its_estimate():
-    from study.demo.stages import Clock
-
-    clock = Clock()
-    clock.start(stage_expected=10, rest_expected=20)
-    assert clock.left() == pytest.approx(30, abs=0.5)
-    clock.stage_started -= 15  # 15 s into a stage expected to take 10: this machine is 1.5x slower
-    assert clock.left() == pytest.approx(30, abs=0.5)  # nothing left of the stage's estimate, the rest scaled
-    clock.stage_started -= 15
-    assert clock.left() == pytest.approx(60, abs=0.5)

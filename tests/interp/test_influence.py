@@ -4,8 +4,9 @@ import torch
 from torch import nn
 
 import interp
+from interp import head_influence, linear_head_grads
+from interp.curvature import folded_to_canonical
 from interp.errors import InterpError
-from interp.head import folded_to_canonical, head_influence, linear_head_grads
 
 
 def _head_problem(n_train=60, n_test=25, d=6, c=4, seed=0):
@@ -171,7 +172,7 @@ def test_relatif_and_cosine_equal_direct_numpy_computations():
 
 
 def test_streamed_influence_equals_the_dense_one_in_any_chunking():
-    from interp.grads import per_example_grad_batches
+    from interp import per_example_grad_batches
     from interp.influence import streamed_influence
 
     torch.manual_seed(0)

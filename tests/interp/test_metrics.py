@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from interp.errors import InterpError
-from interp.metrics import class_match, most_helpful
+from interp.metrics import class_match, most_helpful, ranking_agreement
 
 
 def test_most_helpful_is_most_negative_first():
@@ -74,3 +74,16 @@ def test_bootstrap_intervals_cover_the_rate_and_the_paired_difference_is_paired(
     # pairing: identical rows contribute zero variance, so the paired interval is narrower than the unpaired one
     unpaired = np.sqrt(a.rows["top1"].var() / 200 + b.rows["top1"].var() / 200) * 2 * 1.96
     assert high - low < unpaired
+
+
+def test_ranking_agreement_refuses_k_past_the_row_and_skips_constant_rows_without_warning():
+    import warnings
+
+    a = np.array([[0.0, -1.0, 2.0], [1.0, 1.0, 1.0]])
+    e = np.array([[0.0, -2.0, 1.0], [0.0, 1.0, 2.0]])
+    with pytest.raises(InterpError, match="between 1 and 3"):
+        ranking_agreement(a, e, k=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = ranking_agreement(a, e, k=2)
+    assert out["constant_rows"] == 1 and out["spearman"] == pytest.approx(1.0) and out["k"] == 2

@@ -274,14 +274,14 @@ def test_streamed_gradients_report_the_dropped_share_the_held_path_reports(finis
 
 
 def test_a_curvature_that_does_not_fit_is_refused_before_any_gradient(finished_run, tmp_path, monkeypatch):
-    import interp.grads
-    import interp.memory
+    import interp.curvature.grads
+    import interp.curvature.memory
 
     def no_gradients(*args, **kwargs):
         raise AssertionError("per-example gradients were computed before the refusal")
 
-    monkeypatch.setattr(interp.memory, "device_free_bytes", lambda device=None: 2**20)
-    monkeypatch.setattr(interp.grads, "per_example_grad_batches", no_gradients)
+    monkeypatch.setattr(interp.curvature.memory, "device_free_bytes", lambda device=None: 2**20)
+    monkeypatch.setattr(interp.curvature.grads, "per_example_grad_batches", no_gradients)
     for method in ("ggn", "blockdiag"):
         with pytest.raises(interp.InterpError, match="exact GGN.*--method ekfac"):
             run_influence(InfluenceConfig(run=str(finished_run), out=str(tmp_path / method), params="layer3.1.bn2,fc",
@@ -322,5 +322,7 @@ def test_each_method_takes_its_own_default_cut_off_and_refuses_others_options(fi
                          ({"method": "arnoldi", "cg_tol": 1e-6}, "--cg-tol")):  # fmt: skip
         with pytest.raises(UserError, match=flag):
             InfluenceConfig(**run, **kwargs)
-    asked = InfluenceConfig(**run, method="ekfac", damping="1e-3").asked()
-    assert "fisher" in asked and "arnoldi_rank" not in asked and "cg_tol" not in asked
+    cfg = InfluenceConfig(**run, method="ekfac", damping="1e-3")
+    assert cfg.options == {"fisher": "type-2", "mc_samples": 1}  # its own options, resolved; no other method's
+    legacy = InfluenceConfig(**run, method="arnoldi", arnoldi_rank=50)  # the keyword earlier versions took
+    assert legacy.options == {"arnoldi_rank": 50, "arnoldi_curvature": "ggn"}

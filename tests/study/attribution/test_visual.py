@@ -2,7 +2,7 @@
 
 import pytest
 
-from interp.featviz import FeatVizConfig
+from interp.viz import FeatVizConfig
 from study.attribution.class_match import class_match_report, write_class_match
 from study.attribution.visual import featviz_to_dir, plot_influence_dirs, saliency_to_dir
 from transfer.errors import UserError

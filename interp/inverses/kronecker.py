@@ -24,7 +24,7 @@ Parameters no Kronecker factorisation covers (BatchNorm scales and shifts, group
 handled by a stated fallback: the exact GGN block of those parameters together (damped the same; cross
 terms with the covered ones dropped), and their names and count are reported by ``info()``. The block is
 inverted densely (eigh) up to :data:`DENSE_FALLBACK_MAX` parameters; above, from its factor ``F`` (``n C``
-rows) by the Woodbury form where ``n C`` is the smaller (:mod:`interp.lowrank`; ResNet-50's ``layer4``
+rows) by the Woodbury form where ``n C`` is the smaller (:mod:`interp.inverses.lowrank`; ResNet-50's ``layer4``
 has 22,528 BatchNorm parameters, a 4 GB block whose eigh takes most of an hour on 2 cores), else densely.
 Both are exact.
 """
@@ -37,12 +37,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from interp.curvature.ggn import DeviceData, curvlinops_model, ggn, ggn_factor
+from interp.curvature.params import flat_positions, select_params
 from interp.device import ieee_float32
 from interp.errors import InterpError
-from interp.ggn import DeviceData, curvlinops_model, ggn, ggn_factor
-from interp.inverse import InverseOperator, spectral_inverse
-from interp.lowrank import lowrank_inverse
-from interp.params import flat_positions, select_params
+from interp.inverses.base import INVERSES, Curvature, InverseMethod, InverseOperator
+from interp.inverses.dense import spectral_inverse
+from interp.inverses.lowrank import lowrank_inverse
 
 KINDS = ("kfac", "ekfac")
 WEIGHT_AND_BIAS = ("separate Kronecker blocks for a layer's weight and its bias (curvlinops' separate_weight_and_bias; "
@@ -101,8 +102,7 @@ class KroneckerInverse(InverseOperator):
     def device(self) -> torch.device:
         return self.on
 
-    def apply(self, b: torch.Tensor) -> torch.Tensor:
-        cols, vec = self._columns(b)
+    def _solve(self, cols: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(cols)
         if self._inverse is not None:
             try:
@@ -117,7 +117,7 @@ class KroneckerInverse(InverseOperator):
                 ) from exc
         if self.fallback is not None:
             out[self.uncovered] = self.fallback.apply(cols[self.uncovered])
-        return out.flatten() if vec else out
+        return out
 
     def with_settings(self, *, rcond="same", damping: float | None = None) -> KroneckerInverse:
         """The same factors under another damping (the Kronecker factors are not recomputed)."""
@@ -148,6 +148,16 @@ class KroneckerInverse(InverseOperator):
             if self.uncovered_names
             else "none needed",
         }
+
+
+    def report(self) -> list[str]:
+        info = self.info()
+        lines = [f"curvature: {info['curvature']}", f"{self.kind}: {WEIGHT_AND_BIAS}"]
+        if self.uncovered_names:
+            names = self.uncovered_names
+            lines.append(f"{info['fallback_params']} parameters Kronecker factors do not cover ({len(names)} tensors: "
+                         f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): {info['fallback']}")  # fmt: skip
+        return lines
 
 
 def kronecker_inverse(
@@ -205,3 +215,38 @@ def _fallback(model, loader, names, damping, dtype, dev, progress) -> InverseOpe
     else:
         block = ggn(model, loader, names, dtype=dtype, device=dev, progress=progress)
     return spectral_inverse(block, rcond="exact", damping=damping, method="eigh")
+
+
+@dataclass(frozen=True)
+class KroneckerOptions:
+    """The settings of ``--method kfac`` and ``ekfac``."""
+
+    fisher: str = field(default=FISHER_DEFAULT, metadata={"help": "the Fisher of the Kronecker factors: type-2 (the "
+                        "exact GGN's, one backward pass per class), mc (one sampled label per image: an unbiased "
+                        "estimate, classes-times cheaper, for large selections) or empirical (the true labels' "
+                        "gradients: not the GGN, for comparison)"})  # fmt: skip
+    mc_samples: int = field(default=1, metadata={"help": "--fisher mc: labels sampled per image"})
+
+    def __post_init__(self):
+        if self.fisher not in FISHER_TYPES:
+            raise InterpError(f"fisher must be one of {', '.join(FISHER_TYPES)}, got {self.fisher!r}")
+        if isinstance(self.mc_samples, bool) or not isinstance(self.mc_samples, int) or self.mc_samples < 1:
+            raise InterpError(f"mc_samples must be an integer >= 1, got {self.mc_samples!r}")
+        if self.mc_samples != 1 and self.fisher != "mc":
+            raise InterpError(f"mc_samples applies to fisher mc, not {self.fisher}")
+
+
+def _kronecker(kind: str):
+    def build(curvature: Curvature, *, damping: float, progress: bool, fisher: str, mc_samples: int):
+        return kronecker_inverse(curvature.model, curvature.data, curvature.names(), kind=kind, damping=damping,
+                                 fisher_type=fisher, mc_samples=mc_samples, device=curvature.device,
+                                 progress=progress)  # fmt: skip
+
+    return build
+
+
+for _kind, _what in (("kfac", "K-FAC"), ("ekfac", "EK-FAC")):
+    INVERSES.register(InverseMethod(_kind, _kronecker(_kind), needs="model", cutoff=False, shared=_kind, damped=True,
+                                    options=KroneckerOptions,
+                                    help=f"{_what} of the GGN (curvlinops), Linear and Conv2d; other parameters by "
+                                    "their exact GGN block"))  # fmt: skip

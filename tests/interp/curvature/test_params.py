@@ -1,7 +1,7 @@
 import pytest
 
+from interp.curvature.params import select_params
 from interp.errors import InterpError
-from interp.params import select_params
 from transfer.zoo import load_source
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from interp.errors import InterpError
-from interp.featviz import FeatVizConfig, noise_seeds, total_variation, visualize
+from interp.viz.featviz import FeatVizConfig, noise_seeds, total_variation, visualize
 from transfer.zoo import load_source
 
 

@@ -36,17 +36,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from interp.device import ieee_float32, resolve, to_device
+from interp.curvature.memory import check_dense_fits
+from interp.device import ieee_float32, resolve, synced_seconds, to_device
 from interp.errors import InterpError, require_finite
-from interp.inverse import pseudo_inverse
-from interp.memory import check_dense_fits
 
 
 def softmax_residuals(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -240,7 +238,7 @@ def reduce_head(
     q = class_contrast_basis(c, device=dev)
     t = time.perf_counter()
     h_r = reduced_head_hessian(z_train, logits_train, q, progress=progress)
-    hessian_s = _synced(t, dev)
+    hessian_s = synced_seconds(t, dev)
     dead = torch.nonzero(~live).flatten().tolist()
     removed = {
         "softmax_null_space": {
@@ -266,75 +264,3 @@ def reduce_head(
         removed,
         hessian_s,
     )
-
-
-def head_influence(
-    z_train: torch.Tensor,
-    logits_train: torch.Tensor,
-    y_train: torch.Tensor,
-    z_test: torch.Tensor,
-    logits_test: torch.Tensor,
-    y_test: torch.Tensor,
-    *,
-    rcond: float | str | None = None,
-    damping: float = 0.0,
-    method: str = "auto",
-    normalize: str = "none",
-    block_size: int = 2048,
-    out_test: str | Path | None = None,
-    out_train: str | Path | None = None,
-    device: torch.device | str | None = None,
-    progress: bool = False,
-) -> dict:
-    """Both influence matrices of a softmax linear head, exactly, at the paper's scale.
-
-    Inputs are the head's inputs ``z`` ``(n, D)``, the logits ``(n, C)`` and labels ``(n,)`` of the
-    training set (which defines the Hessian of the mean training loss) and of the test set. The
-    Hessian, its factorisation and the solves run on ``device`` (default: that of ``z_train``), in
-    float64; the matrices are returned on the CPU (or streamed to the ``.npy`` paths).
-    ``normalize`` is ``none``, ``relatif`` or ``cosine`` (:func:`interp.influence.influence_pair`).
-    Returns ``{"test": (n_test, n_train), "train": (n_train, n_train), "inverse": InverseOperator,
-    "hessian_reduced": H_r, "basis": Q, "live": (D,) mask, "removed": {...}, "reduced": ReducedHead,
-    "timings": {...}}``; see the module docstring for the reductions, which are exact.
-    ``method="auto"`` factorises ``H_r`` by Cholesky when it is positive definite and well
-    conditioned for ``rcond``, else by eigh with the cut-off.
-    """
-    from interp.influence import influence_pair
-
-    red = reduce_head(z_train, logits_train, y_train, z_test, logits_test, y_test, device=device, progress=progress)
-    dev = red.hessian.device
-    timings = {"hessian_s": red.hessian_s}
-    t = time.perf_counter()
-    inv = pseudo_inverse(red.hessian, rcond=rcond, damping=damping, method=method)
-    timings["factorise_s"] = _synced(t, dev)
-    t = time.perf_counter()
-    test, train = influence_pair(
-        red.g_test,
-        red.g_train,
-        inv,
-        normalize=normalize,
-        grad_norms=red.grad_norms,
-        block_size=block_size,
-        out_test=out_test,
-        out_train=out_train,
-        progress=progress,
-    )
-    timings["influence_s"] = _synced(t, dev)
-    return {
-        "test": test,
-        "train": train,
-        "inverse": inv,
-        "hessian_reduced": red.hessian,
-        "basis": red.basis,
-        "live": red.live,
-        "removed": red.removed,
-        "reduced": red,
-        "timings": timings,
-    }
-
-
-def _synced(t0: float, device: torch.device) -> float:
-    """Seconds since ``t0`` once the device's queued work is done (CUDA runs asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0

@@ -1,6 +1,7 @@
-"""Exact Hessians of the mean training loss: generic (``torch.func``), and the closed form of a linear head.
+"""Exact Hessians of the mean training loss, dense (generic ``torch.func``, or the closed form of a linear head), and
+Hessian-vector products without forming it.
 
-The closed form (see :mod:`interp.head`) is used when the parameters are exactly one ``nn.Linear``
+The closed form (see :mod:`interp.curvature.head`) is used when the parameters are exactly one ``nn.Linear``
 that produces the model's output under cross-entropy; every other selection goes through
 ``torch.func.hessian`` batch by batch.
 """
@@ -12,16 +13,17 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, grad, jvp, vmap
 from torch.func import hessian as func_hessian
 from tqdm.auto import tqdm
 
+from interp.curvature.grads import Loss, as_eval_copy
+from interp.curvature.head import folded_to_canonical, head_features, linear_head_hessian
+from interp.curvature.memory import available_bytes, check_dense_fits, device_free_bytes  # noqa: F401  (re-exported)
+from interp.curvature.params import ParamSpec, fixed_tensors, flat_size, select_params
+from interp.curvature.products import CurvatureProducts
 from interp.device import ieee_float32, resolve, to_device
 from interp.errors import InterpError
-from interp.grads import Loss, as_eval_copy
-from interp.head import folded_to_canonical, head_features, linear_head_hessian
-from interp.memory import available_bytes, check_dense_fits, device_free_bytes  # noqa: F401  (re-exported)
-from interp.params import ParamSpec, fixed_tensors, flat_size, select_params
 
 
 def find_linear(model: nn.Module, names: list[str]) -> nn.Linear | None:
@@ -51,7 +53,7 @@ def hessian(
     Computed on an eval-mode copy of the model in ``dtype`` on ``device`` (default: the model's),
     so the caller's model is not changed.
     ``H = d^2/d theta^2 [1/n sum_i loss(f(x_i; theta), y_i)]`` in the model's eval mode, flattened
-    like :func:`interp.grads.per_example_grads` (``named_parameters`` order). ``loss_fn`` returns
+    like :func:`interp.curvature.grads.per_example_grads` (``named_parameters`` order). ``loss_fn`` returns
     the mean over a batch. ``method="auto"`` uses the closed form when ``params`` is exactly one
     ``nn.Linear`` that produces the model's output under cross-entropy, else ``torch.func.hessian``
     batch by batch; ``"closed_form"`` or ``"func"`` force one. A matrix that will not fit in
@@ -155,3 +157,48 @@ def _func_hessian(model, loader, names, loss_fn, dtype, device, progress, max_by
             h += func_hessian(batch_loss_sum)(theta, x[start : start + step], y[start : start + step])
         n += len(y)
     return h / n
+
+
+def hessian_vector_product(
+    model: torch.nn.Module,
+    loader,
+    params=None,
+    *,
+    loss_fn=None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> CurvatureProducts:
+    """``v -> H v`` for the Hessian of the MEAN loss over ``loader``, without forming ``H``.
+
+    Forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``), vectorised over the columns
+    of ``v`` ``(P, k)``, on an eval-mode copy of the model on ``device`` (default: the model's); the
+    batches of ``loader`` are held there, and products are returned there. Returns the
+    :class:`~interp.curvature.CurvatureProducts` (it unpacks as ``(matvec, P)``);
+    ``interp.ConjugateGradientInverse(matvec, P, on=device)`` turns it into an inverse.
+    """
+    loss_fn = loss_fn or F.cross_entropy
+    names = list(select_params(model, params))
+    dev = resolve(model, device)
+    model = as_eval_copy(model, dtype, dev)
+    named = dict(model.named_parameters())
+    fixed = fixed_tensors(model, names)
+    theta = {k: named[k].detach() for k in names}
+    sizes = [theta[k].numel() for k in names]
+    batches = [to_device(x, y, dev, dtype) for x, y in loader]
+    n = sum(len(y) for _, y in batches)
+
+    def total_loss(th):
+        return sum(loss_fn(functional_call(model, {**fixed, **th}, (x,)), y) * len(y) for x, y in batches) / n
+
+    def hvp_one(v_flat):
+        v = {k: t.view(theta[k].shape) for k, t in zip(names, v_flat.split(sizes), strict=True)}
+        _, hv = jvp(grad(total_loss), (theta,), (v,))
+        return torch.cat([hv[k].flatten() for k in names])
+
+    batched = vmap(hvp_one, in_dims=1, out_dims=1)
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        with ieee_float32():
+            return batched(v.to(dev, dtype))
+
+    return CurvatureProducts(matvec, sum(sizes), dev, dtype, "Hessian-vector products (torch.func, forward over reverse)")

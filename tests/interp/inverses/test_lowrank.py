@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from interp.errors import InterpError
-from interp.lowrank import lowrank_inverse
+from interp.inverses.lowrank import lowrank_inverse
 
 
 def test_lowrank_inverse_is_the_exact_damped_inverse_and_keeps_its_eigenpairs_across_dampings():

@@ -19,36 +19,24 @@ import torch
 
 from interp.device import to_numpy
 from interp.errors import InterpError
-from interp.inverse import InverseOperator, symmetric_eigh
+from interp.inverses.eigen import EigenbasisInverse, symmetric_eigh
 
 
 @dataclass(eq=False)
-class LowRankInverse(InverseOperator):
-    """``(V diag(s) V^T + damping I)^-1`` for orthonormal ``V`` ``(P, r)`` (see the module's docstring)."""
+class LowRankInverse(EigenbasisInverse):
+    """``(V diag(s) V^T + damping I)^-1`` for orthonormal ``V`` ``(P, r)`` (see the module's docstring): the
+    eigenbasis template with nothing cut and the complement of ``V`` given ``1 / damping``."""
 
     eigenvalues: torch.Tensor  # (r,), > 0
     eigenvectors: torch.Tensor  # (P, r)
     damping: float
+    rcond: float = field(default=0.0, init=False)  # nothing is cut: every eigenvalue is > 0 and damping > 0
     method: str = field(default="lowrank", init=False)
+    fills_complement = True
 
     def __post_init__(self):
         if not (np.isfinite(self.damping) and self.damping > 0):
             raise InterpError(f"a low-rank inverse needs damping > 0 (its null space), got {self.damping}")
-
-    @property
-    def size(self) -> int:
-        return self.eigenvectors.shape[0]
-
-    @property
-    def device(self) -> torch.device:
-        return self.eigenvectors.device
-
-    def apply(self, b: torch.Tensor) -> torch.Tensor:
-        cols, vec = self._columns(b)
-        d = self.damping
-        scale = (1.0 / (self.eigenvalues + d) - 1.0 / d).unsqueeze(1)
-        out = cols / d + self.eigenvectors @ (scale * (self.eigenvectors.T @ cols))
-        return out.flatten() if vec else out
 
     def with_settings(self, *, rcond="same", damping: float | None = None) -> LowRankInverse:
         return LowRankInverse(self.eigenvalues, self.eigenvectors, self.damping if damping is None else damping)

@@ -133,7 +133,7 @@ def influence_grid_figure(
 def featviz_figure(seeds, results: dict, seed_labels: Sequence[str]):
     """Paper's Figure 1 layout: one row per (objective, seed); columns = the seed, then each model's image.
 
-    ``results`` maps a model label to a :class:`interp.featviz.FeatVizResult` (same objectives and seeds).
+    ``results`` maps a model label to a :class:`interp.viz.featviz.FeatVizResult` (same objectives and seeds).
     """
     plt = _plt()
     labels = list(results)

@@ -3,10 +3,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from interp.curvature.grads import per_example_grads
+from interp.curvature.head import folded_to_canonical, linear_head_grads, linear_head_hessian
+from interp.curvature.hessian import check_dense_fits, hessian
 from interp.errors import InterpError
-from interp.grads import per_example_grads
-from interp.head import folded_to_canonical, linear_head_grads, linear_head_hessian
-from interp.hessian import check_dense_fits, hessian
 
 
 def _problem(n=40, d=5, c=4, seed=0):
@@ -82,7 +82,7 @@ def test_size_guard_refuses_and_names_the_alternative():
 _CAPPED = """
 import resource, sys, torch
 from pathlib import Path
-from interp.hessian import hessian
+from interp.curvature.hessian import hessian
 from interp.errors import InterpError
 from transfer.zoo import load_source
 

@@ -17,18 +17,19 @@ uses it where only products are needed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 from tqdm.auto import tqdm
 
+from interp.curvature.grads import as_eval_copy
+from interp.curvature.memory import GGN_ALTERNATIVE, check_fits, device_free_bytes
+from interp.curvature.params import ParamSpec, fixed_tensors, flat_positions, select_params
+from interp.curvature.products import CurvatureProducts
 from interp.device import ieee_float32, resolve, to_device
 from interp.errors import InterpError
-from interp.grads import as_eval_copy
-from interp.memory import GGN_ALTERNATIVE, check_fits, device_free_bytes
-from interp.params import ParamSpec, fixed_tensors, flat_positions, select_params
 
 
 def _softmax_root(logits: torch.Tensor) -> torch.Tensor:
@@ -149,9 +150,10 @@ def ggn_products(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
     max_bytes: int | None = None,
-) -> tuple[Callable[[torch.Tensor], torch.Tensor], int, str]:
-    """``(v -> G v, P, how)``: through the cached factor of :func:`ggn_factor` when ``n C P`` numbers take at most
-    a quarter of the memory free on the device, else curvlinops' products, one pass over the data each."""
+) -> CurvatureProducts:
+    """``v -> G v`` through the cached factor of :func:`ggn_factor` when ``n C P`` numbers take at most a quarter of
+    the memory free on the device, else curvlinops' products, one pass over the data each; ``description`` says
+    which."""
     names = list(select_params(model, params))
     dev = resolve(model, device)
     p = sum(t.numel() for t in select_params(model, names).values())
@@ -163,9 +165,9 @@ def ggn_products(
     limit = max_bytes if max_bytes is not None else device_free_bytes(dev)
     if 4 * n * classes * p * item <= limit:
         m = ggn_factor(model, loader, names, dtype=dtype, device=dev)
-        return (lambda v: m.T @ (m @ v.to(dev, dtype))), p, f"cached GGN factor ({n * classes} x {p})"
-    matvec, size = ggn_vector_product(model, loader, names, dtype=dtype, device=dev)
-    return matvec, size, "curvlinops GGN-vector products (one pass over the data each)"
+        return CurvatureProducts(lambda v: m.T @ (m @ v.to(dev, dtype)), p, dev, dtype,
+                                 f"cached GGN factor ({n * classes} x {p})")  # fmt: skip
+    return ggn_vector_product(model, loader, names, dtype=dtype, device=dev)
 
 
 def ggn(model: nn.Module, loader: Iterable, params: ParamSpec = None, **kwargs) -> torch.Tensor:
@@ -213,9 +215,9 @@ def ggn_vector_product(
     *,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
-) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+) -> CurvatureProducts:
     """``v -> G v`` for the exact GGN, from curvlinops' ``GGNLinearOperator`` (one pass over ``loader`` a
-    product, its columns ``(P, k)`` vmapped). Returns ``(matvec, P)``."""
+    product, its columns ``(P, k)`` vmapped); unpacks as ``(matvec, P)``."""
     from curvlinops import GGNLinearOperator
 
     names = list(select_params(model, params))
@@ -229,4 +231,4 @@ def ggn_vector_product(
         with ieee_float32():
             return op @ v.to(dev, dtype)
 
-    return matvec, size
+    return CurvatureProducts(matvec, size, dev, dtype, "curvlinops GGN-vector products (one pass over the data each)")

@@ -2,7 +2,7 @@
 
 Layout: the selected parameters in ``named_parameters`` order, each flattened, concatenated (for a
 linear layer: ``weight.flatten()`` then ``bias``). The closed forms of a softmax head are in
-:mod:`interp.head`.
+:mod:`interp.curvature.head`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
+from interp.curvature.params import ParamSpec, fixed_tensors, select_params
 from interp.device import ieee_float32, resolve, to_device
-from interp.params import ParamSpec, fixed_tensors, select_params
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from interp.saliency import METHODS, concentration, edge_map, saliency_maps
+from interp.viz.saliency import METHODS, concentration, edge_map, saliency_maps
 
 
 def _linear_model():

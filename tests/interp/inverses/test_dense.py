@@ -1,4 +1,4 @@
-"""The inverse protocol: every method against numpy/scipy, the auto switch, re-use of one factorisation."""
+"""Dense inverses against numpy/scipy: eigh, SVD, Cholesky, the auto switch, re-use of one factorisation."""
 
 import numpy as np
 import pytest
@@ -6,9 +6,9 @@ import scipy.linalg
 import torch
 
 import interp
-from interp.errors import InterpError
-from interp.head import head_influence, linear_head_grads, linear_head_hessian, reduced_to_folded
-from interp.inverse import PAPER_RCOND, spectral_inverse
+from interp import InterpError, head_influence, linear_head_grads, linear_head_hessian
+from interp.curvature import reduced_to_folded
+from interp.inverses import PAPER_RCOND, spectral_inverse
 
 
 def _psd(p=30, rank=20, seed=0, negative_noise=0.0):
@@ -136,16 +136,6 @@ def test_dead_features_are_removed_exactly_and_reported():
     assert np.allclose(np.asarray(damped["test"]), ref_damped, rtol=1e-8, atol=1e-12)
 
 
-def test_conjugate_gradient_on_an_indefinite_system_says_so():
-    a = torch.diag(torch.tensor([2.0, 1.0, -0.5], dtype=torch.float64))
-    with pytest.raises(InterpError, match="not positive definite: curvature .* raise --damping"):
-        interp.conjugate_gradient(lambda v: a @ v, torch.ones(3, 2, dtype=torch.float64))
-    x, _, residual = interp.conjugate_gradient(lambda v: a @ v, torch.ones(3, 2, dtype=torch.float64), damping=1.0)
-    assert residual < 1e-10 and torch.allclose(
-        (a + torch.eye(3, dtype=torch.float64)) @ x, torch.ones(3, 2, dtype=torch.float64)
-    )
-
-
 def test_the_eigh_pseudo_inverse_of_a_shipped_head_hessian_matches_an_extended_precision_reference():
     """The generic Hessian of the shipped mnist5k-l2 head (650 parameters, 65 exact null directions: one
     per feature and the bias, where a constant added to every class changes no softmax), 300 images, lambda
@@ -188,67 +178,3 @@ def test_the_eigh_pseudo_inverse_of_a_shipped_head_hessian_matches_an_extended_p
     assert interp.pseudo_inverse(h, method="eigh").rank == p - d - 1
     # at the problem's floor: float64 round-off of H amplified by its condition (measured 1.2e-9 at condition 7e8)
     assert error < 10 * condition * np.finfo(np.float64).eps, (error, condition)
-
-
-class _Scaled(interp.InverseOperator):
-    """A throw-away method: ``b / (1 + damping)`` (the identity as curvature), registered from outside interp."""
-
-    method = "test-identity"
-
-    def __init__(self, size, damping):
-        self.size, self.damping = size, damping
-
-    def apply(self, b):
-        return b.to(torch.float64) / (1.0 + self.damping)
-
-    def info(self):
-        return {"method": self.method, "size": self.size, "rank_kept": self.size, "damping": self.damping}
-
-
-def _build_scaled(curvature, *, rcond=None, damping=0.0, **_):
-    return _Scaled(curvature.size, damping)
-
-
-@pytest.fixture
-def registered():
-    interp.register_inverse("test-identity", _build_scaled, cutoff=False, help="identity curvature (a test)")
-    yield "test-identity"
-    interp.INVERSES.unregister("test-identity")
-
-
-def test_a_method_registered_from_outside_works_from_the_api_and_the_cli(registered, finished_run, tmp_path):
-    from cli.main import main
-    from study.attribution.store import InfluenceDir
-
-    g = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    op = interp.build_inverse(registered, interp.Curvature(6, matrix=torch.eye(6, dtype=torch.float64)), damping=1.0)
-    assert torch.allclose(interp.influence_matrix(g, g, op), -(g @ g.T) / 2)
-    with pytest.raises(interp.InterpError, match="registered already"):
-        interp.register_inverse(registered, _build_scaled)
-    with pytest.raises(interp.InterpError, match="unknown inverse method 'nope'; registered: auto, cholesky"):
-        interp.build_inverse("nope", interp.Curvature(6))
-    out = tmp_path / "inf"
-    assert main(["influence", "--run", str(finished_run), "--out", str(out), "--test", "20", "--method", registered,
-                 "--rcond", "exact"]) == 2  # a method without a cut-off refuses one, the default included
-    assert main(["influence", "--run", str(finished_run), "--out", str(out), "--test", "20", "--method", registered]) == 0
-    result = InfluenceDir(out).read()
-    assert result.meta["inverse"]["method"] == registered and result.meta["settings"][0]["method"] == registered
-    assert "no cut-off" in result.meta["settings"][0]["rcond_meaning"]
-    assert main(["influence", "--run", str(finished_run), "--out", str(tmp_path / "x"), "--method", "nope"]) == 2
-
-
-@pytest.mark.parametrize("name,build,match", [
-    ("", _build_scaled, "name"), (3, _build_scaled, "name"), ("two words", _build_scaled, "name"),
-    ("a,b", _build_scaled, "name"), ("ok", "not callable", "build must be callable"),
-])  # fmt: skip
-def test_the_registry_refuses_a_bad_entry_when_it_is_declared(name, build, match):
-    with pytest.raises(interp.InterpError, match=match):
-        interp.register_inverse(name, build)
-    with pytest.raises(interp.InterpError, match="needs one of"):
-        interp.register_inverse("fine-name", _build_scaled, needs="matrix")
-    with pytest.raises(interp.InterpError, match="cutoff must be True or False"):
-        interp.register_inverse("fine-name", _build_scaled, cutoff="no")
-    # nothing half-registered: the unknown-method message still lists clean names
-    with pytest.raises(interp.InterpError, match=r"unknown inverse method 'nope'; registered: auto, cholesky, eigh"):
-        interp.build_inverse("nope", interp.Curvature(6))
-    assert all(isinstance(n, str) and n for n in interp.INVERSES.names())

@@ -1,0 +1,120 @@
+"""Inverses in an eigenbasis: the one template of the spectral pseudo-inverse, Arnoldi's top eigenspace and the
+low-rank (Woodbury) inverse.
+
+With eigenpairs ``(w, V)`` of ``H`` (``V`` ``(P, r)`` orthonormal, ``r <= P``)
+
+    (H + damping I)^+ = V diag(1 / (w + damping))_kept V^T + c (I - V V^T),
+
+where a direction of ``V`` is kept when ``|w + damping| > rcond * max |w + damping|`` (the cut-off) and the
+complement of ``V`` gets ``c``: 0 when it is dropped (a pseudo-inverse, a truncated eigenbasis) or ``1 / damping``
+when it is the null space of a low-rank ``H``, kept exactly. The share of the gradients' norm an operator drops is
+``1 - ||G V_kept||_F^2 / ||G||_F^2`` (0 when nothing is dropped).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from interp.inverses.base import InverseOperator
+
+
+def symmetric_eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of symmetric float64 ``a``, on its device.
+
+    On the CPU through LAPACK's MRRR driver (``scipy.linalg.eigh(driver="evr")``): on the shipped
+    sources' head Hessians it gave pseudo-inverse solutions closer to an extended-precision reference
+    than the divide-and-conquer driver behind ``torch.linalg.eigh`` (``tests/interp/inverses/test_dense.py``);
+    on CUDA, cuSOLVER's through ``torch.linalg.eigh``.
+    """
+    if a.device.type != "cpu":
+        return torch.linalg.eigh(a)
+    import scipy.linalg
+
+    w, v = scipy.linalg.eigh(a.numpy(), driver="evr", check_finite=False)
+    return torch.from_numpy(w), torch.from_numpy(v)
+
+
+class EigenbasisInverse(InverseOperator):
+    """The template above. A subclass (a dataclass) holds ``eigenvalues`` ``(r,)`` (of the undamped ``H``),
+    ``eigenvectors`` ``(P, r)``, ``damping`` and ``rcond`` (resolved to a number), and sets :attr:`fills_complement`
+    where the complement of ``V`` is kept (gets ``1 / damping``)."""
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+    rcond: float
+    fills_complement = False
+
+    @property
+    def size(self) -> int:
+        return self.eigenvectors.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.eigenvectors.device
+
+    @cached_property
+    def _shifted(self) -> torch.Tensor:
+        return self.eigenvalues + self.damping
+
+    @property
+    def largest(self) -> float:
+        return float(self._shifted.abs().max()) if len(self._shifted) else 0.0
+
+    @property
+    def cutoff(self) -> float:
+        return self.rcond * self.largest
+
+    @cached_property
+    def kept(self) -> torch.Tensor:
+        """Boolean mask of the eigen-directions of ``V`` kept, ``(r,)``."""
+        return self._shifted.abs() > self.cutoff
+
+    @property
+    def rank(self) -> int:
+        complement = self.size - self.eigenvectors.shape[1] if self.fills_complement else 0
+        return int(self.kept.sum()) + complement
+
+    @cached_property
+    def _basis(self) -> torch.Tensor:
+        return self.eigenvectors[:, self.kept]
+
+    def _solve(self, cols: torch.Tensor) -> torch.Tensor:
+        scale = (1.0 / self._shifted[self.kept]).unsqueeze(1)
+        out = self._basis @ (scale * (self._basis.T @ cols))
+        if self.fills_complement:
+            out += (cols - self.eigenvectors @ (self.eigenvectors.T @ cols)) / self.damping
+        return out
+
+    def dropped_norm_share(self, g: torch.Tensor) -> float:
+        """Share of ``sum_i ||g_i||^2`` in the dropped directions: ``1 - ||G V_kept||_F^2 / ||G||_F^2``.
+
+        ``g`` ``(n, P)``: gradients in the operator's coordinates. 0 when nothing that matters is
+        dropped; near 1 when the cut-off throws the gradients away.
+        """
+        if self.fills_complement:
+            return 0.0
+        g = g.to(self.device, torch.float64)
+        total = float((g * g).sum())
+        return 0.0 if total == 0 else max(0.0, 1.0 - float(((g @ self._basis) ** 2).sum()) / total)
+
+    def _kept_facts(self) -> dict:
+        """What every eigenbasis inverse reports of its cut-off (the numbers of the shifted eigenvalues)."""
+        shifted = self._shifted
+        kept, dropped = shifted[self.kept], shifted[~self.kept]
+        return {
+            "size": self.size,
+            "rank_kept": self.rank,
+            "rcond": self.rcond,
+            "cutoff": self.cutoff,
+            "damping": self.damping,
+            "largest_eigenvalue": self.largest,
+            "smallest_kept_eigenvalue": float(kept.abs().min()) if len(kept) else 0.0,
+            "n_dropped": self.size - self.rank,
+            "dropped_eigenvalues_max_abs": float(dropped.abs().max()) if len(dropped) else 0.0,
+        }
+
+    def _eigenvalues_numpy(self) -> np.ndarray:
+        return self.eigenvalues.detach().cpu().numpy()

@@ -1,0 +1,109 @@
+"""K-FAC and EK-FAC (curvlinops): exact where the GGN is a Kronecker product, the Fisher types, the fallback."""
+
+import pytest
+import torch
+from torch import nn
+
+import interp
+from interp import InterpError
+from interp.curvature import ggn
+from interp.inverses import Curvature, build_inverse, kronecker_coverage, kronecker_inverse
+from interp.metrics import ranking_agreement
+
+
+@pytest.mark.parametrize("kind", ["kfac", "ekfac"])
+def test_kronecker_is_exact_where_the_ggn_is_a_kronecker_product(kind, exact_inverse):
+    """One training example through a linear layer: G = a a^T (x) (diag p - p p^T), a Kronecker product, so the
+    K-FAC and EK-FAC inverses equal the exact damped inverse."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(6, 4, bias=False)).double()
+    data = [(torch.randn(1, 6, dtype=torch.float64), torch.tensor([2]))]
+    g = ggn(net, data, ["0.weight"])
+    inv = kronecker_inverse(net, data, ["0.weight"], kind=kind, damping=1e-2)
+    v = torch.randn(24, 3, dtype=torch.float64)
+    assert torch.allclose(inv.apply(v), exact_inverse(g, 1e-2) @ v, rtol=1e-8, atol=1e-8)
+
+
+def test_kronecker_fisher_types_are_the_ggn_its_monte_carlo_estimate_and_the_empirical_fisher(exact_inverse):
+    """One example through a linear layer: type-2 gives a a^T (x) (diag p - p p^T) (the GGN); the empirical
+    Fisher a a^T (x) g g^T with g = p - e_y, the true label's output gradient; MC an estimate of the GGN."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(6, 4, bias=False)).double()
+    x, y = torch.randn(1, 6, dtype=torch.float64), torch.tensor([2])
+    data = [(x, y)]
+    v = torch.randn(24, 3, dtype=torch.float64)
+    p = torch.softmax(net(x), 1)[0].detach()
+    g = p - torch.nn.functional.one_hot(y, 4)[0].double()
+    empirical = torch.kron(g.outer(g), x[0].outer(x[0]))  # the weight flattened row-major: output-major
+    assert torch.allclose(ggn(net, data, ["0.weight"]), torch.kron(p.diag() - p.outer(p), x[0].outer(x[0])))
+    emp = kronecker_inverse(net, data, ["0.weight"], kind="kfac", damping=1e-2, fisher_type="empirical")
+    assert torch.allclose(emp.apply(v), exact_inverse(empirical, 1e-2) @ v, rtol=1e-6, atol=1e-8)
+    exact = exact_inverse(ggn(net, data, ["0.weight"]), 1e-1) @ v
+    mc = kronecker_inverse(net, data, ["0.weight"], kind="kfac", damping=1e-1, fisher_type="mc", mc_samples=4000)
+    assert mc.info()["fisher_type"] == "mc" and "4000 sample(s)" in mc.info()["curvature"]
+    assert float((mc.apply(v) - exact).norm() / exact.norm()) < 0.1  # an estimate: about 1/sqrt(samples)
+    assert not torch.allclose(emp.apply(v), exact, rtol=1e-2)  # the empirical Fisher is not the GGN
+    with pytest.raises(InterpError, match="fisher_type must be one of type-2, mc, empirical"):
+        kronecker_inverse(net, data, ["0.weight"], kind="kfac", damping=1e-2, fisher_type="exact")
+    with pytest.raises(InterpError, match="mc_samples"):
+        kronecker_inverse(net, data, ["0.weight"], kind="kfac", damping=1e-2, fisher_type="mc", mc_samples=0)
+
+
+def test_kronecker_names_what_it_cannot_factorise_and_inverts_it_exactly(digits, monkeypatch, small_net, exact_inverse):
+    train, test = digits
+    net = small_net()
+    covered, uncovered = kronecker_coverage(net, ["0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "4.bias"])
+    assert uncovered == ["1.weight", "1.bias"] and "0.bias" in covered
+    names = ["0.weight", "1.weight", "1.bias", "4.weight"]
+    inv = kronecker_inverse(net, train, names, kind="ekfac", damping=1e-3)
+    info = inv.info()
+    assert info["fallback_names"] == ["1.weight", "1.bias"] and info["fallback_params"] == 8
+    assert info["kronecker_params"] == 36 + 2560
+    # the fallback block is the exact GGN block of the BatchNorm parameters, damped
+    bn = ggn(net, train, ["1.weight", "1.bias"])
+    v = torch.zeros(inv.size, 1, dtype=torch.float64)
+    v[36:44] = torch.randn(8, 1, dtype=torch.float64)
+    assert torch.allclose(inv.apply(v)[36:44], exact_inverse(bn, 1e-3) @ v[36:44], rtol=1e-8, atol=1e-10)
+    with pytest.raises(InterpError, match="damping > 0"):
+        kronecker_inverse(net, train, names, kind="kfac", damping=0.0)
+    # a selection Kronecker factors do not cover at all is the exact GGN block alone
+    only_bn = kronecker_inverse(net, train, ["1.weight", "1.bias"], kind="ekfac", damping=1e-3)
+    assert only_bn.info()["kronecker_params"] == 0
+    assert torch.allclose(only_bn.apply(v[36:44]), exact_inverse(bn, 1e-3) @ v[36:44], rtol=1e-8, atol=1e-10)
+    # another damping re-uses the factors
+    other = inv.with_settings(damping=1e-1)
+    assert other.factors is inv.factors and other.info()["damping"] == 1e-1
+    # a fallback block over DENSE_FALLBACK_MAX parameters is inverted from its factor: the same inverse
+    import interp.inverses.kronecker
+
+    monkeypatch.setattr(interp.inverses.kronecker, "DENSE_FALLBACK_MAX", 4)
+    tall = interp.inverses.kronecker._fallback(net, train, ["1.weight", "1.bias"], 1e-3, torch.float64, "cpu", False)
+    assert tall.method == "eigh"  # 600 factor rows for 8 parameters: the dense block is the smaller
+    thin = interp.inverses.kronecker._fallback(net, train, ["4.weight"], 1e-3, torch.float64, "cpu", False)
+    assert thin.method == "lowrank"  # 600 rows for 2,560 parameters
+    w = torch.randn(2560, 2, dtype=torch.float64)
+    assert torch.allclose(thin.apply(w), exact_inverse(ggn(net, train, ["4.weight"]), 1e-3) @ w, rtol=1e-7, atol=1e-8)
+
+
+def test_ekfac_approximates_the_ggn_influence(digits, small_net, names):
+    train, test = digits
+    net = small_net()
+    g_train = interp.per_example_grads(net, train, names)
+    g_test = interp.per_example_grads(net, test, names)
+    exact = interp.influence_matrix(g_test, g_train, ggn(net, train, names), damping=1e-2, rcond="exact")
+    curvature = Curvature(g_train.shape[1], model=net, data=train, params=names)
+    agree = {m: ranking_agreement(interp.influence_matrix(g_test, g_train, build_inverse(m, curvature, damping=1e-2)),
+                                  exact, k=5) for m in ("kfac", "ekfac")}  # fmt: skip
+    for m, a in agree.items():
+        assert a["pearson"] > 0.5 and a["spearman"] > 0.3, (m, a)  # an approximation, not noise
+
+
+def test_kronecker_methods_take_names_once_in_the_models_order(digits, small_net, names):
+    train, _ = digits
+    net = small_net()
+    ordered = kronecker_inverse(net, train, names, kind="ekfac", damping=1e-2)
+    messy = kronecker_inverse(net, train, ["4.bias", "0.weight", "4.weight", "0.bias", "4.weight"], kind="ekfac",
+                              damping=1e-2)  # fmt: skip
+    v = torch.randn(ordered.size, 3, dtype=torch.float64)
+    assert messy.size == ordered.size and torch.allclose(messy.apply(v), ordered.apply(v), atol=1e-12)
+    assert "separate Kronecker blocks" in ordered.info()["weight_and_bias"]
