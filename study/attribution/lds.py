@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 from torch.utils.data import DataLoader
 
 from interp import bootstrap_interval
@@ -92,6 +91,8 @@ def outputs(runs: list[Path], target: str, data_root: str | None, idx_test: np.n
 def score(influence: np.ndarray, chosen: list[np.ndarray], actual: np.ndarray, sign: float = 1.0) -> np.ndarray:
     """Per test image: Spearman over subsets of ``sign * sum_{j in S_m} I[i, j]`` with ``actual[m, i]``
     (NaN where either side is constant)."""
+    from scipy.stats import spearmanr  # scipy.stats takes most of a second to import: not at every command's start
+
     masks = np.zeros((len(chosen), influence.shape[1]))
     for k, positions in enumerate(chosen):
         masks[k, positions] = 1.0

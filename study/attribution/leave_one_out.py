@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import pearsonr, spearmanr
 from torch.utils.data import DataLoader
 
 import interp
@@ -26,7 +25,7 @@ from study.attribution import InfluenceConfig, load_run, run_influence, run_weig
 from study.attribution.lds import MAX_RETRAININGS, MIN_SUBSETS, lds_figure, lds_report, read_influence_of
 from study.attribution.retrain_loo import retrained_loo
 from study.attribution.settings import RCOND_VALIDATE, RUN_DATA_ROOT, influence_field
-from study.sweeps.engines import make_executor
+from study.sweeps.engines import EXECUTORS, make_executor
 from study.sweeps.executors import MAX_WORKERS, Executor
 from transfer import validation as v
 from transfer.device import resolve_device
@@ -37,13 +36,15 @@ from transfer.runtime import Runtime, runtime_help, torch_threads
 
 MIN_PAIRS = 3  # fewer points than this have no correlation (two points always lie on a line)
 FEW_PAIRS = 10  # under this a correlation is reported with a warning
-RETRAIN_EXECUTORS = ("local", "inline", "ray")  # slurm: through sweep, whose options carry the job settings
+NOT_RETRAIN = ("slurm",)  # slurm is a sweep's executor: its options (partition, time, ...) are sweep's
 VALIDATE_FILES = ("validate.json", "validate.csv", "validate.png", "lds", "lds.csv", "lds.png", "loo")
 
 
 def correlations(predicted: np.ndarray, actual: np.ndarray) -> dict:
     """Pearson and Spearman of predicted against actual changes, with a ``warning`` where they mean
     little: fewer than :data:`FEW_PAIRS` points, or a constant side (no correlation is defined: NaN)."""
+    from scipy.stats import pearsonr, spearmanr  # scipy.stats takes most of a second to import: not at start-up
+
     n = len(predicted)
     if n < MIN_PAIRS:
         raise UserError(f"{n} removal(s) cannot give a correlation; at least {MIN_PAIRS} are needed")
@@ -91,7 +92,7 @@ class ValidateConfig(Runtime):
     executor: str = field(
         default="local",
         metadata={"help": "--lds/--retrain: where the retrainings run: local (worker processes here: one per GPU, "
-                  "else cores / --threads), inline (this process, one at a time) or ray"},
+                  "else cores / --threads), inline (this process, one at a time), ray, or a registered executor"},
     )  # fmt: skip
     retrain_workers: int | None = field(
         default=None, metadata={"help": "--executor local: worker processes (default: one per GPU, else per core)"}
@@ -113,7 +114,7 @@ class ValidateConfig(Runtime):
             v.integer(name, getattr(self, name), low=1)
         v.integer("random", self.random, low=0)
         v.integer("seed", self.seed, low=0)
-        v.choice("executor", self.executor, RETRAIN_EXECUTORS)
+        v.choice("executor", self.executor, [n for n in EXECUTORS if n not in NOT_RETRAIN])
         if self.retrain_workers is not None:
             v.integer("retrain_workers", self.retrain_workers, low=1, high=MAX_WORKERS)
         if self.executor != "local" and self.retrain_workers is not None:

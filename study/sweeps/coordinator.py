@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from study.sweeps.engines import EXECUTORS as ENGINES
 from study.sweeps.engines import make_executor as executor_named
 from study.sweeps.executors import MAX_WORKERS, Executor, check_ray_address
 from study.sweeps.grid import Grid, check_runnable, read_grid
@@ -24,7 +25,10 @@ from transfer import validation as v
 from transfer.errors import UserError
 from transfer.files import OutputDir, atomic_write_text, name_patterns
 
-EXECUTORS = ("local", "ray", "slurm")  # a sweep's: many runs, so never inline
+
+def sweep_executors() -> list[str]:
+    """The executors a sweep offers: every registered one but ``inline`` (a sweep is many runs)."""
+    return [name for name in ENGINES if name != "inline"]
 
 
 @dataclass
@@ -34,7 +38,8 @@ class SweepConfig:
     grid: str = field(metadata={"help": "grid file (TOML): sources, targets, blocks, [seeds], [finetune]"})
     out: str = field(metadata={"help": "sweep directory (ledger and run directories); the same command resumes it"})
     executor: str = field(
-        default="local", metadata={"help": "local (worker processes here), ray (a Ray cluster) or slurm (job arrays)"}
+        default="local", metadata={"help": "local (worker processes here), ray (a Ray cluster), slurm (job arrays) or an "
+                                   "executor registered with study.sweeps.engines.register_executor"}
     )
     workers: int | None = field(
         default=None, metadata={"help": "local: worker processes (default: one per GPU, else cores / threads)"}
@@ -64,7 +69,7 @@ class SweepConfig:
     max_attempts: int = field(default=3, metadata={"help": "attempts per run when its worker dies"})
 
     def __post_init__(self):
-        v.choice("executor", self.executor, EXECUTORS)
+        v.choice("executor", self.executor, sweep_executors())
         if self.workers is not None:
             v.integer("workers", self.workers, low=1, high=MAX_WORKERS)
         if self.threads is not None:

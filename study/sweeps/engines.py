@@ -1,9 +1,12 @@
-"""The executors by name: the one place a command turns ``--executor NAME`` and its settings into an
-:class:`~study.sweeps.executors.Executor`."""
+"""The executors by name: one table, the one place a command turns ``--executor NAME`` and its settings into an
+:class:`~study.sweeps.executors.Executor`. Another engine is one :class:`Executor` class and one
+:func:`register_executor` entry."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from study.sweeps.executors import Executor, InlineExecutor, LocalExecutor, RayExecutor, default_local_workers
 from study.sweeps.slurm import SlurmExecutor
@@ -11,25 +14,54 @@ from study.sweeps.slurm_settings import SlurmSettings
 from transfer.errors import UserError
 
 
-def make_executor(name: str, *, workers: int | None = None, threads: int | None = None, address: str | None = None,
-                  cpus_per_run: int = 1, shared_fs: bool = True, slurm: SlurmSettings | None = None) -> Executor:  # fmt: skip
-    """The executor ``name`` (one of :data:`EXECUTORS`): ``local`` defaults to one worker per GPU, else
-    cores / threads workers (:func:`default_local_workers`); ``slurm`` needs ``slurm``."""
-    if name == "inline":
-        return InlineExecutor()
-    if name == "ray":
-        return RayExecutor(address, cpus_per_run, shared_fs)
-    if name == "slurm":
-        if slurm is None:
-            raise UserError("--executor slurm needs its settings (--slurm-partition, --slurm-time, ...)")
-        return SlurmExecutor(slurm)
-    if name != "local":
-        raise UserError(f"unknown executor {name!r}; choose from {', '.join(EXECUTORS)}")
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """What the commands say of where runs execute; each executor's factory reads its own part."""
+
+    workers: int | None = None  # local: worker processes (default: one per GPU, else cores / threads)
+    threads: int | None = None  # local, CPU: torch threads per worker
+    address: str | None = None  # ray: cluster address (None: a local Ray)
+    cpus_per_run: int = 1  # ray, without GPUs
+    shared_fs: bool = True  # ray: tasks write run directories every node sees
+    slurm: SlurmSettings | None = None  # slurm: the job arrays' settings
+
+
+def _local(s: ExecutorSettings) -> Executor:
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     default_workers, default_threads = default_local_workers(gpus, os.cpu_count() or 1)
-    return LocalExecutor(workers or default_workers, threads or default_threads, gpus)
+    return LocalExecutor(s.workers or default_workers, s.threads or default_threads, gpus)
 
 
-EXECUTORS = ("inline", "local", "ray", "slurm")
+def _slurm(s: ExecutorSettings) -> Executor:
+    if s.slurm is None:
+        raise UserError("--executor slurm needs its settings (--slurm-partition, --slurm-time, ...)")
+    return SlurmExecutor(s.slurm)
+
+
+EXECUTORS: dict[str, Callable[[ExecutorSettings], Executor]] = {
+    "inline": lambda s: InlineExecutor(),
+    "local": _local,
+    "ray": lambda s: RayExecutor(s.address, s.cpus_per_run, s.shared_fs),
+    "slurm": _slurm,
+}
+
+
+def register_executor(name: str, factory: Callable[[ExecutorSettings], Executor], replace: bool = False) -> None:
+    """Add an executor: ``factory(settings) -> Executor`` under ``name`` (``--executor name`` where a command
+    offers it)."""
+    if not isinstance(name, str) or not name or any(c.isspace() or c == "," for c in name):
+        raise UserError(f"an executor's name must be a non-empty word, got {name!r}")
+    if not callable(factory):
+        raise UserError(f"executor {name!r}: its factory must be callable (settings) -> Executor")
+    if name in EXECUTORS and not replace:
+        raise UserError(f"an executor named {name!r} is registered already; pass replace=True")
+    EXECUTORS[name] = factory
+
+
+def make_executor(name: str, **settings) -> Executor:
+    """The executor ``name`` of :data:`EXECUTORS`, from the settings (:class:`ExecutorSettings`' fields)."""
+    if name not in EXECUTORS:
+        raise UserError(f"unknown executor {name!r}; choose from {', '.join(EXECUTORS)}")
+    return EXECUTORS[name](ExecutorSettings(**settings))

@@ -2,7 +2,7 @@
 
 An executor takes a run (``submit``) and reports finished ones (``wait``); the coordinator owns
 the ledger and decides what to submit. Another engine (Dask, say) is one more class with these
-three methods and one entry in :func:`study.sweeps.engines.make_executor`.
+three methods and one entry in :data:`study.sweeps.engines.EXECUTORS` (:func:`study.sweeps.engines.register_executor`).
 """
 
 from __future__ import annotations

@@ -36,3 +36,29 @@ def test_missing_torchvision_dataset_names_path_and_layout(tmp_path):
     with pytest.raises(UserError) as err:
         load_raw_splits("cifar10", tmp_path, download=False)
     assert str(tmp_path) in str(err.value) and "cifar-10-batches-py" in str(err.value)
+
+
+def test_a_dataset_is_one_registry_entry_with_its_split_sizes():
+    from transfer.datasets import DATASETS, TensorImages, dataset_spec, load_raw_splits, register_dataset, split_sizes
+
+    def tiny(root, download):
+        images = torch.zeros(6, 1, 4, 4, dtype=torch.uint8)
+        return TensorImages(images[:4], np.array([0, 1, 0, 1])), TensorImages(images[4:], np.array([0, 1]))
+
+    register_dataset("tiny-test", tiny, num_classes=2, grayscale=True, native_size=4, embedded=True,
+                     description="a test's", split_sizes=(4, 2))  # fmt: skip
+    try:
+        assert dataset_spec("tiny-test").split_sizes == (4, 2) == split_sizes("tiny-test")
+        train, test = load_raw_splits("tiny-test")
+        assert len(train) == 4 and len(test) == 2
+        with pytest.raises(UserError, match="registered already"):
+            register_dataset("tiny-test", tiny, num_classes=2, grayscale=True, native_size=4, description="again")
+        with pytest.raises(UserError, match="must be callable"):
+            register_dataset("other-test", "not a loader", num_classes=2, grayscale=True, native_size=4, description="")
+        with pytest.raises(UserError, match="non-empty string"):
+            register_dataset("a b", tiny, num_classes=2, grayscale=True, native_size=4, description="")
+    finally:
+        DATASETS.unregister("tiny-test")
+    assert split_sizes("cifar10") == (50000, 10000) and split_sizes("food101") is None
+    with pytest.raises(UserError, match="unknown dataset 'tiny-test'; choose one of: mnist5k, digits"):
+        dataset_spec("tiny-test")

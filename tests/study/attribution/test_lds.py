@@ -58,7 +58,7 @@ def test_validate_influence_reports_lds_for_named_influence_directories(finished
         ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), influence=str(influence_out))
     with pytest.raises(UserError, match="--retrain-workers is for --executor local"):
         ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), lds=5, executor="inline", retrain_workers=2)
-    with pytest.raises(UserError, match="--executor must be one of local, inline, ray"):
+    with pytest.raises(UserError, match="--executor must be one of inline, local, ray"):
         ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), lds=5, executor="slurm")
     with pytest.raises(UserError, match="--address is for --executor ray"):
         ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), lds=5, address="localhost:6379")

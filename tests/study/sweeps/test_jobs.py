@@ -103,3 +103,21 @@ def test_a_local_executor_starts_no_more_workers_than_runs(tmp_path):
     runs = [(RunSpec(f"k{i}", SETTINGS, tuple(range(i, 120, 10))), tmp_path / f"k{i}") for i in range(2)]
     summaries = run_jobs(runs, ex, progress=False)
     assert len(summaries) == 2 and started == [0, 1]  # 9 slots, 2 runs: 2 worker processes
+
+
+def test_an_executor_is_one_entry_in_the_table_and_the_commands_offer_it(tmp_path):
+    from study.attribution.leave_one_out import ValidateConfig
+    from study.sweeps.coordinator import SweepConfig
+    from study.sweeps.engines import EXECUTORS, register_executor
+
+    register_executor("test-inline", lambda settings: InlineExecutor())
+    try:
+        assert make_executor("test-inline").description.startswith("inline")
+        assert SweepConfig("g.toml", str(tmp_path / "s"), executor="test-inline").executor == "test-inline"
+        assert ValidateConfig(run="r", out=str(tmp_path / "v"), lds=5, executor="test-inline").executor == "test-inline"
+        with pytest.raises(UserError, match="registered already"):
+            register_executor("test-inline", lambda settings: InlineExecutor())
+    finally:
+        EXECUTORS.pop("test-inline")
+    with pytest.raises(UserError, match="--executor must be one of local, ray, slurm"):
+        SweepConfig("g.toml", str(tmp_path / "s"), executor="inline")  # a sweep is many runs
