@@ -193,7 +193,7 @@ def finetune(
             else np.arange(len(train_raw))
         )
     epochs = _count(cfg.epochs, {"auto": paper_epochs(n_train)})
-    speed = resolve_speed(cfg, device)
+    speed = resolve_speed(cfg, device, resolution)
     train_cfg = TrainConfig(
         epochs=epochs,
         batch_size=cfg.batch_size,

@@ -9,9 +9,14 @@
 * ``auto`` (the default): ``tf32`` on CUDA (PyTorch's own default for convolutions, extended to the
   classifier's matrix products), ``fp32`` elsewhere.
 
-``channels_last`` stores the model's and the inputs' 4-d tensors as NHWC, the layout tensor-core
-convolutions use natively (``auto``: on CUDA). Influence, Hessians and every ``interp`` computation run
-outside these scopes and stay IEEE float32/float64 whatever a run was trained with.
+``channels_last`` stores the model's and the inputs' 4-d tensors as NHWC, the layout tensor-core convolutions use
+natively and oneDNN's CPU convolutions run fastest in (``auto``: on, on CUDA and on CPUs: a training step measured
+1.39x faster for a ResNet-50 at 224 px and 1.35x for the small ResNet at 28 px on 2 CPU cores; the same arithmetic
+in another memory order, so results agree to float32 round-off). ``augment_on`` says where images are transformed:
+``auto`` batches them on the training device on CUDA, and on a CPU for images of up to :data:`BATCHED_UP_TO` pixels,
+where the per-image loader is the slower (``benchmarks/finetune_throughput.py --augmentation``). Influence,
+Hessians and every ``interp`` computation run outside these scopes and stay IEEE float32/float64 whatever a run was
+trained with.
 """
 
 from __future__ import annotations
@@ -36,11 +41,12 @@ def speed_fields() -> dict:
         "precision": field(default="auto", metadata={"help": "auto (tf32 on CUDA, fp32 elsewhere), fp32 (IEEE, TF32 "
                            "off even in cuDNN), tf32 or bf16 (autocast forward; float32 weights and optimiser)"}),
         "channels_last": field(default="auto", metadata={"help": "NHWC memory layout of the model and its inputs: "
-                               "auto (on CUDA), on or off"}),
+                               "auto (on: measured faster on CUDA and on CPUs), on or off"}),
         "augment_on": field(default="auto", metadata={"help": "where images are transformed: loader (one image at a "
                             "time in data-loader workers), device (whole batches on the training device: the data "
-                            "held there as uint8, kornia's per-image augmentation) or auto (device on CUDA, loader on "
-                            "CPUs, where it measured faster)"}),
+                            "held there as uint8, kornia's per-image augmentation) or auto (device on CUDA, and on "
+                            f"CPUs for images up to {BATCHED_UP_TO} px; loader for larger ones on CPUs, where it "
+                            "measured faster)"}),
     }  # fmt: skip
 
 
@@ -54,18 +60,27 @@ def check_speed_settings(cfg) -> None:
         raise UserError(f"--augment-on must be one of {', '.join(AUGMENT_ON)}; got {cfg.augment_on!r}")
 
 
-def resolve_speed(cfg, device: torch.device) -> dict:
-    """What ``cfg``'s three speed settings (:func:`speed_fields`) mean on ``device``: ``precision`` (fp32, tf32 or
-    bf16), ``channels_last`` (bool) and ``augment_on`` (loader or device)."""
+def resolve_speed(cfg, device: torch.device, resolution: int) -> dict:
+    """What ``cfg``'s three speed settings (:func:`speed_fields`) mean on ``device`` for images of ``resolution``
+    pixels: ``precision`` (fp32, tf32 or bf16), ``channels_last`` (bool) and ``augment_on`` (loader or device)."""
     return {"precision": resolve_precision(cfg.precision, device),
             "channels_last": resolve_channels_last(cfg.channels_last, device),
-            "augment_on": resolve_augment_on(cfg.augment_on, device)}  # fmt: skip
+            "augment_on": resolve_augment_on(cfg.augment_on, device, resolution)}  # fmt: skip
 
 
-def resolve_augment_on(augment_on: str, device: torch.device) -> str:
-    """``auto`` -> ``device`` on CUDA, ``loader`` elsewhere (on 2 CPU cores at 224 px the loader measured 498
-    images/s, batched transforms 272: ``benchmarks/finetune_throughput.py``)."""
-    return ("device" if device.type == "cuda" else "loader") if augment_on == "auto" else augment_on
+# images up to this size are augmented batched on a CPU too: on 2 CPU cores (benchmarks/finetune_throughput.py
+# --augmentation, 2026-12-05) batched kornia over per-image loader: 16,423 vs 2,264 images/s at 28 px, 6,390 vs 1,720
+# at 64, 2,660 vs 961 at 112; at 224 px the loader was the faster (453 vs 254)
+BATCHED_UP_TO = 128
+
+
+def resolve_augment_on(augment_on: str, device: torch.device, resolution: int | None = None) -> str:
+    """``auto`` -> ``device`` on CUDA, and on a CPU for images of up to :data:`BATCHED_UP_TO` pixels (``None``: not
+    known, taken as large); ``loader`` otherwise."""
+    if augment_on != "auto":
+        return augment_on
+    small = resolution is not None and resolution <= BATCHED_UP_TO
+    return "device" if device.type == "cuda" or small else "loader"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -82,7 +97,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def resolve_channels_last(channels_last: str, device: torch.device) -> bool:
     if channels_last not in CHANNELS_LAST:
         raise UserError(f"--channels-last must be one of {', '.join(CHANNELS_LAST)}; got {channels_last!r}")
-    return device.type == "cuda" if channels_last == "auto" else channels_last == "on"
+    return device.type in ("cuda", "cpu") if channels_last == "auto" else channels_last == "on"
 
 
 @contextlib.contextmanager
