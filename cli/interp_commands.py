@@ -59,13 +59,29 @@ def _validate(args) -> None:
         )
     lds = report.get("lds")
     if lds:
-        print(f"linear datamodeling score over {lds['subsets']} retrainings on {lds['subset_size']} of "
-              f"{lds['n_train']} training images (Spearman per test image, mean, 95% bootstrap interval):")  # fmt: skip
+        print(f"linear datamodeling score: {lds['subsets']} subsets of {lds['subset_size']} of {lds['n_train']} "
+              f"training images, each retrained {lds['repeats']} time(s) (seeds {', '.join(map(str, lds['seeds']))}); "
+              f"measured output: {lds['target_meaning']}")  # fmt: skip
+        rel = lds.get("reliability")
+        if rel:
+            lo, hi = rel["ceiling_interval"]
+            print(f"  the ground truth's reliability {rel['reliability']:.3f} (split-half {rel['split_half']:.3f}, "
+                  f"Spearman-Brown to {rel['repeats']} repeats): no attribution can reach an LDS above about "
+                  f"{rel['ceiling']:.3f} [{lo:.3f}, {hi:.3f}] here")  # fmt: skip
+        else:
+            print("  one retraining per subset: the ground truth's own noise is not measured (--repeats 2 or more)")
+        other = "margin" if lds["target"] == "loss" else "loss"
         for r in lds["scores"]:
             lo, hi = r["interval"]
-            print(f"  {r['method']:<9} {r['setting'] or '':<28} LDS {r['lds']:+.3f} [{lo:+.3f}, {hi:+.3f}] "
-                  f"(margin: {r['lds_margin']:+.3f}) over {r['n_test']} test images; {r['params']}, "
+            ratio = f", {r['lds_over_ceiling']:.0%} of the ceiling" if r.get("lds_over_ceiling") is not None else ""
+            models = f", {r['ensemble']} models" if r.get("ensemble", 1) > 1 else ""
+            print(f"  {r['method']:<9} {r['setting'] or '':<28} LDS {r['lds']:+.3f} [{lo:+.3f}, {hi:+.3f}]{ratio} "
+                  f"({other}: {r[f'lds_{other}']:+.3f}) over {r['n_test']} test images; {r['params']}{models}, "
                   f"{r['influence']}")  # fmt: skip
+            if "paired" in r:
+                p = r["paired"]
+                print(f"    minus {p['versus']}: {p['difference']:+.3f} [{p['interval'][0]:+.3f}, "
+                      f"{p['interval'][1]:+.3f}] (paired; bootstrap over test images and subsets)")  # fmt: skip
     print(f"wrote {args.out}/validate.json, validate.csv, validate.png" + (", lds.csv, lds.png" if lds else ""))
 
 

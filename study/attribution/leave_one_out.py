@@ -22,8 +22,10 @@ from torch.utils.data import DataLoader
 import interp
 from interp import leave_one_out, refit_head
 from study.attribution import InfluenceConfig, load_run, run_influence, run_weight_decay
-from study.attribution.lds import MAX_RETRAININGS, MIN_SUBSETS, lds_figure, lds_report, read_influence_of
+from study.attribution.ground_truth import MAX_RETRAININGS, MIN_SUBSETS
+from study.attribution.lds import lds_figure, lds_report, read_influence_of
 from study.attribution.retrain_loo import retrained_loo
+from study.attribution.retraining import TARGETS
 from study.attribution.settings import RCOND_VALIDATE, RUN_DATA_ROOT, influence_field
 from study.sweeps.engines import EXECUTORS, make_executor
 from study.sweeps.executors import MAX_WORKERS, Executor
@@ -73,9 +75,20 @@ class ValidateConfig(Runtime):
     seed: int = field(default=0, metadata={"help": "seed of the random removals and of the --lds subsets"})
     lds: int = field(
         default=0,
-        metadata={"help": "also the linear datamodeling score: retrain the run's fine-tune (same settings and seed) on "
-                  "this many random subsets and correlate each influence setting's prediction with the retrained "
-                  "test losses (0: off; at least 5, dattri and TRAK use 100)"},
+        metadata={"help": "also the linear datamodeling score: retrain the run's fine-tune (its settings) on this many "
+                  "random subsets and correlate each influence setting's prediction with the retrained test outputs "
+                  "(0: off; at least 5; TRAK and dattri use 100)"},
+    )  # fmt: skip
+    repeats: int = field(
+        default=1,
+        metadata={"help": "--lds: retrainings of each subset, with training seeds run seed + 0, 1, ...; their outputs "
+                  "are averaged, and from 2 on the ground truth's reliability (split-half, Spearman-Brown) and "
+                  "ceiling are reported (kronfluence's examples use 5)"},
+    )  # fmt: skip
+    target: str = field(
+        default="loss",
+        metadata={"help": "--lds: the measured output: loss (the test cross-entropy, what I_up,loss predicts) or "
+                  "margin (TRAK's: the correct logit minus the log-sum-exp of the others); the other is reported too"},
     )  # fmt: skip
     fraction: float = field(default=0.5, metadata={"help": "--lds: share of the run's training images in each subset"})
     retrain: bool = field(
@@ -123,6 +136,13 @@ class ValidateConfig(Runtime):
             raise UserError("--address is for --executor ray")
         if self.lds:
             v.integer("lds", self.lds, low=MIN_SUBSETS, high=MAX_RETRAININGS)
+        v.integer("repeats", self.repeats, low=1, high=MAX_RETRAININGS)
+        if self.lds * self.repeats > MAX_RETRAININGS:
+            raise UserError(f"--lds {self.lds} x --repeats {self.repeats} = {self.lds * self.repeats} retrainings; at "
+                            f"most {MAX_RETRAININGS}")  # fmt: skip
+        v.choice("target", self.target, tuple(TARGETS))
+        if not self.lds and (self.repeats != 1 or self.target != "loss"):
+            raise UserError("--repeats and --target describe the ground truth of --lds; give --lds M")
         v.number("fraction", self.fraction, low=0, high=1, low_open=True, high_open=True)
         if self.influence is not None and not (self.lds or self.retrain):
             raise UserError("--influence names directories for --lds or --retrain to score; give one of them")
@@ -257,14 +277,18 @@ def _validate_retrained(cfg: ValidateConfig, out: Path, named, progress: bool) -
 def _lds(cfg: ValidateConfig, out: Path, named, progress: bool) -> dict:
     """The linear datamodeling score of the named influence directories (or of one computed here)."""
     results = _scored(cfg, out / "lds" / "influence", named, progress)
-    report, scatter = lds_report(Path(cfg.run), results, out / "lds", cfg.lds, cfg.fraction, cfg.seed, cfg.device,
-                                 cfg.data_root, cfg.retrain_executor, progress)  # fmt: skip
-    atomic_write_csv(out / "lds.csv", ["influence", "method", "setting", "params", "lds", "low", "high", "lds_margin",
-                                       "n_test"],
-                     [[r["influence"], r["method"], r["setting"], r["params"], r["lds"], *r["interval"], r["lds_margin"],
-                       r["n_test"]]
+    report, scatter = lds_report(Path(cfg.run), results, out / "lds", cfg.lds, cfg.repeats, cfg.target, cfg.fraction,
+                                 cfg.seed, cfg.device, cfg.data_root, cfg.retrain_executor, progress)  # fmt: skip
+    other = "margin" if cfg.target == "loss" else "loss"
+    atomic_write_csv(out / "lds.csv", ["influence", "method", "setting", "params", "ensemble", "target", "lds", "low",
+                                       "high", "ceiling", "lds_over_ceiling", f"lds_{other}", "paired_versus",
+                                       "paired_difference", "paired_low", "paired_high", "n_test"],
+                     [[r["influence"], r["method"], r["setting"], r["params"], r["ensemble"], r["target"], r["lds"],
+                       *r["interval"], r["ceiling"], r["lds_over_ceiling"], r[f"lds_{other}"],
+                       *([r["paired"]["versus"], r["paired"]["difference"], *r["paired"]["interval"]]
+                         if "paired" in r else ["", "", "", ""]), r["n_test"]]
                       for r in report["scores"]])  # fmt: skip
-    atomic_write_figure(out / "lds.png", lds_figure(scatter))
+    atomic_write_figure(out / "lds.png", lds_figure(scatter, cfg.target))
     return report
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from study.attribution.lds import outputs, retrain
+from study.attribution.retraining import Retraining, logits_of, measured, retrain
 from study.sweeps.executors import Executor
 from transfer.errors import UserError
 from transfer.runs import RunDir
@@ -55,15 +55,16 @@ def retrained_loo(run: Path, results: list, out: Path, tests: int, removals: int
             raise UserError(f"{res.root} has other test images than {first.root}; compute them with the same --test")
     settings = RunDir(run).recorded()
     where = data_root or settings.get("data_root")
-    base_loss, _ = outputs([run], settings["target"], where, idx_test, device)
-    base_loss = base_loss[0]
+    labels = np.asarray(first["y_test"])
+    base_loss = measured(logits_of([run], settings["target"], where, idx_test, device), labels, "loss")[0]
     pairs = choose_pairs(np.asarray(first.setting(0)[0]), base_loss, tests, removals, random, seed)
     n = len(np.asarray(first["y_train"]))
     removed = sorted({j for _, j, _ in pairs})
-    keep = [np.setdiff1d(np.arange(n), [j]) for j in removed]
+    keep = [Retraining(f"m{k:03d}", np.setdiff1d(np.arange(n), [j])) for k, j in enumerate(removed)]
     runs = retrain(run, out / "runs", keep, device, executor, progress, desc="leave-one-out retrainings")
-    losses, _ = outputs(tqdm(runs, desc="LOO outputs", disable=not progress), settings["target"], where, idx_test,
-                        device)  # fmt: skip
+    logits = logits_of(tqdm(runs, desc="LOO outputs", disable=not progress), settings["target"], where, idx_test,
+                         device)  # fmt: skip
+    losses = measured(logits, labels, "loss")
     actual = {j: losses[k] - base_loss for k, j in enumerate(removed)}
     out_rows, per_setting = [], []
     for res in results:

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from study.attribution.lds import score, subsets
+from study.attribution.ground_truth import subsets
+from study.attribution.lds import score
 from study.attribution.leave_one_out import ValidateConfig, validate_influence
 from transfer.errors import UserError
 

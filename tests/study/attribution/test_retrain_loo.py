@@ -5,9 +5,9 @@ import csv
 import numpy as np
 import pytest
 
-from study.attribution.lds import outputs
 from study.attribution.leave_one_out import ValidateConfig, validate_influence
 from study.attribution.retrain_loo import choose_pairs
+from study.attribution.retraining import logits_of, measured
 from study.attribution.store import InfluenceDir
 from transfer.errors import UserError
 from transfer.runs import RunDir
@@ -42,9 +42,8 @@ def test_validate_retrain_scores_influence_against_retrained_fine_tunes(finished
     removed = sorted({int(r["train_index"]) for r in rows})
     retrained = runs[removed.index(int(row["train_index"]))]
     target = RunDir(finished_run).recorded()["target"]
-    base, _ = outputs([finished_run], target, None, idx_test, "cpu")
-    again, _ = outputs([retrained], target, None, idx_test, "cpu")
-    assert float(row["actual"]) == pytest.approx(again[0][t] - base[0][t], rel=1e-9, abs=1e-12)
+    base, again = measured(logits_of([finished_run, retrained], target, None, idx_test, "cpu"), res["y_test"], "loss")
+    assert float(row["actual"]) == pytest.approx(again[t] - base[t], rel=1e-9, abs=1e-12)
     n = len(res["y_train"])
     assert float(row["predicted"]) == pytest.approx(-res["influence_test"][t, int(row["train_index"])] / n)
     assert (tmp_path / "v" / "validate.png").exists()

@@ -1,0 +1,117 @@
+"""The run's fine-tune repeated: on other training images, with other training seeds, on any executor; and what the
+retrained models output on test images.
+
+Every retraining is an ordinary, resumable run directory (the same command after a kill keeps the finished ones and
+continues the interrupted ones: :func:`study.sweeps.jobs.run_jobs`), made from the run's own recorded settings; what
+varies is only which of the run's training images it sees (positions into its ``subset.json``) and its seed (head
+initialisation, batch order, augmentation). The linear datamodeling score retrains on subsets, leave-one-out without
+one image, and an ensemble on the same images with other seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from study.sweeps.executors import Executor
+from study.sweeps.grid import RunSpec
+from study.sweeps.jobs import run_jobs
+from transfer.datasets import Subset, Transformed, load_raw_splits
+from transfer.device import resolve_device
+from transfer.finetune import FinetuneConfig
+from transfer.runs import RunDir
+from transfer.transforms import build_transform
+from transfer.zoo import load_source
+
+
+@dataclass(frozen=True)
+class Retraining:
+    """One retraining of the run: its directory's name, the positions of the run's training images it trains on
+    (``None``: all of them) and its seed (``None``: the run's)."""
+
+    name: str
+    positions: np.ndarray | None = None
+    seed: int | None = None
+
+
+def repeat_seed(run_seed: int, repeat: int) -> int:
+    """The training seed of repeat ``repeat`` of a run trained with ``run_seed``: the run's own for repeat 0, then
+    ``run_seed + repeat`` (the subset is given, so the seed draws only the head's initialisation, the batch order and
+    the augmentation)."""
+    return run_seed + repeat
+
+
+def run_seed(run: Path) -> int:
+    return int(RunDir(run).recorded()["seed"])
+
+
+def retrain(run: Path, out: Path, retrainings: Sequence[Retraining], device: str, executor: Callable[[], Executor],
+            progress: bool, desc: str = "retrainings") -> list[Path]:  # fmt: skip
+    """Every retraining as the run directory ``out/<name>`` on the executor ``executor()`` makes; returns the
+    directories in the order given."""
+    settings = RunDir(run).recorded()
+    run_indices = np.asarray(json.loads((run / "subset.json").read_text())["indices"], dtype=np.int64)
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    base = {k: v for k, v in settings.items() if k in fields}
+    epochs = settings["resolved"]["epochs"]
+    jobs = []
+    for r in retrainings:
+        positions = np.arange(len(run_indices)) if r.positions is None else np.asarray(r.positions)
+        job = base | {"subset": str(len(positions)), "epochs": str(epochs), "eval_every": str(epochs), "device": device}
+        if r.seed is not None:
+            job["seed"] = int(r.seed)
+        FinetuneConfig(**job)  # every job's settings checked before any starts
+        jobs.append((RunSpec(r.name, job, tuple(int(i) for i in run_indices[positions])), out / r.name))
+    run_jobs(jobs, executor(), progress=progress, desc=desc)
+    return [d for _, d in jobs]
+
+
+def logits_of(runs: Sequence[Path], target: str, data_root: str | None, idx_test: np.ndarray,
+                device: str) -> np.ndarray:  # fmt: skip
+    """The logits ``(len(runs), Q, C)`` (float64) of each run's model on the test images ``idx_test`` of ``target``."""
+    dev = resolve_device(device)
+    _, test_raw = load_raw_splits(target, data_root)
+    out = []
+    for run in runs:
+        src = load_source(run)
+        data = Transformed(Subset(test_raw, idx_test), build_transform(src.input_size, train=False))
+        model = src.model.to(dev).eval()
+        with torch.no_grad():
+            out.append(torch.cat([model(x.to(dev)).double().cpu() for x, _ in DataLoader(data, batch_size=256)]))
+    return torch.stack(out).numpy()
+
+
+TARGETS = {
+    "loss": "the test image's cross-entropy loss",
+    "margin": "TRAK's margin: the correct logit minus the log-sum-exp of the other logits",
+}
+
+
+def measured(logits: np.ndarray, labels: np.ndarray, target: str) -> np.ndarray:
+    """The measured output ``target`` (:data:`TARGETS`) of logits ``(..., Q, C)`` for labels ``(Q,)``: ``(..., Q)``.
+
+    The loss is ``log-sum-exp(z) - z_y``; TRAK's margin is ``z_y - log-sum-exp_{c != y} z_c`` (earlier versions
+    reported as "margin" the correct logit minus the *largest* other). For one model the two rank test images'
+    changes the same way (the loss is ``log(1 + exp(-margin))``), not once outputs are averaged over repeats.
+    """
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.long).expand(z.shape[:-1])
+    own = z.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    if target == "loss":
+        return (torch.logsumexp(z, -1) - own).numpy()
+    if target == "margin":
+        others = z.scatter(-1, y.unsqueeze(-1), float("-inf"))
+        return (own - torch.logsumexp(others, -1)).numpy()
+    raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+
+
+def target_sign(target: str) -> float:
+    """+1 where the target grows with the loss (an influence sum predicts it directly), -1 where it falls."""
+    return 1.0 if target == "loss" else -1.0
