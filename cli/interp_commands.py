@@ -49,12 +49,20 @@ def _validate(args) -> None:
             f"head refitted to the optimum of the regularised objective: gradient norm {fit['grad_norm_before']:.2e} "
             f"-> {fit['grad_norm']:.2e}, moved {fit['relative_move']:.1%} of its norm"
         )
+    elif report.get("pbrf"):
+        reached = report["pbrf"]
+        print(f"the PBRF: {report['objective']}; {reached['converged']} of {reached['removed']} solves converged "
+              f"(worst whitened gradient norm {reached['worst_whitened_grad_norm_ratio']:.1e} of its start, in the "
+              f"weights {reached['worst_grad_norm_ratio']:.1e}), the largest move "
+              f"{reached['largest_relative_move']:.2e} of the weights' norm")  # fmt: skip
     else:
         print(f"leave-one-out by retraining: {report['objective']}")
     for st in report["settings"]:
+        every = (f"; over every test image x removed image: Pearson {st['pearson_every']:.4f}, Spearman "
+                 f"{st['spearman_every']:.4f} ({st['n_every']} pairs)" if "pearson_every" in st else "")  # fmt: skip
         print(
             f"{st['setting']:<32} kept {st['rank_kept']}/{st['size']}: Pearson {st['pearson']:.4f}, "
-            f"Spearman {st['spearman']:.4f} over {st['n_pairs']} removals"
+            f"Spearman {st['spearman']:.4f} over {st['n_pairs']} removals{every}"
             + (f" (warning: {st['warning']})" if st.get("warning") else "")
         )
     lds = report.get("lds")
@@ -124,8 +132,12 @@ def register(sub) -> None:
 
     p = sub.add_parser("class-match", help="top-k class-match rates of influence directories, CSV and PNG")
     p.add_argument("outs", nargs="+", help="influence directories (e.g. natural and robust)")
-    p.add_argument("--k", type=int, default=None,
-                   help="ranks to report (default 100, or every training image a row can rank where there are fewer)")
+    p.add_argument(
+        "--k",
+        type=int,
+        default=None,
+        help="ranks to report (default 100, or every training image a row can rank where there are fewer)",
+    )
     p.add_argument("--exclude-self", action="store_true", help="train x train: ignore each image's influence on itself")
     p.add_argument("--csv", default=None, help="CSV path (default: class_match.csv in the first directory)")
     p.add_argument("--png", default=None, help="PNG path (default: beside the CSV)")

@@ -10,7 +10,7 @@ negative = helpful: up-weighting training point j lowers test point i's loss.
 Three rooms, each with its own face: :mod:`interp.curvature` (what ``H`` is: gradients, Hessians and their products,
 the GGN, the head's closed forms, parameter selection, memory), :mod:`interp.inverses` (how it is inverted: the
 registry of methods) and :mod:`interp.viz` (feature visualisation, saliency, figures). Influence, class-match
-metrics, leave-one-out, the device rule and the error type stay at the top; this module re-exports the verbs a user
+metrics, leave-one-out, the PBRF, the device rule and the error type stay at the top; this module re-exports the verbs a user
 calls.
 """
 
@@ -67,6 +67,7 @@ from interp.metrics import (
     paired_difference,
     ranking_agreement,
 )
+from interp.pbrf import pbrf_response, pbrf_whitening
 from interp.viz import FeatVizConfig, FeatVizResult, concentration, noise_seeds, saliency_maps, visualize
 
 _moved.install()
@@ -113,6 +114,8 @@ __all__ = [
     "most_helpful",
     "noise_seeds",
     "paired_difference",
+    "pbrf_response",
+    "pbrf_whitening",
     "per_example_grad_batches",
     "per_example_grads",
     "pseudo_inverse",

@@ -5,6 +5,7 @@ dense matrix may take."""
 from interp.curvature.ggn import (
     DeviceData,
     curvlinops_model,
+    factor_rows,
     ggn,
     ggn_blocks,
     ggn_factor,
@@ -38,6 +39,7 @@ __all__ = [
     "check_fits",
     "curvlinops_model",
     "device_free_bytes",
+    "factor_rows",
     "fixed_tensors",
     "flat_positions",
     "flat_size",

@@ -89,8 +89,11 @@ def ggn_blocks(
     item = torch.empty((), dtype=dtype).element_size()
     need = sum(sum(sizes[n] for n in g) ** 2 for g in groups)
     p, widest = sum(sizes.values()), max(sum(sizes[n] for n in g) for g in groups)
-    what = (f"the exact GGN over {p} parameters (a dense {p} x {p} matrix)" if len(groups) == 1 else
-            f"the exact GGN's {len(groups)} layer blocks over {p} parameters (the largest {widest} x {widest})")
+    what = (
+        f"the exact GGN over {p} parameters (a dense {p} x {p} matrix)"
+        if len(groups) == 1
+        else f"the exact GGN's {len(groups)} layer blocks over {p} parameters (the largest {widest} x {widest})"
+    )
     check_fits(3.0 * need * item, what, GGN_ALTERNATIVE, max_bytes, dev)
     pos = flat_positions(model, names)
     index = [torch.cat([pos[n] for n in g]).to(dev) for g in groups]
@@ -142,6 +145,17 @@ def ggn_factor(
     return torch.cat(parts) / n**0.5
 
 
+def factor_rows(model: nn.Module, loader: Iterable, params: ParamSpec = None, device=None) -> int:
+    """``n C``: the rows of :func:`ggn_factor` (examples times classes), without a pass over the data where the
+    loader says its size (one batch is run for the number of classes)."""
+    dev = resolve(model, device)
+    dataset = getattr(loader, "dataset", None)
+    n = len(dataset) if dataset is not None else sum(len(y) for _, y in loader)
+    x1 = next(iter(loader))[0][:1].to(dev, torch.float64)
+    with torch.no_grad():
+        return n * int(as_eval_copy(model, torch.float64, dev)(x1).shape[1])
+
+
 def ggn_products(
     model: nn.Module,
     loader: Iterable,
@@ -157,16 +171,13 @@ def ggn_products(
     names = list(select_params(model, params))
     dev = resolve(model, device)
     p = sum(t.numel() for t in select_params(model, names).values())
-    n = sum(len(y) for _, y in loader)
-    x1 = next(iter(loader))[0][:1].to(dev, dtype)
-    with torch.no_grad():
-        classes = int(as_eval_copy(model, dtype, dev)(x1).shape[1])
+    rows = factor_rows(model, loader, names, dev)
     item = torch.empty((), dtype=dtype).element_size()
     limit = max_bytes if max_bytes is not None else device_free_bytes(dev)
-    if 4 * n * classes * p * item <= limit:
+    if 4 * rows * p * item <= limit:
         m = ggn_factor(model, loader, names, dtype=dtype, device=dev)
         return CurvatureProducts(lambda v: m.T @ (m @ v.to(dev, dtype)), p, dev, dtype,
-                                 f"cached GGN factor ({n * classes} x {p})")  # fmt: skip
+                                 f"cached GGN factor ({rows} x {p})")  # fmt: skip
     return ggn_vector_product(model, loader, names, dtype=dtype, device=dev)
 
 

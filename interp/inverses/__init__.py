@@ -1,12 +1,14 @@
 """How the curvature is inverted: the protocol and the registry (:mod:`interp.inverses.base`), and the methods, each
 module registering its own entries: dense Cholesky, eigh and SVD (``auto``, ``cholesky``, ``eigh``, ``svd``),
 conjugate gradient (``cg``), the exact GGN and its layer blocks (``ggn``, ``blockdiag``), K-FAC and EK-FAC
-(``kfac``, ``ekfac``), Arnoldi (``arnoldi``); the low-rank (Woodbury) inverse serves the Kronecker methods'
+(``kfac``, ``ekfac``), Arnoldi (``arnoldi``), conjugate gradients on the exact GGN preconditioned by EK-FAC
+(``refined``); the low-rank (Woodbury) inverse serves the Kronecker methods'
 fallback."""
 
 # isort: off
 # each module registers its methods, in this order (the order --method lists them)
-from interp.inverses import dense, cg, exact, kronecker, arnoldi  # noqa: F401
+from interp.inverses import dense, cg, exact, kronecker, arnoldi, refined  # noqa: F401
+
 # isort: on
 from interp.inverses.arnoldi import ARNOLDI_RANK, ArnoldiInverse, ArnoldiOptions, arnoldi_inverse, deflated_trace
 from interp.inverses.base import (
@@ -43,6 +45,7 @@ from interp.inverses.kronecker import (
     kronecker_inverse,
 )
 from interp.inverses.lowrank import LowRankInverse, lowrank_inverse
+from interp.inverses.refined import RefinedOptions
 
 __all__ = [
     "ARNOLDI_RANK",
@@ -52,6 +55,7 @@ __all__ = [
     "METHODS",
     "NAMED_RCOND",
     "PAPER_RCOND",
+    "RefinedOptions",
     "ArnoldiInverse",
     "ArnoldiOptions",
     "BlockDiagonalInverse",

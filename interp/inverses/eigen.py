@@ -89,16 +89,19 @@ class EigenbasisInverse(InverseOperator):
         return out
 
     def dropped_norm_share(self, g: torch.Tensor) -> float:
-        """Share of ``sum_i ||g_i||^2`` in the dropped directions: ``1 - ||G V_kept||_F^2 / ||G||_F^2``.
+        """Share of ``sum_i ||g_i||^2`` in the dropped directions: ``||G V_dropped||_F^2 / ||G||_F^2`` where the
+        complement of ``V`` is kept, else ``1 - ||G V_kept||_F^2 / ||G||_F^2``.
 
         ``g`` ``(n, P)``: gradients in the operator's coordinates. 0 when nothing that matters is
         dropped; near 1 when the cut-off throws the gradients away.
         """
-        if self.fills_complement:
-            return 0.0
         g = g.to(self.device, torch.float64)
         total = float((g * g).sum())
-        return 0.0 if total == 0 else max(0.0, 1.0 - float(((g @ self._basis) ** 2).sum()) / total)
+        if total == 0:
+            return 0.0
+        if self.fills_complement:
+            return float(((g @ self.eigenvectors[:, ~self.kept]) ** 2).sum()) / total
+        return max(0.0, 1.0 - float(((g @ self._basis) ** 2).sum()) / total)
 
     def _kept_facts(self) -> dict:
         """What every eigenbasis inverse reports of its cut-off (the numbers of the shifted eigenvalues)."""

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from interp.curvature.ggn import ggn_blocks, layer_blocks
-from interp.curvature.params import flat_positions
+from interp.curvature.ggn import factor_rows, ggn_blocks, ggn_factor, layer_blocks
+from interp.curvature.memory import GGN_ALTERNATIVE, check_fits
+from interp.curvature.params import flat_positions, select_params
 from interp.inverses.base import INVERSES, Curvature, InverseMethod, InverseOperator
 from interp.inverses.dense import SpectralInverse, spectral_inverse
+from interp.inverses.lowrank import LowRankInverse, lowrank_inverse
 
 
 @dataclass(eq=False)
@@ -81,14 +83,30 @@ class BlockDiagonalInverse(InverseOperator):
             "rcond": per[0]["rcond"],
             "damping": self.damping,
             "largest_eigenvalue": max(p["largest_eigenvalue"] for p in per),
-            "blocks": [{k: p[k] for k in ("params", "size", "rank_kept", "n_dropped", "largest_eigenvalue")}
-                       for p in per],  # fmt: skip
+            "blocks": [
+                {k: p[k] for k in ("params", "size", "rank_kept", "n_dropped", "largest_eigenvalue")} for p in per
+            ],  # fmt: skip
         }
 
 
-def _ggn(curvature: Curvature, *, rcond, damping: float, progress: bool) -> SpectralInverse:
-    (g,) = ggn_blocks(curvature.model, curvature.data, curvature.names(), None, device=curvature.device,
-                      progress=progress)  # fmt: skip
+def _ggn(curvature: Curvature, *, rcond, damping: float, progress: bool) -> SpectralInverse | LowRankInverse:
+    """The exact GGN's pseudo-inverse: from its ``n C``-row factor by the Woodbury identity where that has fewer rows
+    than the ``P`` parameters (a whole fine-tuned block on a few hundred images: a ``P x P`` matrix that would not fit
+    is never formed), else from the dense matrix by eigh. Both are exact, with the same cut-off rule."""
+    model, data, names = curvature.model, curvature.data, curvature.names()
+    rows, p = (
+        factor_rows(model, data, names, curvature.device),
+        sum(t.numel() for t in select_params(model, names).values()),
+    )
+    if rows < p:
+        check_fits(2.0 * rows * p * 8 + 3.0 * rows * rows * 8, f"the exact GGN's factor ({rows} x {p})",
+                   GGN_ALTERNATIVE, device=curvature.device)  # fmt: skip
+        inv = lowrank_inverse(ggn_factor(model, data, names, device=curvature.device, progress=progress), damping,
+                              rcond=rcond)  # fmt: skip
+        inv.method = "ggn"
+        inv.solver = f"the exact GGN from its {rows} x {p} factor by the Woodbury identity (rank {rows} < P)"
+        return inv
+    (g,) = ggn_blocks(model, data, names, None, device=curvature.device, progress=progress)
     inv = spectral_inverse(g, rcond=rcond, damping=damping, method="eigh")
     inv.method = "ggn"  # an eigh pseudo-inverse of the GGN; with_settings keeps the name
     return inv

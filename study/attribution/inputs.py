@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
 import numpy as np
 
-from study.attribution.settings import InfluenceConfig
+from study.attribution.settings import SHARED, InfluenceConfig
+from study.attribution.store import InfluenceDir
 from transfer.datasets import Subset, Transformed, load_raw_splits
 from transfer.errors import UserError
 from transfer.files import read_json
@@ -97,3 +99,31 @@ def identity_mismatch(meta: dict, idx_train: np.ndarray, run: Path | str, now: d
     if not np.array_equal(np.asarray(idx_train, dtype=np.int64), indices):
         return "the run's training images are others now"
     return None
+
+
+def up_to_date(path: Path | str, cfg: InfluenceConfig) -> bool:
+    """Whether ``path`` is a complete influence directory computed with ``cfg``'s settings (:data:`SHARED`) from the
+    run now at ``cfg.run``: what a killed study or ensemble keeps when it resumes."""
+    try:
+        result = InfluenceDir(path).read()
+    except UserError:
+        return False
+    asked = dataclasses.asdict(cfg)
+    config = result.meta.get("config", {})
+    wanted = {k: asked[k] for k in SHARED} | {"run": cfg.run}
+    # a directory from before --ensemble existed was one model's
+    return (all(config.get(k, 1 if k == "ensemble" else None) == val for k, val in wanted.items())
+            and identity_mismatch(result.meta, result["idx_train"], cfg.run) is None)  # fmt: skip
+
+
+def run_dampings(settings: dict) -> dict[str, float]:
+    """The value of every rule of :data:`study.attribution.settings.DAMPING_RULES` for a run (its recorded
+    ``settings``)."""
+    try:
+        lr = float(settings["lr"])
+        resolved = settings["resolved"]
+        steps = int(resolved["epochs"]) * -(-int(resolved["n_train"]) // int(settings["batch_size"]))
+    except (KeyError, TypeError, ValueError):
+        raise UserError("the run's config.json lacks the learning rate, epochs, images or batch size of the 'source' "
+                        "damping rule") from None  # fmt: skip
+    return {"wd": run_weight_decay(settings), "source": 1.0 / (lr * steps)}

@@ -12,6 +12,7 @@ head refitted: predicted ``-I/n`` against the actual change of test loss, Pearso
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,12 +24,19 @@ import interp
 from interp import leave_one_out, refit_head
 from study.attribution import InfluenceConfig, load_run, run_influence, run_weight_decay
 from study.attribution.ground_truth import MAX_RETRAININGS, MIN_SUBSETS
+from study.attribution.inputs import up_to_date
 from study.attribution.lds import lds_figure, lds_report, read_influence_of
+from study.attribution.pbrf_check import pbrf_check
 from study.attribution.retrain_loo import retrained_loo
 from study.attribution.retraining import TARGETS
-from study.attribution.settings import RCOND_VALIDATE, RUN_DATA_ROOT, influence_field
-from study.sweeps.engines import EXECUTORS, make_executor
-from study.sweeps.executors import MAX_WORKERS, Executor
+from study.attribution.settings import (
+    RCOND_VALIDATE,
+    RUN_DATA_ROOT,
+    check_executor,
+    influence_field,
+    retrain_executor,
+)
+from study.sweeps.executors import Executor
 from transfer import validation as v
 from transfer.device import resolve_device
 from transfer.errors import UserError
@@ -38,7 +46,6 @@ from transfer.runtime import Runtime, runtime_help, torch_threads
 
 MIN_PAIRS = 3  # fewer points than this have no correlation (two points always lie on a line)
 FEW_PAIRS = 10  # under this a correlation is reported with a warning
-NOT_RETRAIN = ("slurm",)  # slurm is a sweep's executor: its options (partition, time, ...) are sweep's
 VALIDATE_FILES = ("validate.json", "validate.csv", "validate.png", "lds", "lds.csv", "lds.png", "loo")
 
 
@@ -97,20 +104,46 @@ class ValidateConfig(Runtime):
                   "settings and seed) once per removed image, instead of refitting the head: the check of "
                   "influence over the trainable parameters; scores the directories of --influence"},
     )  # fmt: skip
+    pbrf: bool = field(
+        default=False,
+        metadata={"help": "instead of leave-one-out, the proximal Bregman response function (Bae et al. 2022): for the "
+                  "images --retrain would remove, the response of every fine-tuned parameter warm-started at the "
+                  "run's weights, solved to convergence: what influence approximates, without retraining's noise; "
+                  "scores the directories of --influence"},
+    )  # fmt: skip
+    pbrf_damping: str = field(
+        default="wd",
+        metadata={"help": "--pbrf: the proximity term's strength: wd (the run's weight decay), source (1 / (lr x SGD "
+                  "steps)) or a number > 0; influence computed with the same damping is the one it checks"},
+    )  # fmt: skip
+    pbrf_epsilon: str = field(
+        default="auto",
+        metadata={"help": "--pbrf: the image's weight goes down by epsilon / n, and the response is divided by epsilon "
+                  "(the influence function is its limit as epsilon -> 0): a number in (0, 1] (1 removes the image; "
+                  "the objective of a high-loss image may then have no minimum near the run's weights) or auto (per "
+                  "image, the largest epsilon <= 1 whose first-order move is 1e-3 of the weights' norm)"},
+    )  # fmt: skip
     influence: str | None = field(
         default=None,
         metadata={"help": "--lds: comma-separated influence directories of this run to score (any --method and "
                   "--params); default: one computed here (head, the cut-offs of --rcond, damping = weight decay)"},
     )  # fmt: skip
+    ensemble: int = influence_field(
+        "ensemble",
+        help="the influence computed here (without --influence): averaged over this many models, as "
+        "influence --ensemble (the run's fine-tune repeated with other seeds on the same images)",
+    )
     executor: str = field(
         default="local",
-        metadata={"help": "--lds/--retrain: where the retrainings run: local (worker processes here: one per GPU, "
+        metadata={"help": "--lds/--retrain/--ensemble: where the retrainings run: local (worker processes here: one per GPU, "
                   "else cores / --threads), inline (this process, one at a time), ray, or a registered executor"},
     )  # fmt: skip
     retrain_workers: int | None = field(
         default=None, metadata={"help": "--executor local: worker processes (default: one per GPU, else per core)"}
     )
-    address: str | None = field(default=None, metadata={"help": "--executor ray: cluster address (default: a local Ray)"})
+    address: str | None = field(
+        default=None, metadata={"help": "--executor ray: cluster address (default: a local Ray)"}
+    )
     device: str = field(default="auto", metadata=runtime_help("device", help=(
         "auto, cpu, cuda or cuda:N: where features, influence and the --lds/--retrain retrainings run (the head's "
         "refits run on the CPU whatever it is: thousands of tiny solves)")))  # fmt: skip
@@ -119,21 +152,15 @@ class ValidateConfig(Runtime):
     RUNTIME = ("device", "threads", "data_root")
 
     def retrain_executor(self) -> Executor:
-        """The executor of this command's retrainings."""
-        return make_executor(self.executor, workers=self.retrain_workers, threads=self.threads, address=self.address)
+        """The executor of this command's retrainings (and of --ensemble's fine-tunes)."""
+        return retrain_executor(self)
 
     def __post_init__(self):
         for name in ("tests", "removals"):
             v.integer(name, getattr(self, name), low=1)
         v.integer("random", self.random, low=0)
         v.integer("seed", self.seed, low=0)
-        v.choice("executor", self.executor, [n for n in EXECUTORS if n not in NOT_RETRAIN])
-        if self.retrain_workers is not None:
-            v.integer("retrain_workers", self.retrain_workers, low=1, high=MAX_WORKERS)
-        if self.executor != "local" and self.retrain_workers is not None:
-            raise UserError("--retrain-workers is for --executor local")
-        if self.executor != "ray" and self.address is not None:
-            raise UserError("--address is for --executor ray")
+        check_executor(self)
         if self.lds:
             v.integer("lds", self.lds, low=MIN_SUBSETS, high=MAX_RETRAININGS)
         v.integer("repeats", self.repeats, low=1, high=MAX_RETRAININGS)
@@ -144,8 +171,18 @@ class ValidateConfig(Runtime):
         if not self.lds and (self.repeats != 1 or self.target != "loss"):
             raise UserError("--repeats and --target describe the ground truth of --lds; give --lds M")
         v.number("fraction", self.fraction, low=0, high=1, low_open=True, high_open=True)
-        if self.influence is not None and not (self.lds or self.retrain):
-            raise UserError("--influence names directories for --lds or --retrain to score; give one of them")
+        if self.influence is not None and not (self.lds or self.retrain or self.pbrf):
+            raise UserError("--influence names directories for --lds, --retrain or --pbrf to score; give one of them")
+        if self.influence is not None and self.ensemble > 1:
+            raise UserError("--ensemble is for the influence computed here; the directories of --influence were "
+                            "computed with their own (influence --ensemble K)")  # fmt: skip
+        if self.retrain and self.pbrf:
+            raise UserError("--retrain and --pbrf are two checks of the same removals; run them one at a time")
+        self.pbrf_epsilon = str(self.pbrf_epsilon)
+        if (self.pbrf_damping != "wd" or self.pbrf_epsilon != "auto") and not self.pbrf:
+            raise UserError("--pbrf-damping and --pbrf-epsilon are for --pbrf")
+        if self.pbrf_epsilon != "auto":
+            v.number("pbrf_epsilon", self.pbrf_epsilon, low=0, high=1, low_open=True)
         pairs = self.tests * (self.removals + self.random)
         if pairs < MIN_PAIRS:
             raise UserError(
@@ -157,7 +194,9 @@ class ValidateConfig(Runtime):
 
     def influence_config(self) -> InfluenceConfig:
         return InfluenceConfig(run=self.run, out=self.out, rcond=self.rcond, test=self.test, device=self.device,
-                               threads=self.threads, data_root=self.data_root)  # fmt: skip
+                               threads=self.threads, data_root=self.data_root, ensemble=self.ensemble,
+                               executor=self.executor, retrain_workers=self.retrain_workers,
+                               address=self.address)  # fmt: skip
 
 
 def validate_influence(cfg: ValidateConfig, progress: bool = True) -> dict:
@@ -175,6 +214,8 @@ def _validate(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
     named = read_influence_of(Path(cfg.run), _named_dirs(cfg)) if cfg.influence else None
     if cfg.retrain:
         return _validate_retrained(cfg, out, named, progress)
+    if cfg.pbrf:
+        return _validate_pbrf(cfg, out, named, progress)
     icfg = cfg.influence_config()
     settings, model, train, test, _, _ = load_run(icfg)
     lam = run_weight_decay(settings)
@@ -236,7 +277,9 @@ def _finish(cfg: ValidateConfig, out: Path, report: dict, rows: list, xlabel: st
     """Add the LDS when asked, then write validate.csv, validate.png and validate.json (last)."""
     if cfg.lds:
         report["lds"] = _lds(cfg, out, named, progress)
-    atomic_write_csv(out / "validate.csv", ["setting", "test_index", "train_index", "kind", "predicted", "actual"], rows)
+    atomic_write_csv(
+        out / "validate.csv", ["setting", "test_index", "train_index", "kind", "predicted", "actual"], rows
+    )
     atomic_write_figure(out / "validate.png", _figure(rows, report["settings"], xlabel))
     atomic_write_json(out / "validate.json", report)
     return report
@@ -248,12 +291,12 @@ def _named_dirs(cfg: ValidateConfig) -> list[Path]:
 
 def _scored(cfg: ValidateConfig, own: Path, named, progress: bool) -> list:
     """The directories of ``--influence`` (``named``, read), or one computed at ``own`` (head, the cut-offs, damping =
-    weight decay) and read."""
+    weight decay, ``--ensemble`` models) and read."""
     if named is not None:
         return named
-    if not (own / "meta.json").exists():
-        run_influence(InfluenceConfig(run=cfg.run, out=str(own), rcond=cfg.rcond, damping="wd", test=cfg.test,
-                                      device=cfg.device, data_root=cfg.data_root), progress=progress)  # fmt: skip
+    icfg = dataclasses.replace(cfg.influence_config(), out=str(own), damping="wd")
+    if not up_to_date(own, icfg):
+        run_influence(icfg, progress=progress)
     return read_influence_of(Path(cfg.run), [own])
 
 
@@ -272,6 +315,36 @@ def _validate_retrained(cfg: ValidateConfig, out: Path, named, progress: bool) -
         "settings": results,
     }
     return _finish(cfg, out, report, rows, "actual change in test loss (retrained without j)", named, progress)
+
+
+def _validate_pbrf(cfg: ValidateConfig, out: Path, named, progress: bool) -> dict:
+    """Influence against the PBRF of the fine-tuned parameters (:mod:`study.attribution.pbrf_check`)."""
+    results = _scored(cfg, out / "loo" / "influence", named, progress)
+    scored, rows, reached = pbrf_check(Path(cfg.run), results, cfg.tests, cfg.removals, cfg.random, cfg.seed,
+                                       cfg.pbrf_damping, _epsilon(cfg.pbrf_epsilon), cfg.device, cfg.data_root,
+                                       progress)  # fmt: skip
+    keep = ("predicted", "actual", "n_pairs", "every_predicted", "every_actual")
+    results = [{**{k: v for k, v in r.items() if k not in keep}, **correlations(r["predicted"], r["actual"]),
+                "n_pairs": r["n_pairs"],
+                **{f"{k}_every": val for k, val in correlations(r["every_predicted"], r["every_actual"]).items()},
+                "n_every": len(r["every_actual"])} for r in scored]  # fmt: skip
+    report = {
+        "run": cfg.run,
+        "config": asdict(cfg),
+        "objective": "the PBRF of every fine-tuned parameter (warm start at the run's weights, Bregman and proximity "
+        f"terms, damping {reached['damping']:g}, the image down-weighted by epsilon/n with epsilon "
+        f"{reached['epsilon']} ({min(reached['epsilons']):.2g} to {max(reached['epsilons']):.2g}), the response "
+        "divided by epsilon), solved by L-BFGS"
+        + (" whitened by the exact GGN at the run's weights" if reached["whitened"] else ""),
+        "prediction": "-I[t, j] / n of each influence directory's setting",
+        "pbrf": reached,
+        "settings": results,
+    }
+    return _finish(cfg, out, report, rows, "PBRF change in test loss (j down-weighted by 1/n)", named, progress)
+
+
+def _epsilon(text: str) -> float | str:
+    return text if text == "auto" else float(text)
 
 
 def _lds(cfg: ValidateConfig, out: Path, named, progress: bool) -> dict:

@@ -27,9 +27,9 @@ from interp import INVERSES
 from interp.inverses import FISHER_DEFAULT
 from study.attribution import InfluenceConfig, run_influence
 from study.attribution.class_match import class_match_report
-from study.attribution.inputs import identity_mismatch
-from study.attribution.settings import RCOND_STUDY, RUN_DATA_ROOT, influence_field
-from study.attribution.store import DERIVED, InfluenceDir
+from study.attribution.inputs import up_to_date
+from study.attribution.settings import EXECUTION, RCOND_STUDY, RUN_DATA_ROOT, SHARED, influence_field
+from study.attribution.store import DERIVED
 from study.sweeps.grid import RunSpec, source_dirs
 from study.sweeps.summary import Interval, natural_source, verdict
 from transfer import validation as v
@@ -40,7 +40,6 @@ from transfer.runtime import Runtime, runtime_help
 STATISTICS = {"top1": "top-1", "at_least_3_of_5": ">= 3 of top 5"}
 # the influence settings a study fixes for every run; the rest are InfluenceConfig's defaults
 STUDY_FILES = ("study.json", "study.csv", "study.png")
-SHARED = ("params", "method", "options", "test", "rcond", "damping", "normalize", "refit_head", "features_dtype")
 
 
 @dataclass(kw_only=True)
@@ -51,7 +50,12 @@ class InfluenceStudyConfig(Runtime):
     size: str = field(metadata={"help": "subset size of the cell to study (a size of the grid, or all)"})
     blocks: str = field(default="1", metadata={"help": "blocks setting of the cell"})
     target: str | None = field(default=None, metadata={"help": "target of the cell (default: the grid's only one)"})
-    out: str | None = field(default=None, metadata={"help": "default: SWEEP/influence/<target>/b<blocks>/n<size>[-<params>][-<method>][-<fisher>] (the suffixes for other than the defaults)"})
+    out: str | None = field(
+        default=None,
+        metadata={
+            "help": "default: SWEEP/influence/<target>/b<blocks>/n<size>[-<params>][-<method>][-<fisher>] (the suffixes for other than the defaults)"
+        },
+    )
     natural: str | None = field(default=None, metadata={"help": "the natural source (default: the zoo's)"})
     test: str = influence_field("test", default="200",
                                 help="test images per run: all or N (the same ones for every run)")  # fmt: skip
@@ -66,10 +70,15 @@ class InfluenceStudyConfig(Runtime):
     params: str = influence_field("params")
     method: str = influence_field("method")
     options: dict = influence_field("options")
+    ensemble: int = influence_field("ensemble")
+    executor: str = influence_field("executor")
+    retrain_workers: int | None = influence_field("retrain_workers")
+    address: str | None = influence_field("address")
     arnoldi_rank: InitVar[int | None] = None  # as earlier versions took them (they go to ``options``)
     fisher: InitVar[str | None] = None
     k: int | None = field(
-        default=None, metadata={"help": "ranks of the class-match curves (default 100, or all training images if fewer)"}
+        default=None,
+        metadata={"help": "ranks of the class-match curves (default 100, or all training images if fewer)"},
     )
     exclude_self: bool = field(default=True, metadata={"help": "train x train: leave each image's own entry out"})
     data_root: str | None = field(
@@ -93,7 +102,7 @@ class InfluenceStudyConfig(Runtime):
 
     def influence_config(self, run: str, out: str) -> InfluenceConfig:
         return InfluenceConfig(run=run, out=out, device=self.device, threads=self.threads, data_root=self.data_root,
-                               **{k: getattr(self, k) for k in SHARED})  # fmt: skip
+                               **{k: getattr(self, k) for k in SHARED + EXECUTION})  # fmt: skip
 
 
 def cell_runs(
@@ -116,24 +125,13 @@ def cell_runs(
     return target, runs
 
 
-def _up_to_date(path: Path, cfg: InfluenceConfig) -> bool:
-    """A complete influence directory computed with the same shared settings from the run now at its path (resume)."""
-    try:
-        result = InfluenceDir(path).read()
-    except UserError:
-        return False
-    asked = asdict(cfg)
-    wanted = {k: asked[k] for k in SHARED if k in asked} | {"run": cfg.run}
-    return (all(result.meta.get("config", {}).get(k) == val for k, val in wanted.items())
-            and identity_mismatch(result.meta, result["idx_train"], cfg.run) is None)  # fmt: skip
-
-
 def _variant(cfg: InfluenceStudyConfig) -> str:
-    """The default directory's suffix for a method or selection other than the default (head, auto), so
-    studies of several methods on one cell sit side by side."""
+    """The default directory's suffix for a method, selection or ensemble other than the default (head, auto, one
+    model), so studies of several methods on one cell sit side by side."""
     fisher = cfg.options.get("fisher", FISHER_DEFAULT)
     parts = [p for p, default in ((cfg.params, "fc"), (cfg.method, "auto"), (fisher, FISHER_DEFAULT))
              if p != default and p != "head"]  # fmt: skip
+    parts += [f"ens{cfg.ensemble}"] if cfg.ensemble > 1 else []
     return "".join("-" + p.replace(",", "+").replace(".", "_") for p in parts)
 
 
@@ -181,7 +179,7 @@ def _influence_dirs(cfg, runs, seeds, out: Path, names: dict[str, str], progress
     for source, seed in tqdm(todo, desc="influence per run", disable=not progress):
         path = out / names[source] / f"s{seed}"  # a directory name, also for a source given as a path
         icfg = cfg.influence_config(str(runs[source][seed]), str(path))
-        if not _up_to_date(path, icfg):
+        if not up_to_date(path, icfg):
             run_influence(icfg, progress=False)
         dirs[(source, seed)] = path
     return dirs

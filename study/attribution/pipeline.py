@@ -23,7 +23,7 @@ import interp
 from interp import NORMALIZE_HELP, Curvature
 from interp.curvature import device_free_bytes
 from study.attribution.head_path import compute_head
-from study.attribution.inputs import load_run, output_bytes, run_identity, run_weight_decay
+from study.attribution.inputs import load_run, output_bytes, run_dampings, run_identity, run_weight_decay
 from study.attribution.matrices import operators_per_setting, write_matrices, write_streamed_matrices
 from study.attribution.settings import HEAD_ALIASES, SIGN_CONVENTION, TRAINABLE, InfluenceConfig
 from study.attribution.store import InfluenceDir
@@ -37,13 +37,19 @@ from transfer.runtime import torch_threads
 def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
     """Compute and write both influence matrices of a fine-tuned run; return ``meta``.
 
-    The directory is locked while written and complete only once ``meta.json`` exists.
+    The directory is locked while written and complete only once ``meta.json`` exists. With ``cfg.ensemble`` > 1
+    the result is the mean over that many fine-tuned models (:mod:`study.attribution.ensemble`).
     """
+    if cfg.ensemble > 1:
+        from study.attribution.ensemble import run_ensemble  # it calls back here, once per model
+
+        return run_ensemble(cfg, progress)
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     settings, model, train, test, idx_train, idx_test = load_run(cfg)
     requested = dataclasses.asdict(cfg)  # meta.json's "config" is what was asked for; its "settings" the values used
-    cfg = cfg.with_weight_decay(run_weight_decay(settings))
+    rules = cfg.damping_rules()
+    cfg = cfg.with_run_dampings(run_dampings(settings))
     model = model.to(device).eval()
     names = _param_names(model, cfg.params, settings)
     out = InfluenceDir(cfg.out)
@@ -52,6 +58,8 @@ def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
         for name, arr in (("y_train", train.targets), ("y_test", test.targets), ("idx_train", idx_train),
                           ("idx_test", idx_test)):  # fmt: skip
             out.save(name, np.asarray(arr))
+        for i, st in enumerate(meta.get("settings", [])):  # settings run cut-off by cut-off, the dampings inside
+            st["damping_rule"] = rules[i % len(rules)]
         meta["run_identity"] = run_identity(cfg.run)
         meta["timings"]["total_s"] = time.perf_counter() - t0
         out.complete(meta)

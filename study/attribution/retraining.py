@@ -102,7 +102,7 @@ def measured(logits: np.ndarray, labels: np.ndarray, target: str) -> np.ndarray:
     changes the same way (the loss is ``log(1 + exp(-margin))``), not once outputs are averaged over repeats.
     """
     z = torch.as_tensor(logits, dtype=torch.float64)
-    y = torch.as_tensor(labels, dtype=torch.long).expand(z.shape[:-1])
+    y = torch.as_tensor(np.array(labels), dtype=torch.long).expand(z.shape[:-1])
     own = z.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     if target == "loss":
         return (torch.logsumexp(z, -1) - own).numpy()

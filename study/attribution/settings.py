@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import InitVar, dataclass, field
 
 from interp import INVERSES, NORMALIZE, InterpError, InverseMethod
+from study.sweeps.engines import EXECUTORS, make_executor
+from study.sweeps.executors import MAX_WORKERS, Executor
 from transfer import validation as v
 from transfer.errors import UserError
 from transfer.runtime import Runtime, runtime_help
@@ -33,7 +35,37 @@ RCOND_VALIDATE = "exact,paper"
 RCOND_STUDY = "paper,1e-2,1e-3,exact"
 DAMPING_DEFAULT = "0"
 
+# the dampings a run implies, by name (``--damping wd,source``): each a stated rule, never one chosen by a score
+DAMPING_RULES = {
+    "wd": "the run's weight decay: H + damping I is then the Hessian of the regularised objective SGD minimised",
+    "source": "1 / (learning rate x SGD steps): the damping implied by the proximity early-stopped SGD keeps to its "
+    "start (SOURCE, Bae et al. 2024)",
+}
+
 RUN_DATA_ROOT = "where torchvision datasets live (default: the one the run recorded)"
+NOT_RETRAIN = ("slurm",)  # slurm is a sweep's executor: its options (partition, time, ...) are sweep's
+MAX_ENSEMBLE = 100
+# the settings that make an influence directory what it is: a directory computed with the same ones from the same run
+# is reused (a killed study or ensemble resumes); the executor and the device only say where it was computed
+SHARED = ("params", "method", "options", "test", "rcond", "damping", "normalize", "refit_head", "features_dtype",
+          "ensemble")  # fmt: skip
+EXECUTION = ("executor", "retrain_workers", "address")
+
+
+def check_executor(cfg) -> None:
+    """The retraining executor's settings of ``cfg`` (``executor``, ``retrain_workers``, ``address``), checked."""
+    v.choice("executor", cfg.executor, [n for n in EXECUTORS if n not in NOT_RETRAIN])
+    if cfg.retrain_workers is not None:
+        v.integer("retrain_workers", cfg.retrain_workers, low=1, high=MAX_WORKERS)
+    if cfg.executor != "local" and cfg.retrain_workers is not None:
+        raise UserError("--retrain-workers is for --executor local")
+    if cfg.executor != "ray" and cfg.address is not None:
+        raise UserError("--address is for --executor ray")
+
+
+def retrain_executor(cfg) -> Executor:
+    """The executor of ``cfg``'s retrainings (``executor``, ``retrain_workers``, ``threads``, ``address``)."""
+    return make_executor(cfg.executor, workers=cfg.retrain_workers, threads=cfg.threads, address=cfg.address)
 
 
 @dataclass(kw_only=True)
@@ -44,9 +76,11 @@ class InfluenceConfig(Runtime):
     out: str = field(metadata={"help": "influence directory to write"})
     params: str = field(
         default="fc",
-        metadata={"help": "parameters: head (alias fc: the classifier, in closed form, whatever the architecture "
-                  "calls it), trainable (every parameter the run fine-tuned: its unfrozen blocks and the head), or "
-                  "comma-separated module paths such as layer4.2,fc"},  # fmt: skip
+        metadata={
+            "help": "parameters: head (alias fc: the classifier, in closed form, whatever the architecture "
+            "calls it), trainable (every parameter the run fine-tuned: its unfrozen blocks and the head), or "
+            "comma-separated module paths such as layer4.2,fc"
+        },  # fmt: skip
     )
     test: str = field(
         default="all", metadata={"help": "test images: all, or N (a class-covering random subset, seed 0)"}
@@ -65,8 +99,10 @@ class InfluenceConfig(Runtime):
     damping: str = field(
         default=DAMPING_DEFAULT,
         metadata={
-            "help": "added to the Hessian's diagonal: a number, or wd (the run's weight decay, which makes H + damping "
-            "I the Hessian of the regularised objective); a comma-separated list gives one matrix pair per value"
+            "help": "added to the Hessian's diagonal: a number, or a rule: wd (the run's weight decay, which makes H + "
+            "damping I the Hessian of the regularised objective) or source (1 / (lr x SGD steps), the damping "
+            "early-stopped SGD implies: SOURCE, Bae et al. 2024); a comma-separated list gives one matrix pair per "
+            "value, the LDS's sensitivity to it"
         },
     )
     refit_head: bool = field(
@@ -112,9 +148,31 @@ class InfluenceConfig(Runtime):
     save_hessian: bool = field(
         default=True, metadata={"help": "write hessian.npy (P x P float64; 3.4 GB for a ResNet-50 head)"}
     )
+    ensemble: int = field(
+        default=1,
+        metadata={"help": "models whose influence is averaged: the run and K - 1 more fine-tunes of it on the same "
+                  "training images with training seeds run seed + 1, ..., K - 1 (head initialisation, batch order, "
+                  "augmentation), each with this method and these settings; the fine-tunes and per-model "
+                  "directories are kept under OUT/ensemble (resumable) and listed in meta.json (1: the run alone)"},
+    )  # fmt: skip
+    executor: str = field(
+        default="local",
+        metadata={"help": "--ensemble: where the extra fine-tunes run: local (worker processes here: one per GPU, "
+                  "else cores / --threads), inline (this process, one at a time), ray, or a registered executor"},
+    )  # fmt: skip
+    retrain_workers: int | None = field(
+        default=None, metadata={"help": "--executor local: worker processes (default: one per GPU, else per core)"}
+    )
+    address: str | None = field(
+        default=None, metadata={"help": "--executor ray: cluster address (default: a local Ray)"}
+    )
     data_root: str | None = field(default=None, metadata=runtime_help("data_root", help=RUN_DATA_ROOT))
 
     RUNTIME = ("device", "threads", "data_root")
+
+    def retrain_executor(self) -> Executor:
+        """The executor of the ensemble's fine-tunes."""
+        return retrain_executor(self)
 
     def rconds(self) -> list[float | str | None]:
         """The cut-offs asked for: ``paper``, ``exact`` or numbers in [0, 1), in the order given; ``[None]`` for a
@@ -124,8 +182,11 @@ class InfluenceConfig(Runtime):
         return [_setting_value("rcond", item, ("paper", "exact"), high=1) for item in _items("rcond", self.rcond)]
 
     def dampings(self) -> list[float | str]:
-        """The dampings asked for: numbers >= 0, or ``wd`` (resolved by :func:`with_weight_decay`)."""
-        return [_setting_value("damping", item, ("wd",), high=None) for item in _items("damping", self.damping)]
+        """The dampings asked for: numbers >= 0, or a rule's name (``wd``, ``source``: resolved from the run by
+        :meth:`with_run_dampings`)."""
+        return [
+            _setting_value("damping", item, tuple(DAMPING_RULES), high=None) for item in _items("damping", self.damping)
+        ]
 
     def inverse_method(self) -> InverseMethod:
         """The registry entry of ``method`` (:data:`interp.INVERSES`)."""
@@ -134,10 +195,15 @@ class InfluenceConfig(Runtime):
                             "(interp.register_inverse adds methods)")  # fmt: skip
         return INVERSES.get(self.method)
 
-    def with_weight_decay(self, weight_decay: float) -> InfluenceConfig:
-        """This config with ``wd`` in ``--damping`` replaced by the run's weight decay."""
-        values = [weight_decay if d == "wd" else d for d in self.dampings()]
-        return dataclasses.replace(self, damping=",".join(repr(float(d)) for d in values))
+    def with_run_dampings(self, values: dict[str, float]) -> InfluenceConfig:
+        """This config with every rule's name in ``--damping`` replaced by its value for the run (``values``:
+        :func:`study.attribution.inputs.run_dampings`)."""
+        resolved = [values[d] if d in DAMPING_RULES else d for d in self.dampings()]
+        return dataclasses.replace(self, damping=",".join(repr(float(d)) for d in resolved))
+
+    def damping_rules(self) -> list[str | None]:
+        """The rule each damping came from (``wd``, ``source``), or None for a number, in the order given."""
+        return [d if d in DAMPING_RULES else None for d in self.dampings()]
 
     def settings(self) -> list[dict]:
         """Every (cut-off, damping) pair, the first being the directory's main matrices."""
@@ -167,7 +233,7 @@ class InfluenceConfig(Runtime):
         v.choice("normalize", self.normalize, NORMALIZE)
         if self.refit_head and (self.params not in HEAD_ALIASES or method.needs != "dense"):
             raise UserError(f"--refit-head applies to the head alone (--params fc, not --method {self.method})")
-        if method.damped and any(d != "wd" and float(d) <= 0 for d in dampings):
+        if method.damped and any(d not in DAMPING_RULES and float(d) <= 0 for d in dampings):
             raise UserError(f"--method {self.method} needs --damping > 0 (its curvature has zero eigenvalues); "
                             "give e.g. wd (the run's weight decay) or 1e-3")  # fmt: skip
         v.choice("gradients", self.gradients, GRADIENTS)
@@ -175,6 +241,8 @@ class InfluenceConfig(Runtime):
             raise UserError(f"--rcond x --damping asks for {len(rconds) * len(dampings)} settings; at most 20")
         v.integer("batch_size", self.batch_size, low=1)
         v.choice("features_dtype", self.features_dtype, ("float32", "float64"))
+        v.integer("ensemble", self.ensemble, low=1, high=MAX_ENSEMBLE)
+        check_executor(self)
         self.options = method_options(method, self.options)
         super().__post_init__()
 
@@ -201,7 +269,9 @@ def method_options(method: InverseMethod, given: dict) -> dict:
     except InterpError as exc:
         text = str(exc)
         first = text.split(" ", 1)[0]
-        raise UserError(v.flag(first) + text[len(first):] if first in owners else f"--method {method.name}: {text}") from None
+        raise UserError(
+            v.flag(first) + text[len(first) :] if first in owners else f"--method {method.name}: {text}"
+        ) from None
 
 
 def _items(name: str, text: str) -> list[str]:

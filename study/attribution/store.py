@@ -5,7 +5,9 @@ An influence directory holds ``influence_test.npy`` ``(n_test, n_train)``, ``inf
 into the dataset's test and train splits), optionally ``hessian.npy`` and ``spectrum.npy``, and
 ``meta.json``, written last: it carries :data:`FORMAT` and is the directory's mark of completion.
 A sensitivity run (several cut-offs or dampings) adds ``influence_test.s<i>.npy`` and
-``influence_train.s<i>.npy`` for its settings after the first; ``meta["settings"]`` lists them all.
+``influence_train.s<i>.npy`` for its settings after the first; ``meta["settings"]`` lists them all. An
+ensemble (``--ensemble K``) holds the average of K models' matrices, and under ``ensemble/`` their fine-tunes
+(``runs/kNN``) and influence directories (``influence/kNN``); ``meta["ensemble"]`` lists them.
 
 Writing (:meth:`InfluenceDir.writing`) holds the directory's lock, first removes ``meta.json`` and
 every output derived from the old contents (class-match tables, plots), so a run killed half-way
@@ -44,6 +46,9 @@ META = "meta.json"
 # outputs of class-match and plot-influence that may sit in the directory; stale once it is rewritten
 DERIVED = ("class_match*.csv", "class_match*.png", "influence_heatmap.png", "influence_grid_*.png")
 SETTING_ARRAYS = ("influence_test.s*.npy", "influence_train.s*.npy")
+# an ensemble's fine-tunes and per-model directories (study.attribution.ensemble): kept when the directory is
+# rewritten, so that a killed or repeated ensemble resumes from the models it has
+ENSEMBLE_DIR = "ensemble"
 
 
 @dataclass
@@ -93,7 +98,7 @@ class InfluenceDir:
         return self.root / f"{name}.npy"
 
     def _ours(self, name: str) -> bool:
-        known = {f"{a}.npy" for a in ARRAYS + OPTIONAL_ARRAYS} | {META, LOCK_NAME}
+        known = {f"{a}.npy" for a in ARRAYS + OPTIONAL_ARRAYS} | {META, LOCK_NAME, ENSEMBLE_DIR}
         return name in known or any(fnmatch(name, pattern) for pattern in DERIVED + SETTING_ARRAYS)
 
     def _foreign(self) -> list[str]:
@@ -112,7 +117,7 @@ class InfluenceDir:
             remove_stale_temporaries(self.root)
             entries = [p.name for p in self.root.iterdir()]
             refuse_foreign(self.root, self._foreign(), "an influence directory's")
-            old = [self.root / n for n in entries if n != LOCK_NAME]
+            old = [self.root / n for n in entries if n not in (LOCK_NAME, ENSEMBLE_DIR)]
             check_free_space(self.root, nbytes - sum(p.stat().st_size for p in old), "the influence matrices")
             self.meta.unlink(missing_ok=True)  # from here on the directory reads as incomplete
             for p in old:

@@ -70,11 +70,17 @@ def readings(report: dict) -> list[str]:
         from study.demo.methods import method_readings, method_rows, studies_of
 
         met = report["methods"]
-        rows = method_rows(inf["study"], studies_of(met), met["lds"])
+        rows = method_rows(inf["study"], studies_of(met), met["lds"], met.get("ensembled"))
+        repeats = met["lds"].get("repeats", 1)
         first = (f"Which attribution to believe (linear datamodeling score, LDS, over {met['lds']['subsets']} "
-                 "retrainings on half the training images; 0 = no prediction, 1 = a perfect ranking): ")  # fmt: skip
+                 f"subsets of half the training images, each retrained {repeats} time(s); 0 = no prediction, 1 = a "
+                 "perfect ranking): ")  # fmt: skip
         lines += [(first if i == 0 else "Which attribution to believe: ") + line
                   for i, line in enumerate(method_readings(rows, met["lds_source"]))]  # fmt: skip
+        if met.get("ensembled"):
+            e = met["ensembled"]
+            lines.append(f"Which attribution is validated: the ensemble of {e['models']} models was built for the "
+                         f"attribution with {e['chosen_by']}.")  # fmt: skip
     feats = report["features"]
     for model in dict.fromkeys(r["model"] for r in feats["featviz"]):
         rows = [r for r in feats["featviz"] if r["model"] == model]
@@ -259,20 +265,31 @@ def _methods_section(report: dict, fig) -> str:
     from study.demo.methods import LABELS, method_rows, studies_of
 
     met = report["methods"]
-    rows = method_rows(report["influence"]["study"], studies_of(met), met["lds"])
+    rows = method_rows(report["influence"]["study"], studies_of(met), met["lds"], met.get("ensembled"))
     shown, _ = with_interval(rows, "robust minus natural, top-1", "low", "high", (-1, 1), 3,
                              "robust minus natural, top-1 [95% CI]", "n_seeds")  # fmt: skip
     merged, _ = with_interval(shown, "LDS", "LDS low", "LDS high", (-1, 1), 3, "LDS [95% CI]")
-    columns = ["influence", "setting", "LDS [95% CI]", "robust minus natural, top-1 [95% CI]"]
+    columns = ["influence", "setting", "LDS [95% CI]", "ceiling", "robust minus natural, top-1 [95% CI]"]
+    for r in merged:
+        r["ceiling"] = "-" if r.get("ceiling") is None else f"{r['ceiling']:.3f}"
+    ens = met.get("ensembled")
+    chosen = (f" The last rows average the attribution with {html.escape(ens['chosen_by'])} over {ens['models']} "
+              "fine-tuned models." if ens else "")  # fmt: skip
     return _section(
         "Influence over the fine-tuned block, and which attribution to believe",
         f"<p>{html.escape(' and '.join(LABELS.get(m, m) for m in studies_of(met)))} over the unfrozen block and the "
         f"head, beside the head's closed form. Each row's "
         f"linear datamodeling score (LDS: Spearman, per test image, of the summed influence of a random half of the "
         f"training set with the loss of the fine-tune retrained on it, over {met['lds']['subsets']} retrainings of "
-        f"{html.escape(met['lds_source'])}) says how far its class-match rate can be trusted.</p>",
-        _table(merged, columns, caption="validation first, then the paper's statistic (top-1 class match, "
-               "robust minus natural, per-seed differences)"),  # fmt: skip
+        f"{html.escape(met['lds_source'])}, each retrained {met['lds'].get('repeats', 1)} time(s) and averaged) says "
+        f"how far its class-match rate can be trusted; the ceiling is the LDS a perfect attribution could reach "
+        f"against this ground truth (its split-half reliability, stepped up).{chosen}</p>",
+        _table(
+            merged,
+            columns,
+            caption="validation first, then the paper's statistic (top-1 class match, "
+            "robust minus natural, per-seed differences)",
+        ),  # fmt: skip
         fig(met["figures"]),
     )
 
@@ -306,13 +323,20 @@ def markdown_summary(report: dict) -> str:
         from study.demo.methods import method_rows, studies_of
 
         met = report["methods"]
-        lines += ["", f"| influence | setting | LDS [95% CI], {met['lds_source']}, {met['lds']['subsets']} retrainings | "
-                      "top-1 class match, robust minus natural [95% CI] |", "|---|---|---|---|"]  # fmt: skip
-        for r in method_rows(study, studies_of(met), met["lds"]):
+        ceiling = (met["lds"].get("reliability") or {}).get("ceiling")
+        lines += ["", f"| influence | setting | LDS [95% CI], {met['lds_source']}, {met['lds']['subsets']} subsets x "
+                      f"{met['lds'].get('repeats', 1)} | top-1 class match, robust minus natural [95% CI] |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for r in method_rows(study, studies_of(met), met["lds"], met.get("ensembled")):
             lds = f"{r['LDS']:+.3f} [{r['LDS low']:+.3f}, {r['LDS high']:+.3f}]" if r["LDS"] is not None else "-"
             match = interval_text(r["robust minus natural, top-1"], r["low"], r["high"], r["n_seeds"], 3, (-1, 1),
                                   signed=True)  # fmt: skip
             lines.append(f"| {r['influence']} | {r['setting']} | {lds} | {match} |")
+        if ceiling is not None:
+            lines += ["", f"The LDS ground truth's ceiling (what a perfect attribution could reach): {ceiling:.3f}."]
+        if met.get("ensembled"):
+            lines.append(f"Validated attribution: the ensemble of {met['ensembled']['models']} models, chosen by "
+                         f"{met['ensembled']['chosen_by']}.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

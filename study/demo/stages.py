@@ -50,15 +50,18 @@ class Scale:
     featviz_iterations: int
     lds: int  # retrainings of the methods stage's linear datamodeling score
     methods: tuple[str, ...]  # the methods stage's influence methods over the trainable parameters
+    lds_repeats: int = 1  # retrainings of each LDS subset (its ceiling is measured from 2 on)
+    ensemble: int = 1  # models the methods stage's best attribution is averaged over
     expected_s: dict[str, float] = field(default_factory=dict)  # per stage, measured on 2 cores
 
 
 QUICK = Scale(blocks=(1,), seeds={100: 2, 400: 2}, epochs=8, influence_size=400, rcond="paper,1e-3,exact", test=100,
-              removals=(2, 5, 3), featviz_iterations=60, lds=8, methods=("ekfac",),
+              removals=(2, 5, 3), featviz_iterations=60, lds=8, methods=("ekfac",), lds_repeats=2, ensemble=2,
               expected_s={"transfer": 50, "tables": 8, "influence": 60, "methods": 150, "features": 20,
                           "report": 5})  # fmt: skip
 FULL = Scale(blocks=(0, 1, 3), seeds={100: 3, 400: 3}, epochs=10, influence_size=400, rcond="paper,1e-2,1e-3,1e-4,exact",
-             test=200, removals=(3, 10, 5), featviz_iterations=200, lds=20, methods=("ekfac", "arnoldi"),
+             test=200, removals=(3, 10, 5), featviz_iterations=200, lds=20, methods=("ekfac", "arnoldi"), lds_repeats=3,
+             ensemble=5,
              expected_s={"transfer": 100, "tables": 2, "influence": 180, "methods": 860, "features": 10,
                          "report": 8})  # fmt: skip
 

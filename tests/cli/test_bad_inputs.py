@@ -96,7 +96,7 @@ CASES = [
      "--rcond does not apply to --method ekfac"),
     (["validate-influence", "--run", "{run}", "--out", "{tmp}/v", "--lds", "100000000"],
      "--lds must be an integer in [5, 10000]"),
-    (INF + ["--damping", "weightdecay"], "--damping must be wd or a number, got 'weightdecay'"),
+    (INF + ["--damping", "weightdecay"], "--damping must be wd, source or a number, got 'weightdecay'"),
     (INF + ["--refit-head", "--params", "layer4.1,fc"], "--refit-head applies to the head alone"),
     (["influence-study", "{tmp}", "--size", "100"], "is not a sweep directory"),
     (["influence-study", "{tmp}", "--size", "0"], "--size must be all or an integer >= 1"),

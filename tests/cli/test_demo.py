@@ -49,6 +49,14 @@ def test_the_demo_writes_the_report_from_the_commands_own_files(demo):
     assert sum("Which attribution to believe" in line for line in results["readings"]) == len(lds["scores"])
     summary = (demo / "summary.md").read_text()  # the Markdown summary has the methods table too
     assert summary.count("| EK-FAC, trainable |") == len(ekfac["settings"]) and "LDS [95% CI]" in summary
+    # the ground truth's repeats and ceiling, and the best single-model attribution ensembled over 2 models, scored on
+    # the same retrainings
+    assert lds["repeats"] == 2 and "ceiling" in lds["reliability"]
+    ens = methods["ensembled"]
+    best = max((r for r in lds["scores"] if r["ensemble"] == 1), key=lambda r: r["lds"])
+    assert ens["models"] == 2 and ens["setting"] == best["setting"]
+    assert [r["ensemble"] for r in lds["scores"]].count(2) == 1
+    assert "ensemble of 2" in summary and "Validated attribution" in summary and "ceiling" in summary
     page = (demo / "report.html").read_text()
     # self-contained: every figure the stages list is embedded, nothing is fetched
     figures = [p for stage in ("tables", "influence", "methods", "features") for p in results[stage]["figures"]]

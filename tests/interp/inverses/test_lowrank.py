@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import interp
 from interp.errors import InterpError
 from interp.inverses.lowrank import lowrank_inverse
 
@@ -20,5 +21,24 @@ def test_lowrank_inverse_is_the_exact_damped_inverse_and_keeps_its_eigenpairs_ac
         assert torch.allclose(inv.apply(b[:, 0]), exact[:, 0], rtol=1e-8, atol=1e-8)
     assert inv.info()["nonzero_eigenvalues"] == 6 and inv.rank == 30
     np.testing.assert_allclose(inv.spectrum(), np.linalg.eigvalsh((f.T @ f).numpy()), atol=1e-9)
-    with pytest.raises(InterpError, match="damping > 0"):
-        lowrank_inverse(f, 0.0)
+    pinv = lowrank_inverse(f, 0.0)  # undamped: the pseudo-inverse, the null space dropped
+    assert torch.allclose(pinv.apply(b), torch.linalg.pinv(f.T @ f, hermitian=True) @ b, rtol=1e-8, atol=1e-8)
+    assert pinv.rank == 6 and pinv.dropped_norm_share(b.T) > 0
+    with pytest.raises(InterpError, match="damping"):
+        lowrank_inverse(f, -1.0)
+
+
+def test_a_cut_off_drops_small_directions_and_the_null_space_with_them():
+    g = torch.Generator().manual_seed(1)
+    f = (
+        torch.randn(5, 20, generator=g, dtype=torch.float64)
+        * torch.tensor([10, 1, 1, 0.1, 0.01], dtype=torch.float64)[:, None]
+    )
+    h = f.T @ f
+    for rcond, damping in (("paper", 0.0), ("paper", 1e-3), (1e-3, 1e-2), ("exact", 1e-4)):
+        inv = lowrank_inverse(f, damping, rcond=rcond)
+        dense = interp.pseudo_inverse(h, rcond=rcond, damping=damping, method="eigh")
+        b = torch.randn(20, 3, generator=g, dtype=torch.float64)
+        assert inv.rank == dense.rank, (rcond, damping)
+        assert torch.allclose(inv.apply(b), dense.apply(b), rtol=1e-7, atol=1e-9), (rcond, damping)
+        assert inv.dropped_norm_share(b.T) == pytest.approx(dense.dropped_norm_share(b.T), abs=1e-10)

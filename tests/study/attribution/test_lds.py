@@ -55,7 +55,7 @@ def test_finetune_on_given_indices_records_them(tmp_path):
 def test_validate_influence_reports_lds_for_named_influence_directories(finished_run, influence_out, tmp_path):
     with pytest.raises(UserError, match="--lds"):
         ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), lds=3)
-    with pytest.raises(UserError, match="--lds or --retrain"):
+    with pytest.raises(UserError, match="--lds, --retrain or --pbrf"):
         ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), influence=str(influence_out))
     with pytest.raises(UserError, match="--retrain-workers is for --executor local"):
         ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), lds=5, executor="inline", retrain_workers=2)

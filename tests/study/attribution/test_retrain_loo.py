@@ -22,7 +22,7 @@ def test_pairs_are_the_top_influences_of_the_highest_loss_tests_and_random_other
 
 
 def test_validate_retrain_scores_influence_against_retrained_fine_tunes(finished_run, influence_out, tmp_path):
-    with pytest.raises(UserError, match="--lds or --retrain"):
+    with pytest.raises(UserError, match="--lds, --retrain or --pbrf"):
         ValidateConfig(run=str(finished_run), out=str(tmp_path / "x"), influence=str(influence_out))
     cfg = ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), tests=2, removals=3, random=2, retrain=True,
                          influence=str(influence_out), executor="inline")  # fmt: skip

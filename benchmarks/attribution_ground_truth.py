@@ -1,0 +1,126 @@
+"""The LDS ground truth at the field's size on a laptop, the LDS of single and ensembled attributions against it.
+
+On an embedded 1-block run (``mnist5k-l2 -> digits``, ``--blocks 1``, ``--subset 400``, 10 epochs):
+
+1. Cost of one retraining, today's policy against the one before (channels_last off, per-image augmentation in the
+   loader), the same fine-tune of 200 images timed one after the other in this process's children: the ratio.
+2. Influence over the trainable parameters (EK-FAC, the exact GGN by Woodbury) and the head's closed form, damping
+   ``wd``; EK-FAC and the head also ensembled over K = 2, 5, 10 models (``influence --ensemble K``).
+3. ``validate-influence --lds 100 --repeats 5``: 500 fine-tunes on half the training images (local executor, one
+   worker per core), the ground truth's reliability and ceiling, every directory's LDS with a paired interval
+   against the head, and its wall time against 500 times the old policy's per-model cost.
+
+The LDS values are findings, not targets; the ensembled methods are not chosen by their LDS here, all are shown.
+
+    python benchmarks/attribution_ground_truth.py [--work /tmp/rt-ground-truth] [--subsets 100] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLI = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))"]
+RUN = ["--source", "mnist5k-l2", "--target", "digits", "--blocks", "1", "--epochs", "10", "--no-progress"]
+
+
+def cli(*args) -> float:
+    t = time.perf_counter()
+    subprocess.run([*CLI, *map(str, args)], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default="/tmp/rt-ground-truth")
+    ap.add_argument("--subsets", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ensembles", default="2,5,10")
+    ap.add_argument("--timed", type=int, default=4, help="fine-tunes timed per policy")
+    a = ap.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    run = work / "run"
+    if not (run / "summary.json").exists():
+        cli("finetune", *RUN, "--subset", 400, "--out", run)
+    facts = {"run": str(run), "subsets": a.subsets, "repeats": a.repeats}
+
+    # 1. one retraining, today's policy against the one before (one process each, threads as the executor gives)
+    per = {}
+    for name, flags in (("before", ["--channels-last", "off", "--augment-on", "loader"]), ("now", [])):
+        times = []
+        for k in range(a.timed):
+            out = work / "timed" / f"{name}{k}"
+            subprocess.run(["rm", "-rf", str(out)], check=True)
+            times.append(cli("finetune", *RUN, "--subset", 200, "--seed", 20000000 + k, "--threads", 1, *flags,
+                             "--out", out))  # fmt: skip
+        per[name] = sorted(times)[len(times) // 2]
+    facts["fine_tune_s"] = per
+    facts["speedup_per_model"] = per["before"] / per["now"]
+    print(
+        f"one fine-tune of 200 images (1 thread, median of {a.timed}, process start included): before "
+        f"{per['before']:.2f} s, now {per['now']:.2f} s: {facts['speedup_per_model']:.2f}x",
+        flush=True,
+    )
+
+    # 2. influence directories
+    inf = work / "influence"
+    dirs = {}
+    common = ["--run", run, "--damping", "wd", "--test", 100, "--no-progress"]
+    specs = {"head": ["--rcond", "exact"], "ekfac": ["--params", "trainable", "--method", "ekfac"],
+             "ggn": ["--params", "trainable", "--method", "ggn"]}  # fmt: skip
+    for k in [int(x) for x in a.ensembles.split(",")]:
+        specs[f"head-ens{k}"] = specs["head"] + ["--ensemble", k]
+        specs[f"ekfac-ens{k}"] = specs["ekfac"] + ["--ensemble", k]
+    seconds = {}
+    for name, flags in specs.items():
+        dirs[name] = inf / name
+        if not (dirs[name] / "meta.json").exists():
+            seconds[name] = cli("influence", *common, *flags, "--out", dirs[name])
+            print(f"influence {name}: {seconds[name]:.1f} s", flush=True)
+    facts["influence_s"] = seconds
+
+    # 3. the ground truth and every LDS
+    val = work / "validate"
+    t = cli("validate-influence", "--run", run, "--out", val, "--lds", a.subsets, "--repeats", a.repeats, "--test", 100,
+            "--tests", 2, "--removals", 3, "--random", 2, "--influence", ",".join(map(str, dirs.values())),
+            "--no-progress")  # fmt: skip
+    lds = json.loads((val / "validate.json").read_text())["lds"]
+    n = a.subsets * a.repeats
+    facts["validate_s"] = t
+    facts["estimated_before_s"] = n * per["before"]
+    rel = lds.get("reliability") or {}
+    facts["reliability"] = rel
+    print(f"\nground truth: {a.subsets} subsets x {a.repeats} repeats = {n} fine-tunes; validate-influence took "
+          f"{t / 60:.1f} min (the fine-tunes, the LDS and a head refit check); {n} fine-tunes at the earlier policy's "
+          f"per-model cost: {n * per['before'] / 60:.1f} min", flush=True)  # fmt: skip
+    if rel:
+        print(f"reliability {rel['reliability']:.3f}, ceiling {rel['ceiling']:.3f} "
+              f"[{rel['ceiling_interval'][0]:.3f}, {rel['ceiling_interval'][1]:.3f}]")  # fmt: skip
+    print("\n| attribution | models | LDS [95% CI] | LDS / ceiling | minus the head (paired) [95% CI] |")
+    print("|---|---|---|---|---|")
+    rows = []
+    for r in lds["scores"]:
+        name = Path(r["influence"]).name
+        paired = r.get("paired")
+        p = (
+            f"{paired['difference']:+.3f} [{paired['interval'][0]:+.3f}, {paired['interval'][1]:+.3f}]"
+            if paired
+            else ""
+        )
+        ratio = f"{r['lds_over_ceiling']:.2f}" if r.get("lds_over_ceiling") is not None else ""
+        print(f"| {name} ({r['setting']}) | {r['ensemble']} | {r['lds']:+.3f} [{r['interval'][0]:+.3f}, "
+              f"{r['interval'][1]:+.3f}] | {ratio} | {p} |")  # fmt: skip
+        rows.append({"name": name, **{k: r[k] for k in ("setting", "ensemble", "lds", "interval")},
+                     "lds_over_ceiling": r.get("lds_over_ceiling"), "paired": paired})  # fmt: skip
+    facts["scores"] = rows
+    (work / "facts.json").write_text(json.dumps(facts, indent=2, default=str))
+    print(f"\nwrote {work / 'facts.json'}")
+
+
+if __name__ == "__main__":
+    main()
