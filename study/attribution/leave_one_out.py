@@ -133,17 +133,11 @@ class ValidateConfig(Runtime):
         help="the influence computed here (without --influence): averaged over this many models, as "
         "influence --ensemble (the run's fine-tune repeated with other seeds on the same images)",
     )
-    executor: str = field(
-        default="local",
-        metadata={"help": "--lds/--retrain/--ensemble: where the retrainings run: local (worker processes here: one per GPU, "
-                  "else cores / --threads), inline (this process, one at a time), ray, or a registered executor"},
-    )  # fmt: skip
-    retrain_workers: int | None = field(
-        default=None, metadata={"help": "--executor local: worker processes (default: one per GPU, else per core)"}
-    )
-    address: str | None = field(
-        default=None, metadata={"help": "--executor ray: cluster address (default: a local Ray)"}
-    )
+    executor: str = influence_field(
+        "executor", help="--lds/--retrain/--ensemble: where the retrainings run: local (worker processes here: one per "
+        "GPU, else cores / --threads), inline (this process, one at a time), ray, or a registered executor")
+    retrain_workers: int | None = influence_field("retrain_workers")
+    address: str | None = influence_field("address")
     device: str = field(default="auto", metadata=runtime_help("device", help=(
         "auto, cpu, cuda or cuda:N: where features, influence and the --lds/--retrain retrainings run (the head's "
         "refits run on the CPU whatever it is: thousands of tiny solves)")))  # fmt: skip

@@ -79,7 +79,7 @@ def _rcond_of(directory, label: str) -> str:
 
     for st in InfluenceDir(directory).read().settings:
         if st.get("label") == label:
-            return str(st["rcond"])
+            return str(st.get("rcond_name") or st["rcond"])  # paper / exact by name: their values depend on P
     raise ValueError(f"{directory} has no setting {label!r}")
 
 
