@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +47,11 @@ def ensemble_seeds(seed: int, models: int) -> list[int]:
     return [repeat_seed(seed, k) for k in range(models)]
 
 
-def run_ensemble(cfg: InfluenceConfig, progress: bool = True) -> dict:
-    """Fine-tune the ensemble's other models, compute each model's influence, write their mean to ``cfg.out``;
-    return ``meta``."""
+def run_ensemble(
+    cfg: InfluenceConfig, one_model: Callable[[InfluenceConfig, bool], dict], progress: bool = True
+) -> dict:
+    """Fine-tune the ensemble's other models, compute each model's influence with ``one_model`` (the pipeline's
+    :func:`~study.attribution.pipeline.run_influence`), write their mean to ``cfg.out``; return ``meta``."""
     if cfg.ensemble < 2:
         raise UserError("an ensemble needs --ensemble 2 or more (1 is the run alone: influence without --ensemble)")
     t0 = time.perf_counter()
@@ -67,9 +70,7 @@ def run_ensemble(cfg: InfluenceConfig, progress: bool = True) -> dict:
             path = base / "influence" / member_name(k)
             member = dataclasses.replace(cfg, run=str(model_run), out=str(path), ensemble=1)
             if not up_to_date(path, member):
-                from study.attribution.pipeline import run_influence
-
-                run_influence(member, progress=False)
+                one_model(member, False)
             members.append(path)
         meta = _average(out, [InfluenceDir(p).read() for p in members])
         meta["ensemble"] = {

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 import interp
 from interp import NORMALIZE_HELP, Curvature
 from interp.curvature import device_free_bytes
+from study.attribution.ensemble import run_ensemble
 from study.attribution.head_path import compute_head
 from study.attribution.inputs import load_run, output_bytes, run_dampings, run_identity, run_weight_decay
 from study.attribution.matrices import operators_per_setting, write_matrices, write_streamed_matrices
@@ -41,9 +42,7 @@ def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
     the result is the mean over that many fine-tuned models (:mod:`study.attribution.ensemble`).
     """
     if cfg.ensemble > 1:
-        from study.attribution.ensemble import run_ensemble  # it calls back here, once per model
-
-        return run_ensemble(cfg, progress)
+        return run_ensemble(cfg, run_influence, progress)  # which calls back here once per model
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     settings, model, train, test, idx_train, idx_test = load_run(cfg)
