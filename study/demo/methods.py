@@ -53,6 +53,8 @@ def methods_stage(demo, scale, device: str, natural: str, robust: str, seed0: in
         else:
             flags = ["--params", "trainable", "--method", key, "--damping", "wd"]
         ens = out / "ensembled"
+        if key != "head":  # each ensemble's first model is the run itself, whose directory this stage already has
+            _seed_first_members(out / key, ens, runs)
         demo.run("methods", "influence-study", sweep, *flags, "--ensemble", scale.ensemble, "--out", ens, *cell)
         lds = validate([*dirs, ens / robust / f"s{seed0}"])
         study = json.loads((ens / "study.json").read_text())
@@ -71,6 +73,28 @@ def methods_stage(demo, scale, device: str, natural: str, robust: str, seed0: in
         "lds_source": f"{robust}, seed {seed0}",
         "figures": [str(p.relative_to(demo.root)) for p in [*figures, out / "lds" / "lds.png"]],
     }
+
+
+def _seed_first_members(single, ensembled, runs: dict) -> None:
+    """Copy each run's single-model directory of ``single`` to where the ensemble study keeps its first member
+    (``<source>/s<seed>/ensemble/influence/k00``): the same computation (same run, method and settings), which the
+    ensemble then reuses, as it does any member computed before, after checking its settings and the run's identity."""
+    import shutil
+
+    from study.attribution.ensemble import member_name
+    from study.attribution.store import ENSEMBLE_DIR
+    from transfer.files import MARKER_NAME
+
+    for source, seeds in runs.items():
+        for seed in seeds:
+            src = single / source / f"s{seed}"
+            dst = ensembled / source / f"s{seed}" / ENSEMBLE_DIR / "influence" / member_name(0)
+            if (src / "meta.json").exists() and not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                marker = ensembled / MARKER_NAME  # the directory is the influence-study's that runs next
+                if not marker.exists():
+                    marker.write_text("influence-study\n")
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns("class_match*", "influence_*.png"))
 
 
 def _rcond_of(directory, label: str) -> str:
