@@ -6,6 +6,7 @@ right-hand sides in that range it converges to the minimum-norm (pseudo-inverse)
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable
@@ -146,8 +147,7 @@ class ConjugateGradientInverse(InverseOperator):
         """The same products (and preconditioner, at the new damping) under another damping: nothing recomputed."""
         d = self.damping if damping is None else damping
         pre = self.preconditioner.with_settings(damping=d) if self.preconditioner is not None else None
-        return ConjugateGradientInverse(self.matvec, self.size, d, self.tol, self.max_iter, self.chunk, self.on,
-                                        self.progress, pre, self.method, self.curvature)  # fmt: skip
+        return dataclasses.replace(self, damping=d, preconditioner=pre)  # the counters start again
 
     def info(self) -> dict:
         pre = self.preconditioner.info() if self.preconditioner is not None else None

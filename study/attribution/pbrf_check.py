@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from interp import pbrf_response, pbrf_whitening
 from interp.curvature import as_eval_copy
 from study.attribution.inputs import run_dampings
-from study.attribution.retrain_loo import choose_pairs
+from study.attribution.retrain_loo import choose_pairs, same_test_images, score_pairs
 from study.attribution.settings import DAMPING_RULES
 from transfer.datasets import Subset, Transformed, load_raw_splits
 from transfer.device import resolve_device
@@ -69,10 +69,7 @@ def pbrf_check(run: Path, results: list, tests: int, removals: int, random: int,
     first-order move is 1e-3 of the weights' norm); the loss changes are divided by it, in the units of a removal's
     ``-I[t, j] / n``."""
     first = results[0]
-    idx_test = np.asarray(first["idx_test"])
-    for res in results:
-        if not np.array_equal(np.asarray(res["idx_test"]), idx_test):
-            raise UserError(f"{res.root} has other test images than {first.root}; compute them with the same --test")
+    idx_test = same_test_images(results)
     rd = RunDir(run)
     settings = rd.recorded()
     lam = pbrf_damping(damping, settings)
@@ -119,21 +116,7 @@ def pbrf_check(run: Path, results: list, tests: int, removals: int, random: int,
         actual[j] = (test_losses(theta) - base) / info["epsilon"]
         solves.append(info)
         bar.set_postfix(iterations=info["iterations"], gradient=f"{info['whitened_grad_norm']:.1e}")
-    n = len(indices)
-    per_setting, rows = [], []
-    for res in results:
-        for st in res.settings:
-            inf = np.asarray(res.setting(st["index"])[0])
-            label = f"{Path(res.root).name}: {res.meta.get('inverse', {}).get('method', '?')}, {st.get('label', '')}"
-            predicted = np.array([-inf[t, j] / n for t, j, _ in pairs])
-            real = np.array([actual[j][t] for t, j, _ in pairs])
-            every_predicted = np.concatenate([-inf[:, j] / n for j in removed])
-            every_actual = np.concatenate([actual[j] for j in removed])
-            per_setting.append({"setting": label, "rank_kept": st.get("rank_kept"), "size": st.get("size"),
-                                "predicted": predicted, "actual": real, "n_pairs": len(pairs),
-                                "every_predicted": every_predicted, "every_actual": every_actual})  # fmt: skip
-            rows += [[label, int(idx_test[t]), int(indices[j]), kind, p, a]
-                     for (t, j, kind), p, a in zip(pairs, predicted, real, strict=True)]  # fmt: skip
+    per_setting, rows = score_pairs(results, pairs, actual, len(indices), idx_test, train_ids=indices, every=True)
     reached = {"damping": lam, "damping_rule": damping if damping in DAMPING_RULES else None, "epsilon": epsilon,
                "epsilons": [s["epsilon"] for s in solves],
                "removed": len(removed), "converged": sum(s["converged"] for s in solves),

@@ -49,10 +49,7 @@ def retrained_loo(run: Path, results: list, out: Path, tests: int, removals: int
     its label, size, rank and the ``predicted`` / ``actual`` arrays; CSV rows ``[setting, test_index,
     train_index, kind, predicted, actual]``)."""
     first = results[0]
-    idx_test = np.asarray(first["idx_test"])
-    for res in results:
-        if not np.array_equal(np.asarray(res["idx_test"]), idx_test):
-            raise UserError(f"{res.root} has other test images than {first.root}; compute them with the same --test")
+    idx_test = same_test_images(results)
     settings = RunDir(run).recorded()
     where = data_root or settings.get("data_root")
     labels = np.asarray(first["y_test"])
@@ -66,16 +63,40 @@ def retrained_loo(run: Path, results: list, out: Path, tests: int, removals: int
                          device)  # fmt: skip
     losses = measured(logits, labels, "loss")
     actual = {j: losses[k] - base_loss for k, j in enumerate(removed)}
-    out_rows, per_setting = [], []
+    return score_pairs(results, pairs, actual, n, idx_test)
+
+
+def same_test_images(results: list) -> np.ndarray:
+    """The test indices every influence directory of ``results`` shares; refused where one has others."""
+    first = results[0]
+    idx_test = np.asarray(first["idx_test"])
     for res in results:
-        d = res.root
+        if not np.array_equal(np.asarray(res["idx_test"]), idx_test):
+            raise UserError(f"{res.root} has other test images than {first.root}; compute them with the same --test")
+    return idx_test
+
+
+def score_pairs(results: list, pairs: list[tuple[int, int, str]], actual: dict[int, np.ndarray], n: int,
+                idx_test: np.ndarray, train_ids: np.ndarray | None = None,
+                every: bool = False) -> tuple[list[dict], list[list]]:  # fmt: skip
+    """Every setting of ``results`` beside the measured changes ``actual[j]`` (over all test images) of removing
+    training image ``j``: per setting its label, size, rank and the ``predicted`` (``-I[t, j] / n``) / ``actual``
+    arrays over ``pairs`` (``every``: also over every test image x removed image); and the CSV rows ``[setting,
+    test_index, train_index, kind, predicted, actual]``, ``train_index`` being ``train_ids[j]`` (default: ``j``)."""
+    removed = sorted(actual)
+    rows, per_setting = [], []
+    for res in results:
         for st in res.settings:
             inf = np.asarray(res.setting(st["index"])[0])
-            label = f"{Path(d).name}: {res.meta.get('inverse', {}).get('method', '?')}, {st.get('label', '')}"
+            label = f"{Path(res.root).name}: {res.meta.get('inverse', {}).get('method', '?')}, {st.get('label', '')}"
             predicted = np.array([-inf[t, j] / n for t, j, _ in pairs])
             real = np.array([actual[j][t] for t, j, _ in pairs])
-            per_setting.append({"setting": label, "rank_kept": st.get("rank_kept"), "size": st.get("size"),
-                                "predicted": predicted, "actual": real, "n_pairs": len(pairs)})  # fmt: skip
-            out_rows += [[label, int(idx_test[t]), j, kind, p, a]
-                         for (t, j, kind), p, a in zip(pairs, predicted, real, strict=True)]  # fmt: skip
-    return per_setting, out_rows
+            row = {"setting": label, "rank_kept": st.get("rank_kept"), "size": st.get("size"),
+                   "predicted": predicted, "actual": real, "n_pairs": len(pairs)}  # fmt: skip
+            if every:
+                row["every_predicted"] = np.concatenate([-inf[:, j] / n for j in removed])
+                row["every_actual"] = np.concatenate([actual[j] for j in removed])
+            per_setting.append(row)
+            rows += [[label, int(idx_test[t]), j if train_ids is None else int(train_ids[j]), kind, p, a]
+                     for (t, j, kind), p, a in zip(pairs, predicted, real, strict=True)]  # fmt: skip
+    return per_setting, rows
