@@ -49,6 +49,8 @@ def _validate(args) -> None:
             f"head refitted to the optimum of the regularised objective: gradient norm {fit['grad_norm_before']:.2e} "
             f"-> {fit['grad_norm']:.2e}, moved {fit['relative_move']:.1%} of its norm"
         )
+    elif report.get("note"):
+        print(report["note"])
     elif report.get("pbrf"):
         reached = report["pbrf"]
         print(f"the PBRF: {report['objective']}; {reached['converged']} of {reached['removed']} solves converged "
@@ -90,7 +92,12 @@ def _validate(args) -> None:
                 p = r["paired"]
                 print(f"    minus {p['versus']}: {p['difference']:+.3f} [{p['interval'][0]:+.3f}, "
                       f"{p['interval'][1]:+.3f}] (paired; bootstrap over test images and subsets)")  # fmt: skip
-    print(f"wrote {args.out}/validate.json, validate.csv, validate.png" + (", lds.csv, lds.png" if lds else ""))
+            if r.get("agreement"):
+                a = r["agreement"]
+                print(f"    agreement with the exact result ({a['versus']}): top-{a['k']} overlap "
+                      f"{a['top_k_overlap']:.3f}, Spearman {a['spearman']:.3f} over {a['n_test']} test images")
+    checked = ", validate.csv, validate.png" if report["settings"] else ""
+    print(f"wrote {args.out}/validate.json{checked}" + (", lds.csv, lds.png" if lds else ""))
 
 
 def _class_match(args) -> None:

@@ -30,9 +30,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from study.attribution.inputs import load_run, output_bytes, up_to_date
-from study.attribution.retraining import Retraining, repeat_seed, retrain, run_seed
+from study.attribution.retraining import Retraining, repeat_seed, retraining_jobs, run_seed
 from study.attribution.settings import InfluenceConfig
 from study.attribution.store import ENSEMBLE_DIR, InfluenceDir
+from study.sweeps.jobs import run_jobs
 from transfer.errors import UserError
 
 SAME = ("idx_train", "idx_test", "y_train", "y_test")  # what every member must share for its matrices to be averaged
@@ -47,6 +48,25 @@ def ensemble_seeds(seed: int, models: int) -> list[int]:
     return [repeat_seed(seed, k) for k in range(models)]
 
 
+def member_jobs(cfg: InfluenceConfig) -> list:
+    """The fine-tunes of the ensemble's models k = 1 .. K-1 as jobs of :func:`study.sweeps.jobs.run_jobs`, keyed by
+    their directories (``OUT/ensemble/runs/kNN``)."""
+    run = Path(cfg.run)
+    seeds = ensemble_seeds(run_seed(run), cfg.ensemble)
+    others = [Retraining(member_name(k), seed=seeds[k]) for k in range(1, cfg.ensemble)]
+    jobs = retraining_jobs(run, Path(cfg.out) / ENSEMBLE_DIR / "runs", others, cfg.device)
+    return [(dataclasses.replace(spec, key=str(path)), path) for spec, path in jobs]
+
+
+def fine_tune_members(cfgs: list[InfluenceConfig], progress: bool = True) -> None:
+    """The fine-tunes of several runs' ensembles on one executor (``cfgs[0]``'s), so that its workers start once for
+    all of them (``influence-study --ensemble K``: every run of the cell); each run's :func:`run_ensemble` then finds
+    its models trained."""
+    jobs = [job for cfg in cfgs for job in member_jobs(cfg)]
+    if jobs:
+        run_jobs(jobs, cfgs[0].retrain_executor(), progress=progress, desc="ensemble fine-tunes")
+
+
 def run_ensemble(
     cfg: InfluenceConfig, one_model: Callable[[InfluenceConfig, bool], dict], progress: bool = True
 ) -> dict:
@@ -58,13 +78,13 @@ def run_ensemble(
     run = Path(cfg.run)
     _, _, train, test, _, _ = load_run(cfg)  # the run checked (finished, a fine-tune) before anything starts
     seeds = ensemble_seeds(run_seed(run), cfg.ensemble)
+    jobs = member_jobs(cfg)
     out = InfluenceDir(cfg.out)
     base = out.root / ENSEMBLE_DIR
     n_settings = len(cfg.settings())
     with out.writing(n_settings * output_bytes(len(train), len(test)) * (cfg.ensemble + 1)):
-        others = [Retraining(member_name(k), seed=seeds[k]) for k in range(1, cfg.ensemble)]
-        runs = [run, *retrain(run, base / "runs", others, cfg.device, cfg.retrain_executor, progress,
-                              desc="ensemble fine-tunes")]  # fmt: skip
+        run_jobs(jobs, cfg.retrain_executor(), progress=progress, desc="ensemble fine-tunes")
+        runs = [run, *(path for _, path in jobs)]
         members = []
         for k, model_run in enumerate(tqdm(runs, desc="influence per model", disable=not progress)):
             path = base / "influence" / member_name(k)

@@ -76,13 +76,57 @@ def read_influence_of(run: Path, influence_dirs: list[Path]) -> list:
     return results
 
 
+AGREEMENT_K = 10  # the top-k of the agreement with the exact result (as in benchmarks/influence_methods.py)
+
+
+def exact_references(exact: list) -> list[tuple[str, float, object, dict]]:
+    """``(parameter selection, damping, result, setting)`` of each directory taken as the exact result (read by
+    :func:`read_influence_of`): its setting labelled ``exact`` (``rcond_name``), else its only one."""
+    refs = []
+    for res in exact:
+        named = [st for st in res.settings if st.get("rcond_name") == "exact"]
+        chosen = named[:1] or (res.settings if len(res.settings) == 1 else [])
+        if not chosen:
+            raise UserError(f"--exact {res.root}: it has {len(res.settings)} settings and none labelled exact; give "
+                            "a directory of one setting (e.g. influence --method ggn) or one with --rcond exact")  # fmt: skip
+        st = chosen[0]
+        refs.append((_selection(res.meta), float(st.get("damping") or 0.0), res, st))
+    return refs
+
+
+def agreement(res, st: dict, refs: list, ensemble: int) -> dict | None:
+    """The setting's agreement with the exact result of the same parameters and damping (``refs``: from
+    :func:`exact_references`) on their common test images: :func:`interp.ranking_agreement`'s top-k overlap and
+    per-row Spearman, and which reference. ``None`` when no reference matches, and for an ensemble (an average over
+    models has no single exact counterpart; its first model's own agreement is that of the single-model directory)."""
+    from interp import ranking_agreement
+
+    if ensemble > 1:
+        return None
+    damping = float(st.get("damping") or 0.0)
+    for selection, ref_damping, ref, ref_st in refs:
+        if selection != _selection(res.meta) or not np.isclose(damping, ref_damping, rtol=1e-9, atol=0.0):
+            continue
+        mine, theirs = np.asarray(res["idx_test"]), np.asarray(ref["idx_test"])
+        common, a, b = np.intersect1d(mine, theirs, return_indices=True)
+        if not len(common) or not np.array_equal(np.asarray(res["idx_train"]), np.asarray(ref["idx_train"])):
+            continue
+        approx, exact = np.asarray(res.setting(st["index"])[0])[a], np.asarray(ref.setting(ref_st["index"])[0])[b]
+        agree = ranking_agreement(approx, exact, k=min(AGREEMENT_K, approx.shape[1]))
+        return {"top_k_overlap": agree["top_k_overlap"], "spearman": agree["spearman"], "k": agree["k"],
+                "n_test": int(len(common)), "versus": f"{ref.root}: {ref_st.get('label', '')}"}  # fmt: skip
+    return None
+
+
 def lds_report(run: Path, results: list, out: Path, m: int, repeats: int, target: str, fraction: float, seed: int,
                device: str, data_root: str | None, executor: Callable[[], Executor],
-               progress: bool) -> tuple[dict, dict]:  # fmt: skip
+               progress: bool, exact: list | None = None) -> tuple[dict, dict]:  # fmt: skip
     """The ground truth (``m`` subsets x ``repeats``, on ``executor()``, saved under ``out/ground_truth``), and
     every setting of every influence directory of ``run`` (``results``: from :func:`read_influence_of`) scored
-    against it by ``target``, beside its ceiling, and paired against the first. Returns the report and the figure's
-    data."""
+    against it by ``target``, beside its ceiling, and paired against the first; with ``exact`` (directories read the
+    same way), each setting's agreement with the exact result of its parameters and damping (:func:`agreement`).
+    Returns the report and the figure's data."""
+    refs = exact_references(exact or [])
     if target not in TARGETS:
         raise UserError(f"--target must be one of {', '.join(TARGETS)}; got {target!r}")
     idx_test = np.unique(np.concatenate([np.asarray(res["idx_test"]) for res in results]))
@@ -99,6 +143,8 @@ def lds_report(run: Path, results: list, out: Path, m: int, repeats: int, target
             per, predicted = score(inf, part.chosen, actual, target_sign(target))
             per_other, _ = score(inf, part.chosen, other, target_sign(_other(target)))
             row = _row(res, st, per, per_other, ceiling, target)
+            if refs:
+                row["agreement"] = agreement(res, st, refs, row["ensemble"])
             if reference is None:
                 reference = (row, predicted, part.test_indices)
             elif np.array_equal(part.test_indices, reference[2]):  # paired: the same test images
@@ -114,6 +160,26 @@ def lds_report(run: Path, results: list, out: Path, m: int, repeats: int, target
               "seeds": truth.seeds, "reliability": whole, "ground_truth": str(out / "ground_truth"),
               "definition": " ".join(__doc__.split("\n\n")[1].split()), "scores": rows}  # fmt: skip
     return report, scatter
+
+
+def write_lds_csv(path: Path, report: dict) -> None:
+    """``lds.csv``: a row per scored setting (its LDS and interval, the ceiling, the other target's LDS, the paired
+    difference against the first, and the agreement with the exact result where ``--exact`` gave one)."""
+    from transfer.files import atomic_write_csv
+
+    other = _other(report["target"])
+    header = ["influence", "method", "setting", "params", "ensemble", "target", "lds", "low", "high", "ceiling",
+              "lds_over_ceiling", f"lds_{other}", "paired_versus", "paired_difference", "paired_low", "paired_high",
+              "n_test", "exact_top10_overlap", "exact_spearman"]  # fmt: skip
+    rows = []
+    for r in report["scores"]:
+        paired = r.get("paired")
+        agree = r.get("agreement")
+        rows.append([r["influence"], r["method"], r["setting"], r["params"], r["ensemble"], r["target"], r["lds"],
+                     *r["interval"], r["ceiling"], r["lds_over_ceiling"], r[f"lds_{other}"],
+                     *([paired["versus"], paired["difference"], *paired["interval"]] if paired else ["", "", "", ""]),
+                     r["n_test"], *((agree["top_k_overlap"], agree["spearman"]) if agree else ("", ""))])  # fmt: skip
+    atomic_write_csv(path, header, rows)
 
 
 def _other(target: str) -> str:

@@ -25,7 +25,7 @@ from interp import leave_one_out, refit_head
 from study.attribution import InfluenceConfig, load_run, run_influence, run_weight_decay
 from study.attribution.ground_truth import MAX_RETRAININGS, MIN_SUBSETS
 from study.attribution.inputs import up_to_date
-from study.attribution.lds import lds_figure, lds_report, read_influence_of
+from study.attribution.lds import exact_references, lds_figure, lds_report, read_influence_of, write_lds_csv
 from study.attribution.pbrf_check import pbrf_check
 from study.attribution.retrain_loo import retrained_loo
 from study.attribution.retraining import TARGETS
@@ -74,7 +74,8 @@ class ValidateConfig(Runtime):
 
     run: str = field(metadata={"help": "run directory from robust-transfer finetune"})
     out: str = field(metadata={"help": "directory for validate.json, validate.csv and validate.png"})
-    tests: int = field(default=3, metadata={"help": "test images (the highest-loss ones after the refit)"})
+    tests: int = field(default=3, metadata={"help": "test images (the highest-loss ones after the refit); 0 with --lds: "
+                                            "the LDS only, no leave-one-out check"})
     removals: int = field(default=10, metadata={"help": "most influential training images removed per test image"})
     random: int = field(default=5, metadata={"help": "random training images removed per test image"})
     rcond: str = influence_field("rcond", default=RCOND_VALIDATE, help="cut-offs to compare (as influence --rcond)")
@@ -128,6 +129,13 @@ class ValidateConfig(Runtime):
         metadata={"help": "--lds: comma-separated influence directories of this run to score (any --method and "
                   "--params); default: one computed here (head, the cut-offs of --rcond, damping = weight decay)"},
     )  # fmt: skip
+    exact: str | None = field(
+        default=None,
+        metadata={"help": "--lds: comma-separated influence directories of this run taken as the exact result (e.g. "
+                  "influence --params trainable --method ggn, or the head's with --rcond exact; of several settings "
+                  "the one labelled exact): each scored setting of the same parameters and damping is reported with "
+                  "its agreement with it (top-10 overlap and Spearman per test image)"},
+    )  # fmt: skip
     ensemble: int = influence_field(
         "ensemble",
         help="the influence computed here (without --influence): averaged over this many models, as "
@@ -150,8 +158,8 @@ class ValidateConfig(Runtime):
         return retrain_executor(self)
 
     def __post_init__(self):
-        for name in ("tests", "removals"):
-            v.integer(name, getattr(self, name), low=1)
+        v.integer("tests", self.tests, low=0)
+        v.integer("removals", self.removals, low=1)
         v.integer("random", self.random, low=0)
         v.integer("seed", self.seed, low=0)
         check_executor(self)
@@ -177,8 +185,13 @@ class ValidateConfig(Runtime):
             raise UserError("--pbrf-damping and --pbrf-epsilon are for --pbrf")
         if self.pbrf_epsilon != "auto":
             v.number("pbrf_epsilon", self.pbrf_epsilon, low=0, high=1, low_open=True)
+        if self.tests == 0 and (not self.lds or self.retrain or self.pbrf):
+            raise UserError("--tests 0 skips the leave-one-out check and keeps the LDS alone: give --lds M (and not "
+                            "--retrain or --pbrf, which are checks of removals)")  # fmt: skip
+        if self.exact is not None and not self.lds:
+            raise UserError("--exact names the exact result the --lds scores are compared with; give --lds M")
         pairs = self.tests * (self.removals + self.random)
-        if pairs < MIN_PAIRS:
+        if self.tests and pairs < MIN_PAIRS:
             raise UserError(
                 f"--tests {self.tests} x (--removals {self.removals} + --random {self.random}) = {pairs} removal(s): "
                 f"a correlation needs at least {MIN_PAIRS} (and means little under {FEW_PAIRS}); raise them"
@@ -205,11 +218,17 @@ def validate_influence(cfg: ValidateConfig, progress: bool = True) -> dict:
 
 def _validate(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
     # the named directories are read, and checked to be this run's, before any refit or retraining starts
-    named = read_influence_of(Path(cfg.run), _named_dirs(cfg)) if cfg.influence else None
+    named = read_influence_of(Path(cfg.run), _named_dirs(cfg.influence)) if cfg.influence else None
+    if cfg.exact:
+        exact_references(read_influence_of(Path(cfg.run), _named_dirs(cfg.exact)))
     if cfg.retrain:
         return _validate_retrained(cfg, out, named, progress)
     if cfg.pbrf:
         return _validate_pbrf(cfg, out, named, progress)
+    if cfg.tests == 0:
+        report = {"run": cfg.run, "config": asdict(cfg), "settings": [],
+                  "note": "--tests 0: no leave-one-out check, the linear datamodeling score only"}  # fmt: skip
+        return _finish(cfg, out, report, [], "", named, progress)
     icfg = cfg.influence_config()
     settings, model, train, test, _, _ = load_run(icfg)
     lam = run_weight_decay(settings)
@@ -271,16 +290,20 @@ def _finish(cfg: ValidateConfig, out: Path, report: dict, rows: list, xlabel: st
     """Add the LDS when asked, then write validate.csv, validate.png and validate.json (last)."""
     if cfg.lds:
         report["lds"] = _lds(cfg, out, named, progress)
-    atomic_write_csv(
-        out / "validate.csv", ["setting", "test_index", "train_index", "kind", "predicted", "actual"], rows
-    )
-    atomic_write_figure(out / "validate.png", _figure(rows, report["settings"], xlabel))
+    if rows:
+        atomic_write_csv(
+            out / "validate.csv", ["setting", "test_index", "train_index", "kind", "predicted", "actual"], rows
+        )
+        atomic_write_figure(out / "validate.png", _figure(rows, report["settings"], xlabel))
+    else:  # the LDS alone: no removals to list or plot (an earlier check's files here would read as this one's)
+        for name in ("validate.csv", "validate.png"):
+            (out / name).unlink(missing_ok=True)
     atomic_write_json(out / "validate.json", report)
     return report
 
 
-def _named_dirs(cfg: ValidateConfig) -> list[Path]:
-    return [Path(d.strip()) for d in cfg.influence.split(",") if d.strip()]
+def _named_dirs(text: str) -> list[Path]:
+    return [Path(d.strip()) for d in text.split(",") if d.strip()]
 
 
 def _scored(cfg: ValidateConfig, own: Path, named, progress: bool) -> list:
@@ -344,17 +367,11 @@ def _epsilon(text: str) -> float | str:
 def _lds(cfg: ValidateConfig, out: Path, named, progress: bool) -> dict:
     """The linear datamodeling score of the named influence directories (or of one computed here)."""
     results = _scored(cfg, out / "lds" / "influence", named, progress)
+    exact = read_influence_of(Path(cfg.run), _named_dirs(cfg.exact)) if cfg.exact else None
     report, scatter = lds_report(Path(cfg.run), results, out / "lds", cfg.lds, cfg.repeats, cfg.target, cfg.fraction,
-                                 cfg.seed, cfg.device, cfg.data_root, cfg.retrain_executor, progress)  # fmt: skip
-    other = "margin" if cfg.target == "loss" else "loss"
-    atomic_write_csv(out / "lds.csv", ["influence", "method", "setting", "params", "ensemble", "target", "lds", "low",
-                                       "high", "ceiling", "lds_over_ceiling", f"lds_{other}", "paired_versus",
-                                       "paired_difference", "paired_low", "paired_high", "n_test"],
-                     [[r["influence"], r["method"], r["setting"], r["params"], r["ensemble"], r["target"], r["lds"],
-                       *r["interval"], r["ceiling"], r["lds_over_ceiling"], r[f"lds_{other}"],
-                       *([r["paired"]["versus"], r["paired"]["difference"], *r["paired"]["interval"]]
-                         if "paired" in r else ["", "", "", ""]), r["n_test"]]
-                      for r in report["scores"]])  # fmt: skip
+                                 cfg.seed, cfg.device, cfg.data_root, cfg.retrain_executor, progress,
+                                 exact)  # fmt: skip
+    write_lds_csv(out / "lds.csv", report)
     atomic_write_figure(out / "lds.png", lds_figure(scatter, cfg.target))
     return report
 

@@ -27,6 +27,7 @@ from interp import INVERSES
 from interp.inverses import FISHER_DEFAULT
 from study.attribution import InfluenceConfig, run_influence
 from study.attribution.class_match import class_match_report
+from study.attribution.ensemble import fine_tune_members
 from study.attribution.inputs import up_to_date
 from study.attribution.settings import EXECUTION, RCOND_STUDY, RUN_DATA_ROOT, SHARED, influence_field
 from study.attribution.store import DERIVED
@@ -176,12 +177,15 @@ def run_influence_study(cfg: InfluenceStudyConfig, progress: bool = True, rows: 
 def _influence_dirs(cfg, runs, seeds, out: Path, names: dict[str, str], progress: bool) -> dict[tuple[str, int], Path]:
     dirs = {}
     todo = [(source, seed) for source in sorted(runs) for seed in seeds]
-    for source, seed in tqdm(todo, desc="influence per run", disable=not progress):
-        path = out / names[source] / f"s{seed}"  # a directory name, also for a source given as a path
-        icfg = cfg.influence_config(str(runs[source][seed]), str(path))
-        if not up_to_date(path, icfg):
-            run_influence(icfg, progress=False)
-        dirs[(source, seed)] = path
+    cfgs = {(source, seed): cfg.influence_config(str(runs[source][seed]), str(out / names[source] / f"s{seed}"))
+            for source, seed in todo}  # a directory name, also for a source given as a path  # fmt: skip
+    stale = {key: c for key, c in cfgs.items() if not up_to_date(Path(c.out), c)}
+    if cfg.ensemble > 1:  # every run's extra models on one executor, its workers started once
+        fine_tune_members(list(stale.values()), progress)
+    for key in tqdm(todo, desc="influence per run", disable=not progress):
+        if key in stale:
+            run_influence(stale[key], progress=False)
+        dirs[key] = Path(cfgs[key].out)
     return dirs
 
 

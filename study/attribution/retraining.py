@@ -52,10 +52,9 @@ def run_seed(run: Path) -> int:
     return int(RunDir(run).recorded()["seed"])
 
 
-def retrain(run: Path, out: Path, retrainings: Sequence[Retraining], device: str, executor: Callable[[], Executor],
-            progress: bool, desc: str = "retrainings") -> list[Path]:  # fmt: skip
-    """Every retraining as the run directory ``out/<name>`` on the executor ``executor()`` makes; returns the
-    directories in the order given."""
+def retraining_jobs(run: Path, out: Path, retrainings: Sequence[Retraining], device: str) -> list[tuple[RunSpec, Path]]:
+    """Every retraining as a job ``(spec, out/<name>)`` of :func:`study.sweeps.jobs.run_jobs`, made from the run's
+    recorded settings; each job's settings are checked before any starts."""
     settings = RunDir(run).recorded()
     run_indices = np.asarray(json.loads((run / "subset.json").read_text())["indices"], dtype=np.int64)
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
@@ -67,8 +66,16 @@ def retrain(run: Path, out: Path, retrainings: Sequence[Retraining], device: str
         job = base | {"subset": str(len(positions)), "epochs": str(epochs), "eval_every": str(epochs), "device": device}
         if r.seed is not None:
             job["seed"] = int(r.seed)
-        FinetuneConfig(**job)  # every job's settings checked before any starts
+        FinetuneConfig(**job)
         jobs.append((RunSpec(r.name, job, tuple(int(i) for i in run_indices[positions])), out / r.name))
+    return jobs
+
+
+def retrain(run: Path, out: Path, retrainings: Sequence[Retraining], device: str, executor: Callable[[], Executor],
+            progress: bool, desc: str = "retrainings") -> list[Path]:  # fmt: skip
+    """Every retraining as the run directory ``out/<name>`` on the executor ``executor()`` makes; returns the
+    directories in the order given."""
+    jobs = retraining_jobs(run, out, retrainings, device)
     run_jobs(jobs, executor(), progress=progress, desc=desc)
     return [d for _, d in jobs]
 

@@ -70,7 +70,7 @@ def readings(report: dict) -> list[str]:
         from study.demo.methods import method_readings, method_rows, studies_of
 
         met = report["methods"]
-        rows = method_rows(inf["study"], studies_of(met), met["lds"], met.get("ensembled"))
+        rows = method_rows(inf["study"], studies_of(met), met["lds"], met.get("ensembled"), met.get("labels"))
         repeats = met["lds"].get("repeats", 1)
         first = (f"Which attribution to believe (linear datamodeling score, LDS, over {met['lds']['subsets']} "
                  f"subsets of half the training images, each retrained {repeats} time(s); 0 = no prediction, 1 = a "
@@ -262,28 +262,36 @@ def render(report: dict, root: Path) -> str:
 
 def _methods_section(report: dict, fig) -> str:
     """Class match robust vs natural per method and setting, with that attribution's LDS beside it."""
-    from study.demo.methods import LABELS, method_rows, studies_of
+    from study.demo.methods import label, method_rows, studies_of
 
     met = report["methods"]
-    rows = method_rows(report["influence"]["study"], studies_of(met), met["lds"], met.get("ensembled"))
+    labels = met.get("labels") or {}
+    rows = method_rows(report["influence"]["study"], studies_of(met), met["lds"], met.get("ensembled"), labels)
     shown, _ = with_interval(rows, "robust minus natural, top-1", "low", "high", (-1, 1), 3,
                              "robust minus natural, top-1 [95% CI]", "n_seeds")  # fmt: skip
     merged, _ = with_interval(shown, "LDS", "LDS low", "LDS high", (-1, 1), 3, "LDS [95% CI]")
-    columns = ["influence", "setting", "LDS [95% CI]", "ceiling", "robust minus natural, top-1 [95% CI]"]
+    columns = ["influence", "setting", "LDS [95% CI]", "ceiling", "exact top-10", "robust minus natural, top-1 [95% CI]"]  # fmt: skip
     for r in merged:
         r["ceiling"] = "-" if r.get("ceiling") is None else f"{r['ceiling']:.3f}"
+        r["exact top-10"] = "-" if r.get("exact top-10") is None else f"{r['exact top-10']:.2f}"
+    exact = met.get("exact") or {}
+    reference = (f" The exact top-10 column is each row's top-10 overlap with the exact result of its parameters (per "
+                 f"test image, averaged): for the head, {html.escape(exact.get('head', '-'))}; for the block, "
+                 f"{html.escape(exact.get('block', '-'))}; an ensemble has no single exact counterpart." if exact
+                 else "")  # fmt: skip
     ens = met.get("ensembled")
     chosen = (f" The last rows average the attribution with {html.escape(ens['chosen_by'])} over {ens['models']} "
               "fine-tuned models." if ens else "")  # fmt: skip
     return _section(
         "Influence over the fine-tuned block, and which attribution to believe",
-        f"<p>{html.escape(' and '.join(LABELS.get(m, m) for m in studies_of(met)))} over the unfrozen block and the "
+        f"<p>{html.escape(' and '.join(labels.get(m) or label(m) for m in studies_of(met)))} over the unfrozen block "
+        f"and the "
         f"head, beside the head's closed form. Each row's "
         f"linear datamodeling score (LDS: Spearman, per test image, of the summed influence of a random half of the "
         f"training set with the loss of the fine-tune retrained on it, over {met['lds']['subsets']} retrainings of "
         f"{html.escape(met['lds_source'])}, each retrained {met['lds'].get('repeats', 1)} time(s) and averaged) says "
         f"how far its class-match rate can be trusted; the ceiling is the LDS a perfect attribution could reach "
-        f"against this ground truth (its split-half reliability, stepped up).{chosen}</p>",
+        f"against this ground truth (its split-half reliability, stepped up).{reference}{chosen}</p>",
         _table(
             merged,
             columns,
@@ -325,15 +333,18 @@ def markdown_summary(report: dict) -> str:
         met = report["methods"]
         ceiling = (met["lds"].get("reliability") or {}).get("ceiling")
         lines += ["", f"| influence | setting | LDS [95% CI], {met['lds_source']}, {met['lds']['subsets']} subsets x "
-                      f"{met['lds'].get('repeats', 1)} | top-1 class match, robust minus natural [95% CI] |",
-                  "|---|---|---|---|"]  # fmt: skip
-        for r in method_rows(study, studies_of(met), met["lds"], met.get("ensembled")):
+                      f"{met['lds'].get('repeats', 1)} | top-10 overlap with the exact result | top-1 class match, "
+                      "robust minus natural [95% CI] |", "|---|---|---|---|---|"]  # fmt: skip
+        for r in method_rows(study, studies_of(met), met["lds"], met.get("ensembled"), met.get("labels")):
             lds = f"{r['LDS']:+.3f} [{r['LDS low']:+.3f}, {r['LDS high']:+.3f}]" if r["LDS"] is not None else "-"
+            exact = "-" if r.get("exact top-10") is None else f"{r['exact top-10']:.2f}"
             match = interval_text(r["robust minus natural, top-1"], r["low"], r["high"], r["n_seeds"], 3, (-1, 1),
                                   signed=True)  # fmt: skip
-            lines.append(f"| {r['influence']} | {r['setting']} | {lds} | {match} |")
+            lines.append(f"| {r['influence']} | {r['setting']} | {lds} | {exact} | {match} |")
         if ceiling is not None:
             lines += ["", f"The LDS ground truth's ceiling (what a perfect attribution could reach): {ceiling:.3f}."]
+        if met.get("exact"):
+            lines.append(f"Exact results: the head's, {met['exact']['head']}; the block's, {met['exact']['block']}.")
         if met.get("ensembled"):
             lines.append(f"Validated attribution: the ensemble of {met['ensembled']['models']} models, chosen by "
                          f"{met['ensembled']['chosen_by']}.")  # fmt: skip

@@ -2,8 +2,8 @@
 the linear datamodeling score and of leave-one-out.
 
 Each job is an ordinary run directory, so what makes a sweep resumable holds here too: the same call
-after any kill keeps the finished runs (their settings checked), continues the interrupted ones from their
-``state.pt`` and starts the rest. A worker that dies is retried up to ``max_attempts`` times; a run that
+after any kill keeps the finished runs (their settings checked, in this process: no worker is started for a run
+that is already done), continues the interrupted ones from their ``state.pt`` and starts the rest. A worker that dies is retried up to ``max_attempts`` times; a run that
 fails stops the whole call with its error once the others in flight have ended.
 """
 
@@ -26,13 +26,12 @@ def run_jobs(jobs: list[tuple[RunSpec, Path]], executor: Executor, progress: boo
     keys = [spec.key for spec, _ in jobs]
     if len(set(keys)) != len(keys):
         raise ValueError("run_jobs: job keys must be unique")
-    pending = list(jobs)
+    done, errors = _finished_before(jobs)
+    pending = [job for job in jobs if job[0].key not in done]
     attempts: dict[str, int] = {}
     in_flight: dict[str, tuple[RunSpec, Path]] = {}
-    done: dict[str, dict] = {}
-    errors: list[str] = []
-    bar = tqdm(total=len(jobs), desc=f"{desc} [{executor.description}]", unit="run", disable=not progress,
-               dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(total=len(jobs), initial=len(done), desc=f"{desc} [{executor.description}]", unit="run",
+               disable=not progress, dynamic_ncols=True)  # fmt: skip
     try:
         while pending or in_flight:
             while pending and len(in_flight) < executor.slots and not errors:
@@ -58,3 +57,21 @@ def run_jobs(jobs: list[tuple[RunSpec, Path]], executor: Executor, progress: boo
         raise UserError(f"{len(errors)} of {len(jobs)} {desc} failed; first: {errors[0]}. Fix the cause and run the "
                         "same command again: finished runs are kept")  # fmt: skip
     return {k: done[k] for k in keys}
+
+
+def _finished_before(jobs: list[tuple[RunSpec, Path]]) -> tuple[dict[str, dict], list[str]]:
+    """The summaries of the jobs whose run directory finished before, each read as a worker would (its recorded
+    settings compared with the job's: a mismatch is an error), here: starting workers only to learn that
+    everything is done costs seconds a run on a CPU."""
+    from study.sweeps.worker import execute_run
+
+    done, errors = {}, []
+    for spec, run_dir in jobs:
+        if not (Path(run_dir) / "summary.json").exists():
+            continue
+        result = execute_run(spec.settings, run_dir, None if spec.indices is None else list(spec.indices))
+        if result["summary"] is not None:
+            done[spec.key] = result["summary"]
+        else:
+            errors.append(f"{spec.key} ({run_dir}): {result['error']}")
+    return done, errors

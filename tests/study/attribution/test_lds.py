@@ -131,3 +131,43 @@ def test_the_retrainings_run_where_the_runtime_default_puts_them(finished_run, t
     """--device defaults to auto (a GPU where there is one) for features, influence and retrainings; only the
     head's refits move to the CPU, whatever the device."""
     assert ValidateConfig(run=str(finished_run), out=str(tmp_path / "v")).device == "auto"
+
+
+def test_the_lds_alone_with_each_setting_agreement_with_the_exact_result(finished_run, influence_out, tmp_path):
+    import csv
+
+    from interp import ranking_agreement
+    from study.attribution import InfluenceConfig, run_influence
+    from study.attribution.store import InfluenceDir
+
+    with pytest.raises(UserError, match="--tests 0"):
+        ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), tests=0)
+    with pytest.raises(UserError, match="--exact"):
+        ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), exact=str(influence_out))
+    both = tmp_path / "both"
+    run_influence(InfluenceConfig(run=str(finished_run), out=str(both), rcond="paper,exact", test="30", device="cpu"),
+                  progress=False)  # fmt: skip
+    cut = tmp_path / "cut"  # two settings, neither exact: no reference to take
+    run_influence(InfluenceConfig(run=str(finished_run), out=str(cut), rcond="paper,1e-3", test="30", device="cpu"),
+                  progress=False)  # fmt: skip
+    cfg = ValidateConfig(run=str(finished_run), out=str(tmp_path / "bad"), tests=0, lds=5, executor="inline",
+                         influence=str(both), exact=str(cut), device="cpu")  # fmt: skip
+    with pytest.raises(UserError, match="none labelled exact"):
+        validate_influence(cfg, progress=False)
+    assert not (tmp_path / "bad" / "lds").exists()  # refused before any retraining
+    out = tmp_path / "v"
+    cfg = ValidateConfig(run=str(finished_run), out=str(out), tests=0, lds=5, executor="inline", influence=str(both),
+                         exact=str(both), device="cpu")  # fmt: skip
+    report = validate_influence(cfg, progress=False)
+    assert report["settings"] == [] and "refit" not in report
+    assert not (out / "validate.csv").exists() and not (out / "validate.png").exists()
+    paper, exact = report["lds"]["scores"]
+    assert exact["agreement"]["top_k_overlap"] == 1.0 and exact["agreement"]["spearman"] == pytest.approx(1.0)
+    res = InfluenceDir(both).read()
+    direct = ranking_agreement(np.asarray(res.setting(0)[0]), np.asarray(res.setting(1)[0]), k=10)
+    assert paper["agreement"]["top_k_overlap"] == pytest.approx(direct["top_k_overlap"])
+    assert paper["agreement"]["spearman"] == pytest.approx(direct["spearman"])
+    assert paper["agreement"]["versus"].endswith("rcond=exact damping=0")
+    with open(out / "lds.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["exact_top10_overlap"]) for r in rows] == [paper["agreement"]["top_k_overlap"], 1.0]

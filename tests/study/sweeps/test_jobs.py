@@ -81,6 +81,8 @@ def test_executors_train_on_the_given_indices_and_keep_finished_runs(tmp_path, n
     before = (tmp_path / "m0" / "summary.json").stat().st_mtime_ns
     assert run_jobs(jobs, InlineExecutor(), progress=False) == summaries  # finished: returned, not redone
     assert (tmp_path / "m0" / "summary.json").stat().st_mtime_ns == before
+    idle = Dying({})  # finished runs are read in this process: no run goes to an executor (no worker starts)
+    assert run_jobs(jobs, idle, progress=False) == summaries and idle.submitted == [] and idle.closed
     other = [(RunSpec("m0", SETTINGS, tuple(np.add(idx, 1).tolist())), tmp_path / "m0")]
     with pytest.raises(UserError, match="settings differ"):
         run_jobs(other, InlineExecutor(), progress=False)
