@@ -3,7 +3,8 @@
 On an embedded 1-block run (``mnist5k-l2 -> digits``, ``--blocks 1``, ``--subset 400``, 10 epochs):
 
 1. Cost of one retraining, today's policy against the one before (channels_last off, per-image augmentation in the
-   loader), the same fine-tune of 200 images timed one after the other in this process's children: the ratio.
+   loader), the same fine-tune of 200 images timed one after the other: in fresh processes (process start included)
+   and inside one process, as a worker of the local executor runs them (torch imported once): the ratios.
 2. Influence over the trainable parameters (EK-FAC, the exact GGN by Woodbury) and the head's closed form, damping
    ``wd``; EK-FAC and the head also ensembled over K = 2, 5, 10 models (``influence --ensemble K``).
 3. ``validate-influence --lds 100 --repeats 5``: 500 fine-tunes on half the training images (local executor, one
@@ -13,6 +14,7 @@ On an embedded 1-block run (``mnist5k-l2 -> digits``, ``--blocks 1``, ``--subset
 The LDS values are findings, not targets; the ensembled methods are not chosen by their LDS here, all are shown.
 
     python benchmarks/attribution_ground_truth.py [--work /tmp/rt-ground-truth] [--subsets 100] [--repeats 5]
+    python benchmarks/attribution_ground_truth.py --timing-only     # part 1 alone (about a minute)
 """
 
 from __future__ import annotations
@@ -25,6 +27,22 @@ import time
 from pathlib import Path
 
 CLI = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))"]
+# N fine-tunes of 200 images one after the other in one process of one thread, as a local executor's worker runs them
+IN_PROCESS = """
+import json, shutil, sys, time
+import torch
+torch.set_num_threads(1)
+from transfer.finetune import FinetuneConfig, finetune
+out, n, flags = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+times = []
+for k in range(n):
+    shutil.rmtree(f"{out}/{k}", ignore_errors=True)
+    t = time.perf_counter()
+    finetune(FinetuneConfig(source="mnist5k-l2", target="digits", blocks="1", subset="200", epochs="10",
+                            eval_every="10", seed=20000000 + k, device="cpu", **flags), f"{out}/{k}", progress=False)
+    times.append(time.perf_counter() - t)
+print(json.dumps(times))
+"""
 RUN = ["--source", "mnist5k-l2", "--target", "digits", "--blocks", "1", "--epochs", "10", "--no-progress"]
 
 
@@ -41,6 +59,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ensembles", default="2,5,10")
     ap.add_argument("--timed", type=int, default=4, help="fine-tunes timed per policy")
+    ap.add_argument("--timing-only", action="store_true", help="part 1 alone")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -66,6 +85,22 @@ def main() -> None:
         f"{per['before']:.2f} s, now {per['now']:.2f} s: {facts['speedup_per_model']:.2f}x",
         flush=True,
     )
+    inside = {}
+    for name, flags in (("before", {"channels_last": "off", "augment_on": "loader"}), ("now", {})):
+        done = subprocess.run([sys.executable, "-c", IN_PROCESS, str(work / "in-process" / name), str(a.timed + 1),
+                               json.dumps(flags)], check=True, capture_output=True, text=True)  # fmt: skip
+        times = json.loads(done.stdout.strip().splitlines()[-1])[1:]  # the first pays for the first-call warm-up
+        inside[name] = sorted(times)[len(times) // 2]
+    facts["fine_tune_in_process_s"] = inside
+    facts["speedup_in_process"] = inside["before"] / inside["now"]
+    print(
+        f"the same inside one process (as a worker runs them, median of {a.timed} after one warm-up): before "
+        f"{inside['before']:.2f} s, now {inside['now']:.2f} s: {facts['speedup_in_process']:.2f}x",
+        flush=True,
+    )
+    if a.timing_only:
+        (work / "facts.json").write_text(json.dumps(facts, indent=2, default=str))
+        return
 
     # 2. influence directories
     inf = work / "influence"

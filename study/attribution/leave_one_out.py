@@ -230,7 +230,7 @@ def _validate(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
                   "note": "--tests 0: no leave-one-out check, the linear datamodeling score only"}  # fmt: skip
         return _finish(cfg, out, report, [], "", named, progress)
     icfg = cfg.influence_config()
-    settings, model, train, test, _, _ = load_run(icfg)
+    settings, model, train, test, idx_train, idx_test = load_run(icfg)
     lam = run_weight_decay(settings)
     model = model.to(resolve_device(cfg.device)).eval()
     head = classifier(model)
@@ -273,7 +273,8 @@ def _validate(cfg: ValidateConfig, out: Path, progress: bool) -> dict:
             "setting": label, "rank_kept": res["inverse"].rank, "size": res["inverse"].size,
             **correlations(predicted, actual), "n_pairs": len(pairs),
         })  # fmt: skip
-        rows += [[label, t, j, kind, p, a] for (_, t, j, kind), p, a in zip(pairs, predicted, actual, strict=True)]
+        rows += [[label, int(idx_test[t]), int(idx_train[j]), kind, p, a]  # dataset indices, as every check writes
+                 for (_, t, j, kind), p, a in zip(pairs, predicted, actual, strict=True)]  # fmt: skip
     report = {
         "run": cfg.run,
         "config": asdict(cfg),

@@ -82,7 +82,9 @@ def score_pairs(results: list, pairs: list[tuple[int, int, str]], actual: dict[i
     """Every setting of ``results`` beside the measured changes ``actual[j]`` (over all test images) of removing
     training image ``j``: per setting its label, size, rank and the ``predicted`` (``-I[t, j] / n``) / ``actual``
     arrays over ``pairs`` (``every``: also over every test image x removed image); and the CSV rows ``[setting,
-    test_index, train_index, kind, predicted, actual]``, ``train_index`` being ``train_ids[j]`` (default: ``j``)."""
+    test_index, train_index, kind, predicted, actual]`` in dataset indices (``idx_test[t]`` and ``train_ids[j]``,
+    by default the first directory's ``idx_train``), as the head's leave-one-out check writes them."""
+    train_ids = np.asarray(results[0]["idx_train"]) if train_ids is None else np.asarray(train_ids)
     removed = sorted(actual)
     rows, per_setting = [], []
     for res in results:
@@ -97,6 +99,6 @@ def score_pairs(results: list, pairs: list[tuple[int, int, str]], actual: dict[i
                 row["every_predicted"] = np.concatenate([-inf[:, j] / n for j in removed])
                 row["every_actual"] = np.concatenate([actual[j] for j in removed])
             per_setting.append(row)
-            rows += [[label, int(idx_test[t]), j if train_ids is None else int(train_ids[j]), kind, p, a]
+            rows += [[label, int(idx_test[t]), int(train_ids[j]), kind, p, a]
                      for (t, j, kind), p, a in zip(pairs, predicted, real, strict=True)]  # fmt: skip
     return per_setting, rows

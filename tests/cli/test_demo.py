@@ -48,7 +48,16 @@ def test_the_demo_writes_the_report_from_the_commands_own_files(demo):
     assert methods["lds"]["scores"] == lds["scores"] and {r["method"] for r in lds["scores"]} >= {"ekfac"}
     assert sum("Which attribution to believe" in line for line in results["readings"]) == len(lds["scores"])
     summary = (demo / "summary.md").read_text()  # the Markdown summary has the methods table too
-    assert summary.count("| EK-FAC, trainable |") == len(ekfac["settings"]) and "LDS [95% CI]" in summary
+    label = methods["labels"]["ekfac"]  # the quick demo's EK-FAC samples its Fisher's labels, and says so
+    assert label.startswith("EK-FAC (MC Fisher") and ekfac["config"]["options"]["fisher"] == "mc"
+    assert summary.count(f"| {label} |") == len(ekfac["settings"]) and "LDS [95% CI]" in summary
+    # each head row's agreement with the head's exact cut-off (1 at that cut-off itself); none for the block's in the
+    # quick demo (its exact GGN is not computed there) or for an ensemble
+    head_rows = [r for r in lds["scores"] if r["params"] == "head"]
+    assert head_rows and all(r["agreement"]["k"] == 10 for r in head_rows)
+    assert [r["agreement"]["top_k_overlap"] for r in head_rows if "exact" in r["setting"]] == [1.0]
+    assert all(r["agreement"] is None for r in lds["scores"] if r["params"] != "head")
+    assert "top-10 overlap with the exact result" in summary and "not computed in the quick demo" in summary
     # the ground truth's repeats and ceiling, and the best single-model attribution ensembled over 2 models, scored on
     # the same retrainings
     assert lds["repeats"] == 2 and "ceiling" in lds["reliability"]

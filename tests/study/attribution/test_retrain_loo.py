@@ -39,11 +39,16 @@ def test_validate_retrain_scores_influence_against_retrained_fine_tunes(finished
     idx_test = np.asarray(res["idx_test"])
     row = rows[0]
     t = int(np.flatnonzero(idx_test == int(row["test_index"]))[0])
-    removed = sorted({int(r["train_index"]) for r in rows})
-    retrained = runs[removed.index(int(row["train_index"]))]
+    idx_train = np.asarray(res["idx_train"])  # validate.csv holds dataset indices: back to positions in the run
+
+    def position(r):
+        return int(np.flatnonzero(idx_train == int(r["train_index"]))[0])
+
+    removed = sorted({position(r) for r in rows})
+    retrained = runs[removed.index(position(row))]
     target = RunDir(finished_run).recorded()["target"]
     base, again = measured(logits_of([finished_run, retrained], target, None, idx_test, "cpu"), res["y_test"], "loss")
     assert float(row["actual"]) == pytest.approx(again[t] - base[t], rel=1e-9, abs=1e-12)
     n = len(res["y_train"])
-    assert float(row["predicted"]) == pytest.approx(-res["influence_test"][t, int(row["train_index"])] / n)
+    assert float(row["predicted"]) == pytest.approx(-res["influence_test"][t, position(row)] / n)
     assert (tmp_path / "v" / "validate.png").exists()
