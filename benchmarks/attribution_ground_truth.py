@@ -52,6 +52,13 @@ def cli(*args) -> float:
     return time.perf_counter() - t
 
 
+def _ratio(seconds: dict, what: str) -> float:
+    """Print and return ``before / now``."""
+    ratio = seconds["before"] / seconds["now"]
+    print(f"{what}: before {seconds['before']:.2f} s, now {seconds['now']:.2f} s: {ratio:.2f}x", flush=True)
+    return ratio
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/rt-ground-truth")
@@ -79,12 +86,8 @@ def main() -> None:
                              "--out", out))  # fmt: skip
         per[name] = sorted(times)[len(times) // 2]
     facts["fine_tune_s"] = per
-    facts["speedup_per_model"] = per["before"] / per["now"]
-    print(
-        f"one fine-tune of 200 images (1 thread, median of {a.timed}, process start included): before "
-        f"{per['before']:.2f} s, now {per['now']:.2f} s: {facts['speedup_per_model']:.2f}x",
-        flush=True,
-    )
+    facts["speedup_per_model"] = _ratio(per, f"one fine-tune of 200 images (1 thread, median of {a.timed}, process "
+                                        "start included)")  # fmt: skip
     inside = {}
     for name, flags in (("before", {"channels_last": "off", "augment_on": "loader"}), ("now", {})):
         done = subprocess.run([sys.executable, "-c", IN_PROCESS, str(work / "in-process" / name), str(a.timed + 1),
@@ -92,12 +95,8 @@ def main() -> None:
         times = json.loads(done.stdout.strip().splitlines()[-1])[1:]  # the first pays for the first-call warm-up
         inside[name] = sorted(times)[len(times) // 2]
     facts["fine_tune_in_process_s"] = inside
-    facts["speedup_in_process"] = inside["before"] / inside["now"]
-    print(
-        f"the same inside one process (as a worker runs them, median of {a.timed} after one warm-up): before "
-        f"{inside['before']:.2f} s, now {inside['now']:.2f} s: {facts['speedup_in_process']:.2f}x",
-        flush=True,
-    )
+    facts["speedup_in_process"] = _ratio(inside, f"the same inside one process (as a worker runs them, median of "
+                                         f"{a.timed} after one warm-up)")  # fmt: skip
     if a.timing_only:
         (work / "facts.json").write_text(json.dumps(facts, indent=2, default=str))
         return

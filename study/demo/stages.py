@@ -116,7 +116,7 @@ class Demo:
             code = self.run_command(argv)
             print(f"# exit {code} after {time.perf_counter() - started:.1f} s", flush=True)
         if code != 0:
-            tail = log.read_text().strip().splitlines()[-1:]
+            tail = [t for t in log.read_text().strip().splitlines() if not t.startswith("# exit ")][-1:]
             raise UserError(f"demo stage {stage}: `{line}` failed ({tail[0] if tail else code}); see {log}")
 
     def stage_file(self, name: str) -> Path:
