@@ -3,13 +3,13 @@ the head, each with its LDS, its agreement with the exact result, and the best o
 
 Runs ordinary commands: per method of the scale, ``influence-study`` of the same cell as the influence stage
 with ``--params trainable --method M --damping wd`` (the unfrozen block and the head; the quick demo's EK-FAC with
-``--fisher mc``, one sampled label per image, kronfluence's default, about twice as fast here), then
+``--fisher mc``, one sampled label per image, kronfluence's default, 1.7x faster here with the same LDS to 0.005), then
 ``validate-influence --lds M --repeats R --tests 0`` on the robust source's seed-0 run, scoring the head's directory
 (every cut-off of the influence stage) and each method's, with ``--exact``: the head's own exact cut-off for the
 head's rows and, in the full demo, the exact GGN over the block (``influence --method ggn``, Woodbury; 80 s and 8 GB
-for the 400-image run on 2 cores, so not in the quick demo) for the block's. The attribution with the highest LDS there is then computed for
-every run of the cell averaged over ``K`` fine-tuned models (``influence-study --ensemble K``) and scored on the same
-ground truth (its retrainings reused). It was chosen by its LDS on that same ground truth, so its own LDS is read as
+for the 400-image run on 2 cores, so not in the quick demo) for the block's. The attribution with the highest LDS
+there is then computed for every run of the cell averaged over ``K`` fine-tuned models (``influence-study
+--ensemble K``) and scored on the same ground truth (its retrainings reused). It was chosen by its LDS on that same ground truth, so its own LDS is read as
 optimistic by the choice; the report says so. The report shows, per attribution and setting, its LDS and the ground
 truth's ceiling before robust minus natural top-1 class match over seeds, so the validation is read first.
 """
