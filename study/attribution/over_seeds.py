@@ -177,8 +177,9 @@ def run_influence_study(cfg: InfluenceStudyConfig, progress: bool = True, rows: 
 def _influence_dirs(cfg, runs, seeds, out: Path, names: dict[str, str], progress: bool) -> dict[tuple[str, int], Path]:
     dirs = {}
     todo = [(source, seed) for source in sorted(runs) for seed in seeds]
+    # out / names[source]: a directory name, also for a source given as a path
     cfgs = {(source, seed): cfg.influence_config(str(runs[source][seed]), str(out / names[source] / f"s{seed}"))
-            for source, seed in todo}  # a directory name, also for a source given as a path  # fmt: skip
+            for source, seed in todo}  # fmt: skip
     stale = {key: c for key, c in cfgs.items() if not up_to_date(Path(c.out), c)}
     if cfg.ensemble > 1:  # every run's extra models on one executor, its workers started once
         fine_tune_members(list(stale.values()), progress)

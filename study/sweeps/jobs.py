@@ -2,9 +2,10 @@
 the linear datamodeling score and of leave-one-out.
 
 Each job is an ordinary run directory, so what makes a sweep resumable holds here too: the same call
-after any kill keeps the finished runs (their settings checked, in this process: no worker is started for a run
-that is already done), continues the interrupted ones from their ``state.pt`` and starts the rest. A worker that dies is retried up to ``max_attempts`` times; a run that
-fails stops the whole call with its error once the others in flight have ended.
+after any kill keeps the finished runs (their settings checked, in this process: no worker is started for a
+run that is already done), continues the interrupted ones from their ``state.pt`` and starts the rest. A
+worker that dies is retried up to ``max_attempts`` times; a run that fails stops the whole call with its error
+once the others in flight have ended.
 """
 
 from __future__ import annotations

@@ -50,3 +50,34 @@ def test_ensemble_settings_are_checked(finished_run, influence_out, tmp_path):
                         retrain_workers=2)  # fmt: skip
     with pytest.raises(UserError, match="--ensemble is for the influence computed here"):
         ValidateConfig(run=str(finished_run), out=str(tmp_path / "v"), lds=5, influence=str(influence_out), ensemble=2)
+
+
+def test_members_trained_up_front_for_several_runs_are_what_each_ensemble_uses(finished_run, tmp_path, monkeypatch):
+    from study.attribution.ensemble import fine_tune_members, member_jobs
+
+    cfgs = [InfluenceConfig(run=str(finished_run), out=str(tmp_path / name), test="30", device="cpu", ensemble=3,
+                            executor="inline") for name in ("a", "b")]  # fmt: skip
+    jobs = [member_jobs(c) for c in cfgs]
+    assert [[p.name for _, p in j] for j in jobs] == [["k01", "k02"]] * 2
+    assert len({spec.key for j in jobs for spec, _ in j}) == 4  # keyed by directory: unique across the runs
+    fine_tune_members(cfgs, progress=False)  # the four fine-tunes on one executor
+    assert all((p / "summary.json").exists() for j in jobs for _, p in j)
+    stamps = [(p / "model.pt").stat().st_mtime_ns for j in jobs for _, p in j]
+
+    class NoWorker:  # any run submitted to an executor now would be a run trained twice
+        slots, description = 1, "none"
+
+        def submit(self, spec, run_dir):
+            raise AssertionError(f"{run_dir} was trained again")
+
+        def wait(self, timeout):
+            return []
+
+        def shutdown(self):
+            pass
+
+    for c in cfgs:
+        monkeypatch.setattr(c, "retrain_executor", lambda: NoWorker())
+        meta = run_influence(c, progress=False)
+        assert meta["ensemble"]["runs"][1:] == [str(p) for _, p in member_jobs(c)]
+    assert [(p / "model.pt").stat().st_mtime_ns for j in jobs for _, p in j] == stamps
