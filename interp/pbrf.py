@@ -41,9 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from interp.curvature.ggn import factor_rows, ggn_factor
+from interp.curvature.ggn import factor_fits, ggn_factor
 from interp.curvature.grads import as_eval_copy
-from interp.curvature.memory import device_free_bytes
 from interp.curvature.params import ParamSpec, fixed_tensors, select_params
 from interp.errors import InterpError, require_finite
 from interp.inverses.lowrank import LowRankInverse, lowrank_inverse
@@ -68,9 +67,7 @@ def pbrf_whitening(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: P
     and pass it to every :func:`pbrf_response` of the same model, data and damping."""
     names = list(select_params(model, params))
     loader = [(x, y)]
-    p = sum(t.numel() for t in select_params(model, names).values())
-    limit = max_bytes if max_bytes is not None else device_free_bytes(x.device)
-    if 4 * factor_rows(model, loader, names, x.device) * p * 8 > limit:
+    if not factor_fits(model, loader, names, x.device, torch.float64, max_bytes):
         return None
     factor = ggn_factor(model, loader, names, dtype=torch.float64, device=x.device)
     return lowrank_inverse(factor, damping)

@@ -155,6 +155,16 @@ def factor_rows(model: nn.Module, loader: Iterable, params: ParamSpec = None, de
         return n * int(as_eval_copy(model, torch.float64, dev)(x1).shape[1])
 
 
+def factor_fits(model: nn.Module, loader: Iterable, names, device, dtype=torch.float64,
+                max_bytes: int | None = None) -> bool:  # fmt: skip
+    """Whether :func:`ggn_factor`'s ``n C P`` numbers of ``dtype`` take at most a quarter of ``max_bytes`` (default:
+    the memory free on ``device``): the rule by which the factor is cached instead of a pass over the data a product."""
+    p = sum(t.numel() for t in select_params(model, names).values())
+    item = torch.empty((), dtype=dtype).element_size()
+    limit = max_bytes if max_bytes is not None else device_free_bytes(device)
+    return 4 * factor_rows(model, loader, names, device) * p * item <= limit
+
+
 def ggn_products(
     model: nn.Module,
     loader: Iterable,
@@ -169,14 +179,10 @@ def ggn_products(
     which."""
     names = list(select_params(model, params))
     dev = resolve(model, device)
-    p = sum(t.numel() for t in select_params(model, names).values())
-    rows = factor_rows(model, loader, names, dev)
-    item = torch.empty((), dtype=dtype).element_size()
-    limit = max_bytes if max_bytes is not None else device_free_bytes(dev)
-    if 4 * rows * p * item <= limit:
+    if factor_fits(model, loader, names, dev, dtype, max_bytes):
         m = ggn_factor(model, loader, names, dtype=dtype, device=dev)
-        return CurvatureProducts(lambda v: m.T @ (m @ v.to(dev, dtype)), p, dev, dtype,
-                                 f"cached GGN factor ({rows} x {p})")  # fmt: skip
+        return CurvatureProducts(lambda v: m.T @ (m @ v.to(dev, dtype)), m.shape[1], dev, dtype,
+                                 f"cached GGN factor ({m.shape[0]} x {m.shape[1]})")  # fmt: skip
     return ggn_vector_product(model, loader, names, dtype=dtype, device=dev)
 
 

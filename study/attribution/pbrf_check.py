@@ -25,7 +25,7 @@ from interp import pbrf_response, pbrf_whitening
 from interp.curvature import as_eval_copy
 from study.attribution.inputs import run_dampings
 from study.attribution.retrain_loo import choose_pairs, same_test_images, score_pairs
-from study.attribution.settings import DAMPING_RULES
+from study.attribution.settings import DAMPING_RULES, setting_value
 from transfer.datasets import Subset, Transformed, load_raw_splits
 from transfer.device import resolve_device
 from transfer.errors import UserError
@@ -41,16 +41,10 @@ MAX_ROUNDS, MAX_ITER = 1, 300
 
 
 def pbrf_damping(rule: str, settings: dict) -> float:
-    """``--pbrf-damping``: a rule's name (``wd``, ``source``) resolved for the run, or a number > 0."""
-    if rule in DAMPING_RULES:
-        return run_dampings(settings)[rule]
-    try:
-        value = float(rule)
-    except ValueError:
-        raise UserError(f"--pbrf-damping must be {', '.join(DAMPING_RULES)} or a number > 0, got {rule!r}") from None
-    if not (np.isfinite(value) and value > 0):
-        raise UserError(f"--pbrf-damping must be > 0 (the PBRF's proximity term), got {rule!r}")
-    return value
+    """``--pbrf-damping``: a rule's name (``wd``, ``source``) resolved for the run, or a number > 0 (the PBRF's
+    proximity term), parsed as ``--damping``'s values are."""
+    value = setting_value("pbrf_damping", rule, tuple(DAMPING_RULES), high=None, low_open=True)
+    return run_dampings(settings)[value] if value in DAMPING_RULES else value
 
 
 def _features(prefix, images, device) -> torch.Tensor:
@@ -116,7 +110,7 @@ def pbrf_check(run: Path, results: list, tests: int, removals: int, random: int,
         actual[j] = (test_losses(theta) - base) / info["epsilon"]
         solves.append(info)
         bar.set_postfix(iterations=info["iterations"], gradient=f"{info['whitened_grad_norm']:.1e}")
-    per_setting, rows = score_pairs(results, pairs, actual, len(indices), idx_test, train_ids=indices, every=True)
+    per_setting, rows = score_pairs(results, pairs, actual, len(indices), idx_test, every=True)
     reached = {"damping": lam, "damping_rule": damping if damping in DAMPING_RULES else None, "epsilon": epsilon,
                "epsilons": [s["epsilon"] for s in solves],
                "removed": len(removed), "converged": sum(s["converged"] for s in solves),

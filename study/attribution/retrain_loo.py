@@ -77,14 +77,13 @@ def same_test_images(results: list) -> np.ndarray:
 
 
 def score_pairs(results: list, pairs: list[tuple[int, int, str]], actual: dict[int, np.ndarray], n: int,
-                idx_test: np.ndarray, train_ids: np.ndarray | None = None,
-                every: bool = False) -> tuple[list[dict], list[list]]:  # fmt: skip
+                idx_test: np.ndarray, every: bool = False) -> tuple[list[dict], list[list]]:  # fmt: skip
     """Every setting of ``results`` beside the measured changes ``actual[j]`` (over all test images) of removing
     training image ``j``: per setting its label, size, rank and the ``predicted`` (``-I[t, j] / n``) / ``actual``
     arrays over ``pairs`` (``every``: also over every test image x removed image); and the CSV rows ``[setting,
-    test_index, train_index, kind, predicted, actual]`` in dataset indices (``idx_test[t]`` and ``train_ids[j]``,
-    by default the first directory's ``idx_train``), as the head's leave-one-out check writes them."""
-    train_ids = np.asarray(results[0]["idx_train"]) if train_ids is None else np.asarray(train_ids)
+    test_index, train_index, kind, predicted, actual]`` in dataset indices (``idx_test[t]`` and the first directory's
+    ``idx_train[j]``), as the head's leave-one-out check writes them."""
+    train_ids = np.asarray(results[0]["idx_train"])
     removed = sorted(actual)
     rows, per_setting = [], []
     for res in results:

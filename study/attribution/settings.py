@@ -179,13 +179,13 @@ class InfluenceConfig(Runtime):
         method without a cut-off."""
         if self.rcond is None:
             return [None]
-        return [_setting_value("rcond", item, ("paper", "exact"), high=1) for item in _items("rcond", self.rcond)]
+        return [setting_value("rcond", item, ("paper", "exact"), high=1) for item in _items("rcond", self.rcond)]
 
     def dampings(self) -> list[float | str]:
         """The dampings asked for: numbers >= 0, or a rule's name (``wd``, ``source``: resolved from the run by
         :meth:`with_run_dampings`)."""
         return [
-            _setting_value("damping", item, tuple(DAMPING_RULES), high=None) for item in _items("damping", self.damping)
+            setting_value("damping", item, tuple(DAMPING_RULES), high=None) for item in _items("damping", self.damping)
         ]
 
     def inverse_method(self) -> InverseMethod:
@@ -281,15 +281,17 @@ def _items(name: str, text: str) -> list[str]:
     return items
 
 
-def _setting_value(name: str, item: str, words: tuple[str, ...], high: float | None):
+def setting_value(name: str, item: str, words: tuple[str, ...], high: float | None, low_open: bool = False):
+    """One value of a setting: one of ``words``, or a finite number from 0 (excluded with ``low_open``) up to
+    ``high`` (excluded; ``None``: unbounded)."""
     if item in words:
         return item
     try:
         x = float(item)
     except ValueError:
         allowed = f"{', '.join(words)} or a number" if words else "a number"
-        raise UserError(f"--{name} must be {allowed}, got {item!r}") from None
-    return v.number(name, x, low=0, high=high, high_open=high is not None)
+        raise UserError(f"{v.flag(name)} must be {allowed}, got {item!r}") from None
+    return v.number(name, x, low=0, high=high, low_open=low_open, high_open=high is not None)
 
 
 def influence_field(name: str, **override):
