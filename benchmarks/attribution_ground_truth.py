@@ -4,7 +4,9 @@ On an embedded 1-block run (``mnist5k-l2 -> digits``, ``--blocks 1``, ``--subset
 
 1. Cost of one retraining, today's policy against the one before (channels_last off, per-image augmentation in the
    loader), the same fine-tune of 200 images timed one after the other: in fresh processes (process start included)
-   and inside one process, as a worker of the local executor runs them (torch imported once): the ratios.
+   and inside one process, as a worker of the local executor runs them (torch imported once), there also as a
+   retraining runs (tested after its last epoch alone): the ratios; and the fine-tune's SGD steps alone, the most
+   that training one model at a time can gain on this machine.
 2. Influence over the trainable parameters (EK-FAC, the exact GGN by Woodbury) and the head's closed form, damping
    ``wd``; EK-FAC and the head also ensembled over K = 2, 5, 10 models (``influence --ensemble K``).
 3. ``validate-influence --lds 100 --repeats 5``: 500 fine-tunes on half the training images (local executor, one
@@ -38,10 +40,43 @@ times = []
 for k in range(n):
     shutil.rmtree(f"{out}/{k}", ignore_errors=True)
     t = time.perf_counter()
-    finetune(FinetuneConfig(source="mnist5k-l2", target="digits", blocks="1", subset="200", epochs="10",
-                            eval_every="10", seed=20000000 + k, device="cpu", **flags), f"{out}/{k}", progress=False)
+    base = dict(source="mnist5k-l2", target="digits", blocks="1", subset="200", epochs="10", eval_every="10",
+                seed=20000000 + k, device="cpu")
+    finetune(FinetuneConfig(**(base | flags)), f"{out}/{k}", progress=False)
     times.append(time.perf_counter() - t)
 print(json.dumps(times))
+"""
+# the training's own arithmetic in one process of one thread: a fine-tune's 20 SGD steps (200 images, batches of 128,
+# 10 epochs) on inputs made beforehand, without evaluation, augmentation, files or set-up: what any policy that trains
+# one model at a time must still pay on this machine
+STEPS = """
+import json, time
+import torch
+import torch.nn.functional as F
+torch.set_num_threads(1)
+from transfer.freezing import split_frozen_prefix, unfreeze_last_blocks
+from transfer.models import replace_classifier
+from transfer.zoo import load_source
+model = load_source("mnist5k-l2").model.to(memory_format=torch.channels_last)
+replace_classifier(model, 10, "paper", torch.Generator().manual_seed(0))
+unfreeze_last_blocks(model, 1)
+split = split_frozen_prefix(model, 1)
+opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9, weight_decay=5e-4)
+batches = [(torch.randn(b, 3, 28, 28).contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (b,)))
+           for b in (128, 72) * 10]
+times = []
+for _ in range(4):
+    t = time.perf_counter()
+    model.train()
+    for x, y in batches:
+        with torch.no_grad():
+            h = split.prefix(x)
+        loss = F.cross_entropy(split.suffix(h), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    times.append(time.perf_counter() - t)
+print(json.dumps(times[1:]))
 """
 RUN = ["--source", "mnist5k-l2", "--target", "digits", "--blocks", "1", "--epochs", "10", "--no-progress"]
 
@@ -89,7 +124,9 @@ def main() -> None:
     facts["speedup_per_model"] = _ratio(per, f"one fine-tune of 200 images (1 thread, median of {a.timed}, process "
                                         "start included)")  # fmt: skip
     inside = {}
-    for name, flags in (("before", {"channels_last": "off", "augment_on": "loader"}), ("now", {})):
+    policies = (("before", {"channels_last": "off", "augment_on": "loader"}), ("now", {}),
+                ("retraining", {"eval_every": "last"}))  # fmt: skip
+    for name, flags in policies:
         done = subprocess.run([sys.executable, "-c", IN_PROCESS, str(work / "in-process" / name), str(a.timed + 1),
                                json.dumps(flags)], check=True, capture_output=True, text=True)  # fmt: skip
         times = json.loads(done.stdout.strip().splitlines()[-1])[1:]  # the first pays for the first-call warm-up
@@ -97,6 +134,15 @@ def main() -> None:
     facts["fine_tune_in_process_s"] = inside
     facts["speedup_in_process"] = _ratio(inside, f"the same inside one process (as a worker runs them, median of "
                                          f"{a.timed} after one warm-up)")  # fmt: skip
+    facts["speedup_retraining"] = _ratio({"before": inside["before"], "now": inside["retraining"]},
+                                         "the same as a retraining runs it (tested after its last epoch alone)")
+    done = subprocess.run([sys.executable, "-c", STEPS], check=True, capture_output=True, text=True)
+    steps = sorted(json.loads(done.stdout.strip().splitlines()[-1]))[1]
+    facts["steps_alone_s"] = steps
+    facts["best_one_at_a_time"] = inside["before"] / steps
+    print(f"the 20 SGD steps alone (no evaluation, augmentation, files or set-up; median of 3): {steps:.2f} s: no "
+          f"policy that trains one model at a time can beat {inside['before'] / steps:.2f}x here (3x needs "
+          f"{inside['before'] / 3:.2f} s a fine-tune)", flush=True)  # fmt: skip
     if a.timing_only:
         (work / "facts.json").write_text(json.dumps(facts, indent=2, default=str))
         return

@@ -50,7 +50,7 @@ class FinetuneConfig(Runtime):
     eval_every: str = field(
         default="auto",
         metadata={
-            "help": "epochs between test evaluations (after epoch 1, 1+k, 1+2k, ... and the last), or auto: the paper's Table 2, 20 in runs of up to 100 epochs, 10 in longer ones"
+            "help": "epochs between test evaluations (after epoch 1, 1+k, 1+2k, ... and the last), auto: the paper's Table 2, 20 in runs of up to 100 epochs, 10 in longer ones, or last: after the last epoch only"
         },
     )
     arch: str | None = field(
@@ -86,7 +86,7 @@ class FinetuneConfig(Runtime):
         parse_blocks(self.blocks)
         v.count_or_word("subset", self.subset, ("all",))
         v.count_or_word("epochs", self.epochs, ("auto",))
-        v.count_or_word("eval_every", self.eval_every, ("auto",))
+        v.count_or_word("eval_every", self.eval_every, ("auto", "last"))
         v.integer("seed", self.seed, low=0, high=MAX_SEED)
         if self.arch is not None:
             check_arch(self.arch)
@@ -106,6 +106,11 @@ class FinetuneConfig(Runtime):
 def _count(value: str | int, words: dict[str, int]) -> int:
     """A validated count field: one of ``words`` (``auto``, ``all``) resolved, or the integer it spells."""
     return words[value] if value in words else int(value)
+
+
+def resolve_eval_every(value: str, epochs: int) -> int | None:
+    """``--eval-every`` as :class:`TrainConfig` takes it: a count, the paper's for ``auto``, ``None`` for ``last``."""
+    return None if value == "last" else _count(value, {"auto": paper_eval_every(epochs)})
 
 
 def source_block_count(source: str, arch: str | None = None, cache_dir: str | None = None) -> int:
@@ -200,7 +205,7 @@ def finetune(
         lr=cfg.lr,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
-        eval_every=_count(cfg.eval_every, {"auto": paper_eval_every(epochs)}),
+        eval_every=resolve_eval_every(cfg.eval_every, epochs),
         seed=cfg.seed,
         frozen_bn=cfg.frozen_bn,
         cache_train_prefix=cfg.augment == "none" and cfg.frozen_bn == "eval",
@@ -217,7 +222,7 @@ def finetune(
             "n_train": int(n_train),
             "resolution": resolution,
             "arch": src.arch,
-            "eval_every": train_cfg.eval_every,
+            "eval_every": cfg.eval_every if train_cfg.eval_every is None else train_cfg.eval_every,
         },
     }
     if given:

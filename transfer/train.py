@@ -48,7 +48,7 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    eval_every: int = 10
+    eval_every: int | None = 10  # None: after the last epoch only
     seed: int = 0
     frozen_bn: str = "train"  # "train": frozen BatchNorm still updates running stats (paper's code)
     cache_train_prefix: bool = False
@@ -65,7 +65,7 @@ class TrainConfig:
             raise UserError("--batch-size must be >= 1 and --lr > 0")
         if self.frozen_bn not in FROZEN_BN:
             raise UserError(f"--frozen-bn must be one of {FROZEN_BN}, got {self.frozen_bn!r}")
-        if self.eval_every < 1:
+        if self.eval_every is not None and self.eval_every < 1:
             raise UserError(f"--eval-every must be >= 1, got {self.eval_every}")
         if self.precision not in ("fp32", "tf32", "bf16"):
             raise UserError(f"TrainConfig.precision must be resolved to fp32, tf32 or bf16, got {self.precision!r}")
@@ -124,13 +124,14 @@ def lr_milestones(epochs: int) -> list[int]:
     return sorted({m for m in (epochs // 3, 2 * epochs // 3) if 0 < m < epochs})
 
 
-def eval_epochs(epochs: int, every: int) -> set[int]:
+def eval_epochs(epochs: int, every: int | None) -> set[int]:
     """Epochs (1-based) after which test accuracy is measured: 1, 1 + every, 1 + 2 every, ..., and the last.
 
     As the paper's appendix B states ("after epoch 1, 21, 41, ..., 81, and 100" for a frequency of
     20): the `robustness` library logs at 0-based epochs divisible by the frequency and at the last.
+    ``every=None``: the last alone (retrainings, whose accuracy along the way nobody reads).
     """
-    return {epochs, *range(1, epochs + 1, every)}
+    return {epochs} if every is None else {epochs, *range(1, epochs + 1, every)}
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -63,12 +63,21 @@ def retraining_jobs(run: Path, out: Path, retrainings: Sequence[Retraining], dev
     jobs = []
     for r in retrainings:
         positions = np.arange(len(run_indices)) if r.positions is None else np.asarray(r.positions)
-        job = base | {"subset": str(len(positions)), "epochs": str(epochs), "eval_every": str(epochs), "device": device}
+        job = base | {"subset": str(len(positions)), "epochs": str(epochs), "eval_every": _eval_every(out / r.name),
+                      "device": device}  # fmt: skip
         if r.seed is not None:
             job["seed"] = int(r.seed)
         FinetuneConfig(**job)
         jobs.append((RunSpec(r.name, job, tuple(int(i) for i in run_indices[positions])), out / r.name))
     return jobs
+
+
+def _eval_every(run_dir: Path) -> str:
+    """A retraining is tested after its last epoch alone (``last``: what it scores is its final model); one that an
+    earlier version started, tested after epoch 1 too, keeps its recorded setting, so it resumes instead of being
+    refused (the evaluations never change what is trained)."""
+    recorded = RunDir(run_dir).recorded().get("eval_every") if (run_dir / "config.json").exists() else None
+    return str(recorded) if recorded is not None else "last"
 
 
 def retrain(run: Path, out: Path, retrainings: Sequence[Retraining], device: str, executor: Callable[[], Executor],

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from study.sweeps.grid import Grid
 from transfer.datasets import dataset_spec, load_raw_splits, split_sizes
 from transfer.device import resolve_device
-from transfer.finetune import FinetuneConfig
+from transfer.finetune import FinetuneConfig, resolve_eval_every
 from transfer.freezing import parse_blocks, split_frozen_prefix, unfreeze_last_blocks
 from transfer.models import build_model, native_size
 from transfer.precision import autocast, resolve_channels_last, resolve_precision, tf32_allowed
-from transfer.train import eval_epochs, paper_epochs, paper_eval_every
+from transfer.train import eval_epochs, paper_epochs
 from transfer.zoo import get_source, load_source, source_names
 
 
@@ -127,7 +127,7 @@ def plan_grid(grid: Grid, images_per_second: float | None = None, device: str = 
         n_train_all, n_test = _sizes(cfg.target, cfg.data_root)
         n_train = n_train_all if cfg.subset == "all" else int(cfg.subset)
         epochs = paper_epochs(n_train) if cfg.epochs == "auto" else int(cfg.epochs)
-        every = paper_eval_every(epochs) if cfg.eval_every == "auto" else int(cfg.eval_every)
+        every = resolve_eval_every(cfg.eval_every, epochs)
         train, test = n_seeds * n_train * epochs, n_seeds * n_test * len(eval_epochs(epochs, every))
         plan.per_target_size[(cfg.target, cfg.subset)] += n_seeds
         plan.train_passes += train

@@ -12,6 +12,7 @@ def test_schedule_rules():
     assert lr_milestones(150) == [50, 100] and lr_milestones(3) == [1, 2]
     assert eval_epochs(100, 20) == {1, 21, 41, 61, 81, 100}  # the paper's appendix B, word for word
     assert eval_epochs(150, 10) == {1, 11, 21, 31, 41, 51, 61, 71, 81, 91, 101, 111, 121, 131, 141, 150}
+    assert eval_epochs(10, None) == {10}  # --eval-every last
     assert paper_eval_every(100) == 20 and paper_eval_every(150) == 10  # Table 2
     assert paper_epochs(1600) == 100 and paper_epochs(1601) == 150
 
@@ -76,6 +77,18 @@ def test_run_directory_contents(tmp_path, small_checkpoint):
     assert [r["epoch"] for r in rows] == [1, 2] and all({"train_loss", "test_acc"} <= r.keys() for r in rows)
     summary = json.loads(run.summary.read_text())
     assert summary["final_test_acc"] == rows[-1]["test_acc"] and summary["wall_time_s"] > 0
+
+
+def test_testing_after_the_last_epoch_alone_trains_the_same_model(tmp_path, small_checkpoint):
+    """--eval-every last (what retrainings use) skips the evaluations along the way and nothing else."""
+    every = finetune(_cfg(small_checkpoint, epochs="3", eval_every="3"), tmp_path / "every", progress=False)
+    last = finetune(_cfg(small_checkpoint, epochs="3", eval_every="last"), tmp_path / "last", progress=False)
+    a, b = _state(tmp_path / "every"), _state(tmp_path / "last")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert last["final_test_acc"] == every["final_test_acc"]
+    rows = [json.loads(line) for line in RunDir(tmp_path / "last").metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [3]
+    assert [json.loads(line)["epoch"] for line in RunDir(tmp_path / "every").metrics.read_text().splitlines()] == [1, 3]
 
 
 def test_cached_prefix_gives_the_same_training_as_running_it(tmp_path, small_checkpoint):

@@ -171,3 +171,17 @@ def test_the_lds_alone_with_each_setting_agreement_with_the_exact_result(finishe
     with open(out / "lds.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [float(r["exact_top10_overlap"]) for r in rows] == [paper["agreement"]["top_k_overlap"], 1.0]
+
+
+def test_retrainings_are_tested_after_their_last_epoch_and_earlier_ones_resume_as_recorded(finished_run, tmp_path):
+    """A retraining evaluates once, at its end (its final model is what is scored); a directory that an earlier
+    version started with its own --eval-every keeps it, so the same command resumes it instead of refusing it."""
+    from study.attribution.retraining import Retraining, retraining_jobs
+    from transfer.runs import RunDir
+
+    [(spec, run_dir)] = retraining_jobs(finished_run, tmp_path, [Retraining("a", np.arange(40))], "cpu")
+    assert spec.settings["eval_every"] == "last"
+    earlier = dict(spec.settings, eval_every=spec.settings["epochs"])
+    RunDir(run_dir).open(earlier, resume=False)  # what an earlier version left: config.json alone
+    [(again, _)] = retraining_jobs(finished_run, tmp_path, [Retraining("a", np.arange(40))], "cpu")
+    assert again.settings["eval_every"] == spec.settings["epochs"]
