@@ -5,8 +5,9 @@ On an embedded 1-block run (``mnist5k-l2 -> digits``, ``--blocks 1``, ``--subset
 1. Cost of one retraining, today's policy against the one before (channels_last off, per-image augmentation in the
    loader), the same fine-tune of 200 images timed one after the other: in fresh processes (process start included)
    and inside one process, as a worker of the local executor runs them (torch imported once), there also as a
-   retraining runs (tested after its last epoch alone): the ratios; and the fine-tune's SGD steps alone, the most
-   that training one model at a time can gain on this machine.
+   retraining runs (tested after its last epoch alone): the ratios; the fine-tune's SGD steps alone, the most
+   that training one model at a time can gain on this machine; and ``--together K`` retrainings one at a time
+   against the same K in one loop (:mod:`transfer.together`; ``--together-only --device cuda`` on a GPU).
 2. Influence over the trainable parameters (EK-FAC, the exact GGN by Woodbury) and the head's closed form, damping
    ``wd``; EK-FAC and the head also ensembled over K = 2, 5, 10 models (``influence --ensemble K``).
 3. ``validate-influence --lds 100 --repeats 5``: 500 fine-tunes on half the training images (local executor, one
@@ -16,7 +17,8 @@ On an embedded 1-block run (``mnist5k-l2 -> digits``, ``--blocks 1``, ``--subset
 The LDS values are findings, not targets; the ensembled methods are not chosen by their LDS here, all are shown.
 
     python benchmarks/attribution_ground_truth.py [--work /tmp/rt-ground-truth] [--subsets 100] [--repeats 5]
-    python benchmarks/attribution_ground_truth.py --timing-only     # part 1 alone (about a minute)
+    python benchmarks/attribution_ground_truth.py --timing-only     # part 1 alone (about two minutes)
+    python benchmarks/attribution_ground_truth.py --together-only --device cuda --together 16   # on a GPU
 """
 
 from __future__ import annotations
@@ -78,6 +80,29 @@ for _ in range(4):
     times.append(time.perf_counter() - t)
 print(json.dumps(times[1:]))
 """
+# K retrainings as a worker runs them: one at a time, then the same K in one loop (transfer.together); on --device
+TOGETHER = """
+import json, shutil, sys, time
+import torch
+from transfer.finetune import FinetuneConfig, finetune
+from transfer.together import finetune_together
+out, device, k, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(threads)
+cfgs = [FinetuneConfig(source="mnist5k-l2", target="digits", blocks="1", subset="200", epochs="10", eval_every="last",
+                       seed=20000000 + i, device=device) for i in range(k)]
+shutil.rmtree(out, ignore_errors=True)
+finetune(cfgs[0], f"{out}/warm", progress=False)  # first-call costs (kernels, allocator) paid once
+finetune_together(cfgs[:2], [f"{out}/warm-t{i}" for i in range(2)], progress=False)
+t = time.perf_counter()
+for i, c in enumerate(cfgs):
+    finetune(c, f"{out}/alone{i}", progress=False)
+alone = time.perf_counter() - t
+t = time.perf_counter()
+summaries = finetune_together(cfgs, [f"{out}/together{i}" for i in range(k)], progress=False)
+together = time.perf_counter() - t
+assert all(s.get("together") == k for s in summaries)
+print(json.dumps({"alone_s": alone, "together_s": together}))
+"""
 RUN = ["--source", "mnist5k-l2", "--target", "digits", "--blocks", "1", "--epochs", "10", "--no-progress"]
 
 
@@ -94,6 +119,17 @@ def _ratio(seconds: dict, what: str) -> float:
     return ratio
 
 
+def _together(work: Path, device: str, k: int, facts: dict) -> None:
+    """``k`` retrainings one at a time against the same ``k`` in one loop, in one process on ``device`` (1 thread on
+    a CPU, as a local worker): the ratio."""
+    done = subprocess.run([sys.executable, "-c", TOGETHER, str(work / "together"), device, str(k), "1"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    t = json.loads(done.stdout.strip().splitlines()[-1])
+    facts[f"together_{device}"] = {"models": k, **t}
+    print(f"{k} retrainings on {device}, one at a time {t['alone_s']:.2f} s, in one loop {t['together_s']:.2f} s: "
+          f"{t['alone_s'] / t['together_s']:.2f}x", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/rt-ground-truth")
@@ -102,7 +138,13 @@ def main() -> None:
     ap.add_argument("--ensembles", default="2,5,10")
     ap.add_argument("--timed", type=int, default=4, help="fine-tunes timed per policy")
     ap.add_argument("--timing-only", action="store_true", help="part 1 alone")
+    ap.add_argument("--together", type=int, default=4, help="retrainings timed one at a time and in one loop")
+    ap.add_argument("--device", default="cpu", help="where --together-only trains (cpu, cuda)")
+    ap.add_argument("--together-only", action="store_true", help="the one-loop timing alone, on --device")
     a = ap.parse_args()
+    if a.together_only:
+        _together(Path(a.work), a.device, a.together, {})
+        return
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     run = work / "run"
@@ -143,6 +185,7 @@ def main() -> None:
     print(f"the 20 SGD steps alone (no evaluation, augmentation, files or set-up; median of 3): {steps:.2f} s: no "
           f"policy that trains one model at a time can beat {inside['before'] / steps:.2f}x here (3x needs "
           f"{inside['before'] / 3:.2f} s a fine-tune)", flush=True)  # fmt: skip
+    _together(work, "cpu", a.together, facts)
     if a.timing_only:
         (work / "facts.json").write_text(json.dumps(facts, indent=2, default=str))
         return

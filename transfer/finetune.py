@@ -22,7 +22,7 @@ from transfer.runtime import Runtime, torch_threads
 from transfer.subsets import MAX_SEED, class_covering_subset
 from transfer.train import FROZEN_BN, TrainConfig, finish_run, fit, paper_epochs, paper_eval_every, training_inputs
 from transfer.transforms import AUGMENTS
-from transfer.zoo import get_source, load_source, source_names
+from transfer.zoo import LoadedSource, get_source, load_source, source_names
 
 SPEED = speed_fields()
 
@@ -157,26 +157,60 @@ def check_feasible(cfg: FinetuneConfig, n_blocks: int, n_available: int | None) 
         raise UserError(f"--subset {n} is larger than the split it is drawn from ({n_available} images)")
 
 
-def finetune(
-    cfg: FinetuneConfig,
-    out: Path | str,
-    resume: bool = False,
-    progress: bool = True,
-    on_epoch_end: Callable[[int], None] | None = None,
-    indices: np.ndarray | None = None,
-) -> dict:
-    """Fine-tune ``cfg.source`` on ``cfg.target`` into the run directory ``out``; return its summary.
+@dataclass
+class PreparedRun:
+    """A fine-tune's source, data and resolved settings, checked before anything is written: what
+    :func:`finetune` and :func:`transfer.together.finetune_together` train from."""
 
-    ``indices``: train on exactly these images of the training split instead of ``cfg.subset``'s
-    class-covering draw (retraining on chosen subsets, as the linear datamodeling score does); their
-    hash is recorded with the settings, so a resume with other indices is refused.
+    cfg: FinetuneConfig
+    blocks: int | str
+    device: torch.device
+    src: LoadedSource  # the source model (its classifier replaced by open) and its facts
+    train_raw: object
+    test_raw: object
+    indices: np.ndarray
+    resolution: int
+    train_cfg: TrainConfig
+    augment_on: str
+    settings: dict
 
-    The classifier is replaced for the target's classes, the last ``cfg.blocks`` residual blocks and
-    the classifier train, everything else stays frozen. With ``resume`` a killed run continues from
-    its last saved epoch, after its recorded settings were compared with ``cfg`` (a finished run
-    returns its summary unchanged). The directory is locked for the call's whole duration.
-    """
-    spec = dataset_spec(cfg.target)
+    def open(self, run: RunDir, resume: bool) -> dict | None:
+        """Start or check ``run`` (held locked by the caller); a finished run's summary, else ``None`` after the
+        subset is recorded and the classifier replaced (seeded by the run's seed)."""
+        run.open(self.settings, resume, self.src.sha256)
+        if run.finished():  # only reached with resume, after the settings were compared
+            return run.read_summary()
+        if not run.subset.exists():
+            labels = self.train_raw.targets[self.indices].tolist()
+            atomic_write_json(run.subset, {"seed": self.cfg.seed, "indices": self.indices.tolist(), "labels": labels})
+        spec = dataset_spec(self.cfg.target)
+        replace_classifier(self.src.model, spec.num_classes, self.cfg.head_init,
+                           torch.Generator().manual_seed(self.cfg.seed))  # fmt: skip
+        return None
+
+    def inputs(self):
+        """The training and test splits as :func:`transfer.train.fit` takes them."""
+        return training_inputs(self.train_raw, self.test_raw, self.indices, self.resolution, self.cfg.augment,
+                               self.augment_on, self.device)  # fmt: skip
+
+    def finish(self, run: RunDir, history: list[dict], wall: float, together: int = 1) -> dict:
+        """Write the run's checkpoint and summary (``together``: the models its training loop trained, where
+        more than one; :mod:`transfer.together`)."""
+        meta = {
+            "source": self.cfg.source,
+            "target": self.cfg.target,
+            "blocks": str(self.blocks),
+            "n_train": len(self.indices),
+            "seed": self.cfg.seed,
+            "source_sha256": self.src.sha256,
+            **self.train_cfg.speed(self.augment_on),
+            **({"together": together} if together > 1 else {}),
+        }
+        return finish_run(run, self.src.model, self.src.arch, self.resolution, history, wall, meta)
+
+
+def prepare_run(cfg: FinetuneConfig, indices: np.ndarray | None = None) -> PreparedRun:
+    """Load the source and the target's splits, draw (or check) the training images and resolve every setting."""
     blocks = parse_blocks(cfg.blocks)
     device = resolve_device(cfg.device)
     src = load_source(cfg.source, cfg.arch, cfg.cache_dir)
@@ -214,7 +248,6 @@ def finetune(
         precision=speed["precision"],
         channels_last=speed["channels_last"],
     )
-    augment_on = speed["augment_on"]
     settings = {
         **cfg.recorded(),
         "resolved": {
@@ -227,26 +260,36 @@ def finetune(
     }
     if given:
         settings["resolved"]["indices_sha256"] = hashlib.sha256(indices.tobytes()).hexdigest()
+    return PreparedRun(cfg, blocks, device, src, train_raw, test_raw, indices, resolution, train_cfg,
+                       speed["augment_on"], settings)  # fmt: skip
+
+
+def finetune(
+    cfg: FinetuneConfig,
+    out: Path | str,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch_end: Callable[[int], None] | None = None,
+    indices: np.ndarray | None = None,
+) -> dict:
+    """Fine-tune ``cfg.source`` on ``cfg.target`` into the run directory ``out``; return its summary.
+
+    ``indices``: train on exactly these images of the training split instead of ``cfg.subset``'s
+    class-covering draw (retraining on chosen subsets, as the linear datamodeling score does); their
+    hash is recorded with the settings, so a resume with other indices is refused.
+
+    The classifier is replaced for the target's classes, the last ``cfg.blocks`` residual blocks and
+    the classifier train, everything else stays frozen. With ``resume`` a killed run continues from
+    its last saved epoch, after its recorded settings were compared with ``cfg`` (a finished run
+    returns its summary unchanged). The directory is locked for the call's whole duration.
+    """
+    prepared = prepare_run(cfg, indices)
     run = RunDir(out)
     with torch_threads(cfg.threads), run.lock():
-        run.open(settings, resume, src.sha256)
-        if run.finished():  # only reached with resume, after the settings were compared
-            return run.read_summary()
-        if not run.subset.exists():
-            atomic_write_json(
-                run.subset,
-                {"seed": cfg.seed, "indices": indices.tolist(), "labels": train_raw.targets[indices].tolist()},
-            )
-        replace_classifier(src.model, spec.num_classes, cfg.head_init, torch.Generator().manual_seed(cfg.seed))
-        train_set, test_set = training_inputs(train_raw, test_raw, indices, resolution, cfg.augment, augment_on, device)
-        history, wall = fit(src.model, blocks, train_set, test_set, train_cfg, run, device, progress, on_epoch_end)
-        meta = {
-            "source": cfg.source,
-            "target": cfg.target,
-            "blocks": str(blocks),
-            "n_train": int(n_train),
-            "seed": cfg.seed,
-            "source_sha256": src.sha256,
-            **train_cfg.speed(augment_on),
-        }
-        return finish_run(run, src.model, src.arch, resolution, history, wall, meta)
+        summary = prepared.open(run, resume)
+        if summary is not None:
+            return summary
+        train_set, test_set = prepared.inputs()
+        history, wall = fit(prepared.src.model, prepared.blocks, train_set, test_set, prepared.train_cfg, run,
+                            prepared.device, progress, on_epoch_end)  # fmt: skip
+        return prepared.finish(run, history, wall)

@@ -101,11 +101,11 @@ class DeviceImages:
         return len(self.labels)
 
 
-def _ordered(data, order: torch.Tensor, batch_size: int, workers: int):
+def ordered(data, order: torch.Tensor, batch_size: int, workers: int):
     """``(x, y)`` batches of ``data`` (a dataset or :class:`DeviceImages`) in ``order``."""
     if isinstance(data, DeviceImages):
         return ((data.transform(data.images[idx]), data.labels[idx])
-                for idx in _batches(order.to(data.images.device), batch_size))  # fmt: skip
+                for idx in index_batches(order.to(data.images.device), batch_size))  # fmt: skip
     return DataLoader(torch.utils.data.Subset(data, order.tolist()), batch_size=batch_size, num_workers=workers)
 
 
@@ -138,7 +138,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def _mutable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def mutable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """What training can change: trainable parameters and all buffers (BatchNorm statistics).
 
     Frozen parameters are rebuilt from the source on resume, so a ResNet-50 head run saves
@@ -149,7 +149,7 @@ def _mutable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k in trainable | buffers}
 
 
-def _restore(run: RunDir, model: nn.Module, opt, sched, device) -> tuple[list[dict], int, float]:
+def restore_state(run: RunDir, model: nn.Module, opt, sched, device) -> tuple[list[dict], int, float]:
     """Load ``state.pt`` into model, optimiser and schedule; return (history, first epoch to run, elapsed s).
 
     A damaged file (truncated by a full disk, or from another model) is a :class:`UserError`.
@@ -157,7 +157,7 @@ def _restore(run: RunDir, model: nn.Module, opt, sched, device) -> tuple[list[di
     try:
         state = torch.load(run.state, map_location=device, weights_only=True)
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
-        if unexpected or set(missing) & set(_mutable_state(model)):
+        if unexpected or set(missing) & set(mutable_state(model)):
             raise UserError(f"{run.state} does not match this model; delete it to start the run again")
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -171,7 +171,7 @@ def _restore(run: RunDir, model: nn.Module, opt, sched, device) -> tuple[list[di
         ) from None
 
 
-def _set_modes(model: nn.Module, split: Split, frozen_bn: str) -> None:
+def set_modes(model: nn.Module, split: Split, frozen_bn: str) -> None:
     model.train()
     if frozen_bn == "eval":
         split.prefix.eval()
@@ -181,19 +181,19 @@ def _set_modes(model: nn.Module, split: Split, frozen_bn: str) -> None:
 def _prefix_features(prefix: nn.Module, dataset, device, cfg: TrainConfig, desc: str, progress: bool):
     prefix.eval()
     feats, labels = [], []
-    batches = _ordered(dataset, torch.arange(len(dataset)), 256, cfg.workers)
+    batches = ordered(dataset, torch.arange(len(dataset)), 256, cfg.workers)
     for x, y in tqdm(batches, desc=desc, leave=False, disable=not progress):
         with autocast(cfg.precision, device):
-            feats.append(prefix(_layout(x.to(device), cfg)).float())
+            feats.append(prefix(to_layout(x.to(device), cfg)).float())
         labels.append(y.to(device))
     return torch.cat(feats), torch.cat(labels)
 
 
-def _layout(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+def to_layout(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last and x.dim() == 4 else x
 
 
-def _batches(perm: torch.Tensor, batch_size: int):
+def index_batches(perm: torch.Tensor, batch_size: int):
     return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
 
 
@@ -203,13 +203,13 @@ def _test_accuracy(model, split, test_set, test_cache, cfg, device) -> float:
     correct = 0
     if test_cache is not None:
         feats, labels = test_cache
-        for idx in _batches(torch.arange(len(labels)), 512):
+        for idx in index_batches(torch.arange(len(labels)), 512):
             with autocast(cfg.precision, device):
                 correct += (split.suffix(feats[idx]).argmax(1) == labels[idx]).sum().item()
         return correct / len(labels)
-    for x, y in _ordered(test_set, torch.arange(len(test_set)), 256, cfg.workers):
+    for x, y in ordered(test_set, torch.arange(len(test_set)), 256, cfg.workers):
         with autocast(cfg.precision, device):
-            correct += (model(_layout(x.to(device), cfg)).argmax(1) == y.to(device)).sum().item()
+            correct += (model(to_layout(x.to(device), cfg)).argmax(1) == y.to(device)).sum().item()
     return correct / len(test_set)
 
 
@@ -248,7 +248,7 @@ def _fit(model, blocks, train_set, test_set, cfg: TrainConfig, run: RunDir, devi
     history: list[dict] = []
     start, elapsed = 1, 0.0
     if run.state.exists():
-        history, start, elapsed = _restore(run, model, opt, sched, device)
+        history, start, elapsed = restore_state(run, model, opt, sched, device)
 
     t0 = time.perf_counter()
     has_prefix = len(split.prefix) > 0
@@ -268,22 +268,22 @@ def _fit(model, blocks, train_set, test_set, cfg: TrainConfig, run: RunDir, devi
             perm = torch.randperm(n)
             if train_cache is not None:
                 feats, labels = train_cache
-                batches = ((None, labels[idx], feats[idx]) for idx in _batches(perm.to(device), cfg.batch_size))
+                batches = ((None, labels[idx], feats[idx]) for idx in index_batches(perm.to(device), cfg.batch_size))
             else:
-                batches = ((x, y, None) for x, y in _ordered(train_set, perm, cfg.batch_size, cfg.workers))
+                batches = ((x, y, None) for x, y in ordered(train_set, perm, cfg.batch_size, cfg.workers))
             loss_sum = correct = 0.0
             for x, y, h in batches:
                 y = y.to(device)
                 if h is None:
-                    x = _layout(x.to(device), cfg)
+                    x = to_layout(x.to(device), cfg)
                     if cfg.attack is not None:
                         model.eval()
                         x = pgd_attack(model, x, y, cfg.attack)  # the attack in float32, whatever the precision
-                    _set_modes(model, split, cfg.frozen_bn)
+                    set_modes(model, split, cfg.frozen_bn)
                     with torch.no_grad(), autocast(cfg.precision, device):
                         h = split.prefix(x)
                 else:
-                    _set_modes(model, split, cfg.frozen_bn)
+                    set_modes(model, split, cfg.frozen_bn)
                 with autocast(cfg.precision, device):
                     logits = split.suffix(h)
                 loss = F.cross_entropy(logits.float(), y)
@@ -309,7 +309,7 @@ def _fit(model, blocks, train_set, test_set, cfg: TrainConfig, run: RunDir, devi
         if epoch in evals or time.perf_counter() - last_save >= cfg.save_every_s:
             last_save = time.perf_counter()
             state = {
-                "model": _mutable_state(model),
+                "model": mutable_state(model),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
                 "epoch": epoch,

@@ -50,12 +50,13 @@ def count_or_word(name: str, value, words: tuple[str, ...], *, low: int = 1) -> 
     """One of ``words`` (``auto``, ``all``) or an integer ``>= low``."""
     if str(value) in words:
         return str(value)
+    said = ", ".join(words)  # "auto", "auto, last": then " or an integer"
     try:
         n = int(str(value))
     except ValueError:
-        raise UserError(f"{flag(name)} must be {' or '.join(words)} or an integer >= {low}, got {value!r}") from None
+        raise UserError(f"{flag(name)} must be {said} or an integer >= {low}, got {value!r}") from None
     if n < low:
-        raise UserError(f"{flag(name)} must be {' or '.join(words)} or an integer >= {low}, got {n}")
+        raise UserError(f"{flag(name)} must be {said} or an integer >= {low}, got {n}")
     return n
 
 

@@ -30,6 +30,7 @@ from study.attribution.pbrf_check import pbrf_check
 from study.attribution.retrain_loo import retrained_loo
 from study.attribution.retraining import TARGETS
 from study.attribution.settings import (
+    EXECUTION,
     RCOND_VALIDATE,
     RUN_DATA_ROOT,
     check_executor,
@@ -136,16 +137,15 @@ class ValidateConfig(Runtime):
                   "the one labelled exact): each scored setting of the same parameters and damping is reported with "
                   "its agreement with it (top-10 overlap and Spearman per test image)"},
     )  # fmt: skip
-    ensemble: int = influence_field(
-        "ensemble",
-        help="the influence computed here (without --influence): averaged over this many models, as "
-        "influence --ensemble (the run's fine-tune repeated with other seeds on the same images)",
-    )
+    ensemble: int = influence_field("ensemble", help="the influence computed here (without --influence): averaged "
+                                    "over this many models, as influence --ensemble (the run's fine-tune repeated "
+                                    "with other seeds on the same images)")  # fmt: skip
     executor: str = influence_field(
         "executor", help="--lds/--retrain/--ensemble: where the retrainings run: local (worker processes here: one per "
         "GPU, else cores / --threads), inline (this process, one at a time), ray, or a registered executor")
     retrain_workers: int | None = influence_field("retrain_workers")
     address: str | None = influence_field("address")
+    together: int = influence_field("together")
     device: str = field(default="auto", metadata=runtime_help("device", help=(
         "auto, cpu, cuda or cuda:N: where features, influence and the --lds/--retrain retrainings run (the head's "
         "refits run on the CPU whatever it is: thousands of tiny solves)")))  # fmt: skip
@@ -202,8 +202,7 @@ class ValidateConfig(Runtime):
     def influence_config(self) -> InfluenceConfig:
         return InfluenceConfig(run=self.run, out=self.out, rcond=self.rcond, test=self.test, device=self.device,
                                threads=self.threads, data_root=self.data_root, ensemble=self.ensemble,
-                               executor=self.executor, retrain_workers=self.retrain_workers,
-                               address=self.address)  # fmt: skip
+                               **{k: getattr(self, k) for k in EXECUTION})  # fmt: skip
 
 
 def validate_influence(cfg: ValidateConfig, progress: bool = True) -> dict:

@@ -75,6 +75,7 @@ class InfluenceStudyConfig(Runtime):
     executor: str = influence_field("executor")
     retrain_workers: int | None = influence_field("retrain_workers")
     address: str | None = influence_field("address")
+    together: int = influence_field("together")
     arnoldi_rank: InitVar[int | None] = None  # as earlier versions took them (they go to ``options``)
     fisher: InitVar[str | None] = None
     k: int | None = field(

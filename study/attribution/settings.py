@@ -49,7 +49,9 @@ MAX_ENSEMBLE = 100
 # is reused (a killed study or ensemble resumes); the executor and the device only say where it was computed
 SHARED = ("params", "method", "options", "test", "rcond", "damping", "normalize", "refit_head", "features_dtype",
           "ensemble")  # fmt: skip
-EXECUTION = ("executor", "retrain_workers", "address")
+EXECUTION = ("executor", "retrain_workers", "address", "together")
+MAX_TOGETHER = 64
+TOGETHER = ("local", "inline")  # the executors that train several runs in one loop
 
 
 def check_executor(cfg) -> None:
@@ -61,11 +63,16 @@ def check_executor(cfg) -> None:
         raise UserError("--retrain-workers is for --executor local")
     if cfg.executor != "ray" and cfg.address is not None:
         raise UserError("--address is for --executor ray")
+    v.integer("together", cfg.together, low=1, high=MAX_TOGETHER)
+    if cfg.together > 1 and cfg.executor not in TOGETHER:
+        raise UserError(f"--together is for --executor {' or '.join(TOGETHER)}")
 
 
 def retrain_executor(cfg) -> Executor:
-    """The executor of ``cfg``'s retrainings (``executor``, ``retrain_workers``, ``threads``, ``address``)."""
-    return make_executor(cfg.executor, workers=cfg.retrain_workers, threads=cfg.threads, address=cfg.address)
+    """The executor of ``cfg``'s retrainings (``executor``, ``retrain_workers``, ``threads``, ``address``,
+    ``together``)."""
+    extra = {"together": cfg.together} if cfg.executor in TOGETHER else {}
+    return make_executor(cfg.executor, workers=cfg.retrain_workers, threads=cfg.threads, address=cfg.address, **extra)
 
 
 @dataclass(kw_only=True)
@@ -166,6 +173,13 @@ class InfluenceConfig(Runtime):
     address: str | None = field(
         default=None, metadata={"help": "--executor ray: cluster address (default: a local Ray)"}
     )
+    together: int = field(
+        default=1,
+        metadata={"help": "--executor local or inline: fine-tunes that differ only in seed and training images are "
+                  "trained up to this many in one loop (one forward of the frozen layers for all; the same models "
+                  "to round-off). For GPUs, where one small model leaves the device idle; on a CPU it was measured "
+                  "slower (1: one at a time)"},
+    )  # fmt: skip
     data_root: str | None = field(default=None, metadata=runtime_help("data_root", help=RUN_DATA_ROOT))
 
     RUNTIME = ("device", "threads", "data_root")

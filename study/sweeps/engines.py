@@ -24,6 +24,7 @@ class ExecutorSettings:
     cpus_per_run: int = 1  # ray, without GPUs
     shared_fs: bool = True  # ray: tasks write run directories every node sees
     slurm: SlurmSettings | None = None  # slurm: the job arrays' settings
+    together: int = 1  # local, inline: runs trained in one loop where they may share one (transfer.together)
 
 
 def _local(s: ExecutorSettings) -> Executor:
@@ -31,7 +32,7 @@ def _local(s: ExecutorSettings) -> Executor:
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     default_workers, default_threads = default_local_workers(gpus, os.cpu_count() or 1)
-    return LocalExecutor(s.workers or default_workers, s.threads or default_threads, gpus)
+    return LocalExecutor(s.workers or default_workers, s.threads or default_threads, gpus, s.together)
 
 
 def _slurm(s: ExecutorSettings) -> Executor:
@@ -41,7 +42,7 @@ def _slurm(s: ExecutorSettings) -> Executor:
 
 
 EXECUTORS: dict[str, Callable[[ExecutorSettings], Executor]] = {
-    "inline": lambda s: InlineExecutor(),
+    "inline": lambda s: InlineExecutor(s.together),
     "local": _local,
     "ray": lambda s: RayExecutor(s.address, s.cpus_per_run, s.shared_fs),
     "slurm": _slurm,

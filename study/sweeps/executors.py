@@ -36,14 +36,24 @@ class Outcome:
 
 
 class Executor(ABC):
-    """Runs sweep runs somewhere; ``slots`` of them at once."""
+    """Runs sweep runs somewhere; ``slots`` of them at once.
+
+    An executor whose ``together`` is above 1 also takes up to that many runs in one submission
+    (:meth:`submit_together`), trained in one loop where they may share one (:mod:`transfer.together`); the
+    submission holds one slot and reports one outcome per run.
+    """
 
     slots: int
     description: str
+    together: int = 1
 
     @abstractmethod
     def submit(self, spec: RunSpec, run_dir: Path) -> None:
         """Start ``spec`` into ``run_dir``; at most ``slots`` runs are in flight."""
+
+    def submit_together(self, jobs: list[tuple[RunSpec, Path]]) -> None:
+        """Start the runs ``jobs`` in one submission (``len(jobs) <= together``)."""
+        raise NotImplementedError(f"{type(self).__name__} trains one run per submission")
 
     @abstractmethod
     def wait(self, timeout: float) -> list[Outcome]:
@@ -74,13 +84,13 @@ class LocalExecutor(Executor):
     when the coordinator dies.
     """
 
-    def __init__(self, workers: int, threads: int, gpus: int = 0):
+    def __init__(self, workers: int, threads: int, gpus: int = 0, together: int = 1):
         if not (1 <= workers <= MAX_WORKERS) or threads < 1:
             raise UserError(f"--workers must be in [1, {MAX_WORKERS}] and --threads >= 1, got {workers} and {threads}")
-        self.slots, self.threads, self._gpus = workers, threads, gpus
+        self.slots, self.threads, self._gpus, self.together = workers, threads, gpus, together
         self._workers: list[dict] = []  # started as runs need them: never more workers than runs in flight
         where = f"{gpus} GPU(s), one worker each" if gpus else f"CPU, {workers} worker(s) x {threads} thread(s)"
-        self.description = f"local: {where}"
+        self.description = f"local: {where}" + (f", up to {together} runs a loop" if together > 1 else "")
 
     def _start(self, slot: int) -> dict:
         env = dict(os.environ)
@@ -90,10 +100,18 @@ class LocalExecutor(Executor):
             [sys.executable, "-m", "study.sweeps.worker", str(self.threads)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1,
         )  # fmt: skip
-        return {"proc": proc, "job": None, "slot": slot}
+        return {"proc": proc, "jobs": [], "slot": slot}
 
     def submit(self, spec: RunSpec, run_dir: Path) -> None:
-        idle = next((w for w in self._workers if w["job"] is None), None)
+        self._send([(spec, run_dir)])
+
+    def submit_together(self, jobs: list[tuple[RunSpec, Path]]) -> None:
+        self._send(jobs)
+
+    def _send(self, jobs: list[tuple[RunSpec, Path]]) -> None:
+        """One line to an idle worker: a job ``{"key", "settings", "run_dir"[, "indices"]}``, or several as
+        ``{"together": [job, ...]}``."""
+        idle = next((w for w in self._workers if not w["jobs"]), None)
         if idle is None and len(self._workers) < self.slots:
             idle = self._start(len(self._workers))
             self._workers.append(idle)
@@ -101,18 +119,20 @@ class LocalExecutor(Executor):
             raise RuntimeError("submit called with every worker busy")
         if idle["proc"].poll() is not None:  # died while idle
             idle = self._workers[self._workers.index(idle)] = self._start(idle["slot"])
-        idle["job"] = spec.key
-        try:
-            job = {"key": spec.key, "settings": spec.settings, "run_dir": str(run_dir)}
+        idle["jobs"] = [spec.key for spec, _ in jobs]
+        lines = []
+        for spec, run_dir in jobs:
+            lines.append({"key": spec.key, "settings": spec.settings, "run_dir": str(run_dir)})
             if spec.indices is not None:
-                job["indices"] = list(spec.indices)
-            idle["proc"].stdin.write(json.dumps(job) + "\n")
+                lines[-1]["indices"] = list(spec.indices)
+        try:
+            idle["proc"].stdin.write(json.dumps(lines[0] if len(lines) == 1 else {"together": lines}) + "\n")
             idle["proc"].stdin.flush()
         except (BrokenPipeError, OSError):
             pass  # the worker died just now: wait() reports the run lost
 
     def wait(self, timeout: float) -> list[Outcome]:
-        busy = {w["proc"].stdout: w for w in self._workers if w["job"] is not None}
+        busy = {w["proc"].stdout: w for w in self._workers if w["jobs"]}
         if not busy:
             time.sleep(min(timeout, 0.05))
             return []
@@ -121,19 +141,19 @@ class LocalExecutor(Executor):
             w = busy[ready]
             name = f"local-{w['slot']}"
             line = w["proc"].stdout.readline()
-            if line:
+            if line:  # one line per submission: one answer, or a submission's answers as {"together": [...]}
                 answer = json.loads(line)
-                result = answer["result"]
-                outcomes.append(
-                    Outcome(answer["key"], result["summary"], result["error"], device=result["device"], worker=name)
-                )
-            else:  # end of file: the worker died
+                for a in answer.get("together", [answer]):
+                    result = a["result"]
+                    outcomes.append(
+                        Outcome(a["key"], result["summary"], result["error"], device=result["device"], worker=name)
+                    )
+                w["jobs"] = []
+            else:  # end of file: the worker died, with every run it had not answered
                 code = w["proc"].wait()
-                outcomes.append(
-                    Outcome(w["job"], None, f"worker {name} died (exit code {code})", lost=True, worker=name)
-                )
+                outcomes += [Outcome(key, None, f"worker {name} died (exit code {code})", lost=True, worker=name)
+                             for key in w["jobs"]]  # fmt: skip
                 self._workers[self._workers.index(w)] = self._start(w["slot"])
-            w["job"] = None
         return outcomes
 
     def shutdown(self) -> None:
@@ -144,7 +164,7 @@ class LocalExecutor(Executor):
                 pass
         for w in self._workers:
             try:
-                w["proc"].wait(timeout=2 if w["job"] is None else 0.01)
+                w["proc"].wait(timeout=2 if not w["jobs"] else 0.01)
             except subprocess.TimeoutExpired:
                 w["proc"].kill()
                 w["proc"].wait()
@@ -156,27 +176,37 @@ class InlineExecutor(Executor):
     a debugger). Uses this process's torch threads and device."""
 
     slots = 1
-    description = "inline: this process"
 
-    def __init__(self):
-        self._job: tuple[RunSpec, Path] | None = None
+    def __init__(self, together: int = 1):
+        self._jobs: list[tuple[RunSpec, Path]] = []
+        self.together = together
+        self.description = "inline: this process" + (f", up to {together} runs a loop" if together > 1 else "")
 
     def submit(self, spec: RunSpec, run_dir: Path) -> None:
-        if self._job is not None:
+        self.submit_together([(spec, run_dir)])
+
+    def submit_together(self, jobs: list[tuple[RunSpec, Path]]) -> None:
+        if self._jobs:
             raise RuntimeError("submit called with the inline executor busy")
-        self._job = (spec, run_dir)
+        self._jobs = list(jobs)
 
     def wait(self, timeout: float) -> list[Outcome]:
-        if self._job is None:
+        if not self._jobs:
             return []
-        from study.sweeps.worker import execute_run
+        from study.sweeps.worker import execute_run, execute_together
 
-        (spec, run_dir), self._job = self._job, None
-        result = execute_run(spec.settings, run_dir, None if spec.indices is None else list(spec.indices))
-        return [Outcome(spec.key, result["summary"], result["error"], device=result["device"], worker="inline")]
+        jobs, self._jobs = self._jobs, []
+        indices = [None if spec.indices is None else list(spec.indices) for spec, _ in jobs]
+        if len(jobs) == 1:
+            results = [execute_run(jobs[0][0].settings, jobs[0][1], indices[0])]
+        else:
+            results = execute_together([{"settings": spec.settings, "run_dir": str(run_dir), "indices": i}
+                                        for (spec, run_dir), i in zip(jobs, indices, strict=True)])  # fmt: skip
+        return [Outcome(spec.key, r["summary"], r["error"], device=r["device"], worker="inline")
+                for (spec, _), r in zip(jobs, results, strict=True)]  # fmt: skip
 
     def shutdown(self) -> None:
-        self._job = None
+        self._jobs = []
 
 
 RAY_CONNECT_TIMEOUT_S = 10.0

@@ -23,7 +23,9 @@ def run_jobs(jobs: list[tuple[RunSpec, Path]], executor: Executor, progress: boo
              max_attempts: int = 3) -> dict[str, dict]:  # fmt: skip
     """Run every ``(spec, run_dir)`` on ``executor``; return each run's summary by key, in the jobs' order.
 
-    The executor is shut down at the end, whatever happens."""
+    An executor that trains several runs a loop (``executor.together > 1``) gets them in submissions of up to that
+    many (fewer where that keeps every slot busy), each holding one slot. The executor is shut down at the end,
+    whatever happens."""
     keys = [spec.key for spec, _ in jobs]
     if len(set(keys)) != len(keys):
         raise ValueError("run_jobs: job keys must be unique")
@@ -31,18 +33,28 @@ def run_jobs(jobs: list[tuple[RunSpec, Path]], executor: Executor, progress: boo
     pending = [job for job in jobs if job[0].key not in done]
     attempts: dict[str, int] = {}
     in_flight: dict[str, tuple[RunSpec, Path]] = {}
+    submissions: dict[str, int] = {}  # key -> the submission it went in; a submission holds one slot
     bar = tqdm(total=len(jobs), initial=len(done), desc=f"{desc} [{executor.description}]", unit="run",
                disable=not progress, dynamic_ncols=True)  # fmt: skip
     try:
         while pending or in_flight:
-            while pending and len(in_flight) < executor.slots and not errors:
-                spec, run_dir = pending.pop(0)
-                executor.submit(spec, run_dir)
-                in_flight[spec.key] = (spec, run_dir)
+            while pending and len(set(submissions.values())) < executor.slots and not errors:
+                free = executor.slots - len(set(submissions.values()))
+                size = min(executor.together, -(-len(pending) // free))
+                chunk, pending = pending[:size], pending[size:]
+                if len(chunk) == 1:
+                    executor.submit(*chunk[0])
+                else:
+                    executor.submit_together(chunk)
+                number = max(submissions.values(), default=0) + 1
+                for spec, run_dir in chunk:
+                    in_flight[spec.key] = (spec, run_dir)
+                    submissions[spec.key] = number
             if not in_flight:
                 break
             for out in executor.wait(timeout=1.0):
                 job = in_flight.pop(out.key)
+                submissions.pop(out.key)
                 if out.summary is not None:
                     done[out.key] = out.summary
                     bar.update(1)

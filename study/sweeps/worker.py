@@ -21,29 +21,42 @@ def execute_run(settings: dict, run_dir: str | Path, indices: list[int] | None =
     summary, or the one-line reason it failed. A run that finished before returns its summary
     at once, after its recorded settings were compared with ``settings``.
     """
+    return execute_together([{"settings": settings, "run_dir": str(run_dir), "indices": indices}])[0]
+
+
+def execute_together(jobs: list[dict]) -> list[dict]:
+    """:func:`execute_run` for every job ``{"settings", "run_dir"[, "indices"]}``, the runs that may share a training
+    loop trained in one (:func:`transfer.together.finetune_together`); one result per job, in order. A failure is
+    every job's result (their run directories keep what was done: the same call resumes them)."""
     import torch
 
     from transfer.device import resolve_device
     from transfer.errors import UserError
     from transfer.finetune import FinetuneConfig, finetune
+    from transfer.together import finetune_together
 
     device = ""
     try:
-        cfg = FinetuneConfig(**settings)
-        dev = resolve_device(cfg.device)
+        cfgs = [FinetuneConfig(**job["settings"]) for job in jobs]
+        dev = resolve_device(cfgs[0].device)
         device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-        summary = finetune(cfg, run_dir, resume=True, progress=False, indices=indices)
-        return {"summary": summary, "error": None, "device": device}
+        if len(jobs) == 1:
+            summaries = [finetune(cfgs[0], jobs[0]["run_dir"], resume=True, progress=False,
+                                  indices=jobs[0].get("indices"))]  # fmt: skip
+        else:
+            summaries = finetune_together(cfgs, [job["run_dir"] for job in jobs], [job.get("indices") for job in jobs],
+                                          resume=True, progress=False)  # fmt: skip
+        return [{"summary": s, "error": None, "device": device} for s in summaries]
     except UserError as exc:
-        return {"summary": None, "error": str(exc), "device": device}
+        error = str(exc)
     except OSError as exc:  # a full disk, a permission: said as the CLI says it, with the path
         from transfer.files import describe_os_error
 
-        return {"summary": None, "error": describe_os_error(exc), "device": device}
+        error = describe_os_error(exc)
     except Exception as exc:  # a bug or a resource failure: keep the last frame for the ledger
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        return {"summary": None, "error": f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})",
-                "device": device}  # fmt: skip
+        error = f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"
+    return [{"summary": None, "error": error, "device": device} for _ in jobs]
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -57,7 +70,8 @@ def _exit_with_parent(parent: int) -> None:
 def local_worker(threads: int) -> None:
     """A local pool worker: one JSON job per line on stdin, one JSON answer per line on the protocol pipe.
 
-    A job is ``{"key", "settings", "run_dir"[, "indices"]}``; the answer ``{"key", "result"}``. The process's own
+    A job is ``{"key", "settings", "run_dir"[, "indices"]}``, or several trained together ``{"together": [job, ...]}``;
+    the answer one line: ``{"key", "result"}``, or ``{"together": [answer, ...]}``. The process's own
     stdout is pointed at stderr so that nothing a library prints can corrupt the protocol.
     """
     import json
@@ -70,9 +84,11 @@ def local_worker(threads: int) -> None:
 
     torch.set_num_threads(threads)
     for line in sys.stdin:
-        job = json.loads(line)
-        result = execute_run(job["settings"], job["run_dir"], job.get("indices"))
-        proto.write(json.dumps({"key": job["key"], "result": result}) + "\n")
+        message = json.loads(line)
+        jobs = message["together"] if "together" in message else [message]
+        answers = [{"key": job["key"], "result": r} for job, r in zip(jobs, execute_together(jobs), strict=True)]
+        # one line per message: the coordinator waits for a readable pipe, then reads one line
+        proto.write(json.dumps(answers[0] if "together" not in message else {"together": answers}) + "\n")
         proto.flush()
 
 

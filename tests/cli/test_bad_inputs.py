@@ -39,7 +39,7 @@ CASES = [
     (RUN + ["--epochs", "0"], "--epochs must be auto or an integer >= 1, got 0"),
     (RUN + ["--epochs", "many"], "--epochs must be auto or an integer >= 1, got 'many'"),
     (RUN + ["--subset", "0"], "--subset must be all or an integer >= 1"),
-    (RUN + ["--eval-every", "0"], "--eval-every must be auto or an integer >= 1"),
+    (RUN + ["--eval-every", "0"], "--eval-every must be auto, last or an integer >= 1"),
     (RUN + ["--frozen-bn", "off"], "--frozen-bn must be one of train, eval"),
     (RUN + ["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N; got 'gpu'"),
     (RUN + ["--device", "cuda:x"], "--device must be auto, cpu, cuda or cuda:N"),

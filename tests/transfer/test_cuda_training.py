@@ -37,3 +37,27 @@ def test_finetune_on_cuda_with_each_precision_and_device_augmentation(tmp_path, 
     summary = finetune(cfg, tmp_path / "r", progress=False)
     assert summary["precision"] == precision and summary["augment_on"] == "device" and summary["channels_last"]
     assert summary["final_test_acc"] > 0.5  # the shipped robust source transfers to digits well above chance
+
+
+def test_models_trained_together_on_cuda_are_the_models_trained_alone(tmp_path):
+    """transfer.together on the GPU (where it is meant to pay): the same weights as one at a time, float32 throughout
+    (TF32 would round each model's convolutions differently alone and stacked), each model's augmentation drawn from
+    its own CUDA generator state."""
+    import numpy as np
+
+    from transfer.runs import RunDir
+    from transfer.together import finetune_together
+
+    rng = np.random.default_rng(0)
+    indices = [np.sort(rng.choice(1000, 100, replace=False)) for _ in range(3)]
+    cfgs = [FinetuneConfig(source="mnist5k-l2", target="digits", blocks="1", subset="100", epochs="3", eval_every="2",
+                           batch_size=32, seed=20_000_000 + k, device="cuda", precision="fp32") for k in range(3)]  # fmt: skip
+    alone = [finetune(c, tmp_path / f"a{k}", progress=False, indices=indices[k]) for k, c in enumerate(cfgs)]
+    together = finetune_together(cfgs, [tmp_path / f"t{k}" for k in range(3)], indices, progress=False)
+    for k in range(3):
+        a, b = (torch.load(RunDir(tmp_path / f"{w}{k}").model, weights_only=True)["state_dict"] for w in "at")
+        for name, t in a.items():
+            if t.is_floating_point():
+                assert float((b[name] - t).abs().max()) <= 1e-3 * max(float(t.abs().max()), 1e-12), name
+        assert together[k]["together"] == 3
+        assert together[k]["final_test_acc"] == pytest.approx(alone[k]["final_test_acc"], abs=1 / 360 + 1e-9)

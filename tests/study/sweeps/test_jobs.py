@@ -88,6 +88,44 @@ def test_executors_train_on_the_given_indices_and_keep_finished_runs(tmp_path, n
         run_jobs(other, InlineExecutor(), progress=False)
 
 
+class Together(Dying):
+    """Takes up to ``together`` runs a submission and records the submissions' sizes."""
+
+    def __init__(self, together):
+        super().__init__({})
+        self.together, self.sizes = together, []
+
+    def submit(self, spec, run_dir):
+        self.submit_together([(spec, run_dir)])
+
+    def submit_together(self, jobs):
+        assert len(jobs) <= self.together
+        self.sizes.append(len(jobs))
+        for spec, run_dir in jobs:
+            super().submit(spec, run_dir)
+
+
+def test_runs_go_together_in_submissions_that_keep_every_slot_busy():
+    ex = Together(4)
+    out = run_jobs(_jobs([f"k{i}" for i in range(10)]), ex, progress=False)
+    assert list(out) == [f"k{i}" for i in range(10)]
+    assert ex.sizes == [4, 4, 1, 1]  # two slots: 4 and 4, then the last two spread over both
+    ex = Together(8)
+    run_jobs(_jobs([f"k{i}" for i in range(6)]), ex, progress=False)
+    assert ex.sizes == [3, 3]  # not 6 and nothing
+
+
+@pytest.mark.parametrize("name", ["inline", "local"])
+def test_executors_train_runs_together_where_asked(tmp_path, name):
+    """``together=2``: runs that may share a loop train in one (transfer.together), one submission at a time."""
+    jobs = [(RunSpec(f"t{i}", SETTINGS, tuple(range(i, 120, 10))), tmp_path / f"t{i}") for i in range(3)]
+    ex = make_executor(name, workers=1, threads=1, together=2) if name == "local" else make_executor(name, together=2)
+    assert "up to 2 runs a loop" in ex.description
+    summaries = run_jobs(jobs, ex, progress=False)
+    assert [s.get("together") for s in summaries.values()] == [2, 2, None]
+    assert json.loads((tmp_path / "t1" / "subset.json").read_text())["indices"] == list(jobs[1][0].indices)
+
+
 def test_an_unknown_executor_is_refused():
     with pytest.raises(UserError, match="unknown executor 'dask'; choose from inline, local, ray"):
         make_executor("dask")
