@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from study.sweeps.executors import default_local_workers
 
 CLI = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))"]
 # N fine-tunes of 200 images one after the other in one process of one thread, as a local executor's worker runs them
@@ -215,12 +218,14 @@ def main() -> None:
     lds = json.loads((val / "validate.json").read_text())["lds"]
     n = a.subsets * a.repeats
     facts["validate_s"] = t
-    facts["estimated_before_s"] = n * per["before"]
+    workers = default_local_workers(0, os.cpu_count() or 1)[0]  # what validate-influence's local executor starts
+    facts["estimated_before_s"] = n * inside["before"] / workers
     rel = lds.get("reliability") or {}
     facts["reliability"] = rel
     print(f"\nground truth: {a.subsets} subsets x {a.repeats} repeats = {n} fine-tunes; validate-influence took "
-          f"{t / 60:.1f} min (the fine-tunes, the LDS and a head refit check); {n} fine-tunes at the earlier policy's "
-          f"per-model cost: {n * per['before'] / 60:.1f} min", flush=True)  # fmt: skip
+          f"{t / 60:.1f} min (the fine-tunes, the LDS and a head refit check); the {n} fine-tunes alone at the earlier "
+          f"policy's cost inside a worker, on {workers} workers: {facts['estimated_before_s'] / 60:.1f} min",
+          flush=True)  # fmt: skip
     if rel:
         print(f"reliability {rel['reliability']:.3f}, ceiling {rel['ceiling']:.3f} "
               f"[{rel['ceiling_interval'][0]:.3f}, {rel['ceiling_interval'][1]:.3f}]")  # fmt: skip
