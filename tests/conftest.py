@@ -74,3 +74,17 @@ def make_sweep(root, done: int) -> "Path":  # noqa: F821
 @pytest.fixture
 def sweep_factory(tmp_path):
     return lambda name, done: make_sweep(tmp_path / name, done)
+
+
+class Killed(Exception):
+    """Raised by :func:`kill_after`'s hook: a run stopped as a kill would stop it, after an epoch."""
+
+
+def kill_after(epoch):
+    """An ``on_epoch_end`` hook that raises :class:`Killed` after ``epoch``."""
+
+    def hook(e):
+        if e == epoch:
+            raise Killed
+
+    return hook

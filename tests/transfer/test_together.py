@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import Killed, kill_after
 from transfer.finetune import FinetuneConfig, finetune
 from transfer.runs import RunDir
 from transfer.together import finetune_together
@@ -61,18 +62,6 @@ def test_models_trained_together_are_the_models_trained_alone(tmp_path):
     assert not torch.allclose(_weights(tmp_path / "tog0")["model.fc.weight"], _weights(tmp_path / "tog1")["model.fc.weight"])
 
 
-class Killed(Exception):
-    pass
-
-
-def _kill_after(epoch):
-    def hook(e):
-        if e == epoch:
-            raise Killed
-
-    return hook
-
-
 def test_a_killed_loop_resumes_together_or_alone(tmp_path):
     cfgs, indices = _runs(k=2, save_every=1e9)
     outs = [tmp_path / f"full{k}" for k in range(2)]
@@ -80,7 +69,7 @@ def test_a_killed_loop_resumes_together_or_alone(tmp_path):
     for name in ("again", "alone"):
         killed = [tmp_path / f"{name}{k}" for k in range(2)]
         with pytest.raises(Killed):  # after epoch 2: the states saved at the evaluation after epoch 1
-            finetune_together(cfgs, killed, indices, progress=False, on_epoch_end=_kill_after(2))
+            finetune_together(cfgs, killed, indices, progress=False, on_epoch_end=kill_after(2))
         assert all(RunDir(d).state.exists() and not RunDir(d).finished() for d in killed)
         if name == "again":
             finetune_together(cfgs, killed, indices, resume=True, progress=False)

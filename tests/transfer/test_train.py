@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from tests.conftest import Killed, kill_after
 from transfer.finetune import FinetuneConfig, finetune
 from transfer.runs import RunDir
 from transfer.train import eval_epochs, lr_milestones, paper_epochs, paper_eval_every
@@ -32,18 +33,6 @@ def _cfg(ckpt, **kw):
     return FinetuneConfig(**(base | kw))
 
 
-class Killed(Exception):
-    pass
-
-
-def _kill_after(epoch):
-    def hook(e):
-        if e == epoch:
-            raise Killed
-
-    return hook
-
-
 def _state(run_dir):
     return torch.load(RunDir(run_dir).model, weights_only=True)["state_dict"]
 
@@ -56,7 +45,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, small_checkpoint, augmen
     cfg = _cfg(small_checkpoint, augment=augment, eval_every=eval_every, save_every=save_every)
     full = finetune(cfg, tmp_path / "full", progress=False)
     with pytest.raises(Killed):
-        finetune(cfg, tmp_path / "killed", progress=False, on_epoch_end=_kill_after(2))
+        finetune(cfg, tmp_path / "killed", progress=False, on_epoch_end=kill_after(2))
     assert not RunDir(tmp_path / "killed").finished()
     resumed = finetune(cfg, tmp_path / "killed", resume=True, progress=False)
     a, b = _state(tmp_path / "full"), _state(tmp_path / "killed")
