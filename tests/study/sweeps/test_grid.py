@@ -75,3 +75,16 @@ def test_settings_are_recorded_as_the_cli_would():
     (run,) = grid.runs()
     assert run.settings["epochs"] == "20" and run.settings["blocks"] == "0" and run.settings["subset"] == "100"
     assert run.config().epochs == "20"
+
+
+def test_the_plan_counts_one_evaluation_for_eval_every_last(tmp_path):
+    from study.sweeps.plan import plan_grid
+    from transfer.datasets import load_raw_splits
+
+    n_test = len(load_raw_splits("digits")[1])
+    passes = {}
+    for every in ("last", "5"):
+        path = tmp_path / f"g{every}.toml"
+        path.write_text(BASE + f'[finetune]\nepochs = "10"\neval_every = "{every}"\n')
+        passes[every] = plan_grid(read_grid(path), images_per_second=1000.0, device="cpu").test_passes
+    assert passes == {"last": n_test, "5": 3 * n_test}  # after epoch 10 alone; after 1, 6 and 10
