@@ -64,6 +64,15 @@ class Executor(ABC):
         """Stop every worker; runs in flight are abandoned (the ledger requeues them next time)."""
 
 
+def job_message(spec: RunSpec, run_dir: Path) -> dict:
+    """A run as a worker takes it (:func:`study.sweeps.worker.execute_together`):
+    ``{"key", "settings", "run_dir"[, "indices"]}``."""
+    job = {"key": spec.key, "settings": spec.settings, "run_dir": str(run_dir)}
+    if spec.indices is not None:
+        job["indices"] = list(spec.indices)
+    return job
+
+
 MAX_WORKERS = 1024  # worker processes of a local executor: far above any one machine's cores or GPUs
 
 
@@ -120,11 +129,7 @@ class LocalExecutor(Executor):
         if idle["proc"].poll() is not None:  # died while idle
             idle = self._workers[self._workers.index(idle)] = self._start(idle["slot"])
         idle["jobs"] = [spec.key for spec, _ in jobs]
-        lines = []
-        for spec, run_dir in jobs:
-            lines.append({"key": spec.key, "settings": spec.settings, "run_dir": str(run_dir)})
-            if spec.indices is not None:
-                lines[-1]["indices"] = list(spec.indices)
+        lines = [job_message(spec, run_dir) for spec, run_dir in jobs]
         try:
             idle["proc"].stdin.write(json.dumps(lines[0] if len(lines) == 1 else {"together": lines}) + "\n")
             idle["proc"].stdin.flush()
@@ -193,15 +198,10 @@ class InlineExecutor(Executor):
     def wait(self, timeout: float) -> list[Outcome]:
         if not self._jobs:
             return []
-        from study.sweeps.worker import execute_run, execute_together
+        from study.sweeps.worker import execute_together
 
         jobs, self._jobs = self._jobs, []
-        indices = [None if spec.indices is None else list(spec.indices) for spec, _ in jobs]
-        if len(jobs) == 1:
-            results = [execute_run(jobs[0][0].settings, jobs[0][1], indices[0])]
-        else:
-            results = execute_together([{"settings": spec.settings, "run_dir": str(run_dir), "indices": i}
-                                        for (spec, run_dir), i in zip(jobs, indices, strict=True)])  # fmt: skip
+        results = execute_together([job_message(spec, run_dir) for spec, run_dir in jobs])
         return [Outcome(spec.key, r["summary"], r["error"], device=r["device"], worker="inline")
                 for (spec, _), r in zip(jobs, results, strict=True)]  # fmt: skip
 

@@ -10,6 +10,7 @@ once the others in flight have ended.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -34,19 +35,19 @@ def run_jobs(jobs: list[tuple[RunSpec, Path]], executor: Executor, progress: boo
     attempts: dict[str, int] = {}
     in_flight: dict[str, tuple[RunSpec, Path]] = {}
     submissions: dict[str, int] = {}  # key -> the submission it went in; a submission holds one slot
+    numbers = itertools.count()
     bar = tqdm(total=len(jobs), initial=len(done), desc=f"{desc} [{executor.description}]", unit="run",
                disable=not progress, dynamic_ncols=True)  # fmt: skip
     try:
         while pending or in_flight:
-            while pending and len(set(submissions.values())) < executor.slots and not errors:
-                free = executor.slots - len(set(submissions.values()))
-                size = min(executor.together, -(-len(pending) // free))
+            while pending and (busy := len(set(submissions.values()))) < executor.slots and not errors:
+                size = min(executor.together, -(-len(pending) // (executor.slots - busy)))
                 chunk, pending = pending[:size], pending[size:]
                 if len(chunk) == 1:
                     executor.submit(*chunk[0])
                 else:
                     executor.submit_together(chunk)
-                number = max(submissions.values(), default=0) + 1
+                number = next(numbers)
                 for spec, run_dir in chunk:
                     in_flight[spec.key] = (spec, run_dir)
                     submissions[spec.key] = number
