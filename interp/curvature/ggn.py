@@ -182,7 +182,7 @@ def ggn_products(
     if factor_fits(model, loader, names, dev, dtype, max_bytes):
         m = ggn_factor(model, loader, names, dtype=dtype, device=dev)
         return CurvatureProducts(lambda v: m.T @ (m @ v.to(dev, dtype)), m.shape[1], dev, dtype,
-                                 f"cached GGN factor ({m.shape[0]} x {m.shape[1]})")  # fmt: skip
+                                 f"cached GGN factor ({m.shape[0]} x {m.shape[1]})", factor=m)  # fmt: skip
     return ggn_vector_product(model, loader, names, dtype=dtype, device=dev)
 
 

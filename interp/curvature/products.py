@@ -8,7 +8,7 @@ take.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,7 +18,8 @@ class CurvatureProducts:
     """``v -> G v`` on columns ``(P, k) -> (P, k)`` (float64 results on ``device``) for a ``P x P`` curvature ``G``.
 
     Callable like the product itself, and unpacks as ``(matvec, P)``, as :func:`interp.hessian_vector_product`'s
-    result did before it had a type. ``description`` says how the products are taken.
+    result did before it had a type. ``description`` says how the products are taken; ``factor``, where the products
+    go through a cached factor ``F`` ``(m, P)`` with ``G = F^T F``, is that factor (a consumer may use it whole).
     """
 
     matvec: Callable[[torch.Tensor], torch.Tensor]
@@ -26,6 +27,7 @@ class CurvatureProducts:
     device: torch.device
     dtype: torch.dtype = torch.float64
     description: str = ""
+    factor: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         return self.matvec(v)

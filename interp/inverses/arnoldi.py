@@ -17,6 +17,14 @@ that deflated operator, with its standard error (estimating the whole trace inst
 noise dominate the share). The subspace is the whole space at ``r = P`` only; where ARPACK's Krylov basis
 (``2 r + 1`` vectors) would span the whole space anyway (``2 r + 1 >= P``) and the dense matrix fits, it is
 assembled from ``P`` products (in blocks) and decomposed densely instead, which is cheaper there and exact.
+
+Where the products come through a cached factor ``G = F^T F`` (``F`` ``(m, P)``, ``m = n C`` rows fewer than
+``P``: :func:`interp.curvature.ggn_products` caches it when it fits), ``G``'s nonzero eigenpairs are those of the
+``m x m`` Gram matrix ``F F^T = U diag(s) U^T`` with ``V = F^T U diag(s)^-1/2``, as in the Woodbury inverse; the
+top ``r`` are then taken from it exactly, not by Lanczos, and the trace left out is exact too (``trace(F F^T)`` minus
+the ``r`` found). The same eigenpairs as Lanczos converged (tests); on the demo's 1-block runs (``4,000 x 74,634``)
+it replaces about 400 products that each read the whole factor (72 s on one core, twice that with two processes
+sharing the memory bandwidth) by one Gram matrix and a partial eigendecomposition (about 35 s).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from interp.device import to_numpy
 from interp.errors import InterpError
 from interp.inverses.base import INVERSES, Curvature, InverseMethod, check_damping, resolve_rcond
 from interp.inverses.eigen import EigenbasisInverse, symmetric_eigh
+from interp.inverses.lowrank import factor_gram
 
 HUTCHINSON_PROBES = 16
 ARNOLDI_RANK = 200  # the default r: on the tests' 2,954-parameter selection it reaches top-10 overlap ~0.76
@@ -133,14 +142,19 @@ def arnoldi_inverse(
     device: torch.device | str = "cpu",
     tol: float = 1e-8,
     chunk: int = 64,
+    factor: torch.Tensor | None = None,
 ) -> ArnoldiInverse:
     """The top-``rank`` eigenpairs of the symmetric operator ``matvec`` (``(P, k) -> (P, k)``) and their
-    damped inverse above the cut-off ``rcond`` (see the module's docstring)."""
+    damped inverse above the cut-off ``rcond`` (see the module's docstring). ``factor``: ``F`` ``(m, P)`` with
+    ``matvec(v) = F^T F v``, where the products have one; with ``rank < m < P`` the eigenpairs come from its Gram
+    matrix."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise InterpError(f"rank must be an integer >= 1, got {rank!r}")
     check_damping(damping)
     rank = min(rank, size)
     dev = torch.device(device)
+    if factor is not None and rank < factor.shape[0] < size:
+        return _from_gram(factor.to(dev, torch.float64), rank, damping, rcond, curvature)
     dense = rank >= size - 1  # eigsh needs rank < size - 1 for its basis
     if not dense and lanczos_spans_everything(rank, size):
         try:
@@ -152,9 +166,8 @@ def arnoldi_inverse(
         check_dense_fits(size, device=dev, what=f"the assembled {size} x {size} curvature")
         eye = torch.eye(size, dtype=torch.float64, device=dev)
         mat = torch.cat([matvec(eye[:, s : s + chunk]).to(torch.float64) for s in range(0, size, chunk)], dim=1)
-        w, v = symmetric_eigh((mat + mat.T) / 2)
-        order = torch.argsort(w, descending=True)[:rank]
-        w, v = w[order], v[:, order]
+        w, v = symmetric_eigh((mat + mat.T) / 2, top=rank)
+        w, v = w.flip(0), v.flip(1)
         rest = (float(torch.diagonal(mat).sum()) - float(w[w > 0].sum()), 0.0) if rank < size else (0.0, 0.0)
         why = "r = P" if rank == size else "Lanczos' basis of 2r + 1 vectors would span the whole space"
         return ArnoldiInverse(w, v, damping, curvature, rcond, rest, size,
@@ -175,6 +188,24 @@ def arnoldi_inverse(
     w, v = torch.from_numpy(w[order]).to(dev), torch.from_numpy(v[:, order]).to(dev)
     rest = deflated_trace(matvec, v, dev)
     return ArnoldiInverse(w, v, damping, curvature, rcond, rest, products + HUTCHINSON_PROBES)
+
+
+def _from_gram(factor: torch.Tensor, rank: int, damping: float, rcond, curvature: str) -> ArnoldiInverse:
+    """The top-``rank`` eigenpairs of ``F^T F`` from the Gram matrix ``F F^T`` (see the module's docstring); a
+    Gram eigenvalue at or under 1e-12 of the largest belongs to the null space and is not returned (its
+    direction would be ``F^T u / 0``), so fewer than ``rank`` come back where ``G`` has fewer nonzero ones."""
+    m, size = factor.shape
+    check_dense_fits(m, device=factor.device, what=f"the {m} x {m} Gram matrix of the factor")
+    gram = factor_gram(factor)
+    s, u = symmetric_eigh(gram, top=rank)
+    s, u = s.flip(0), u.flip(1)
+    keep = s > 1e-12 * max(float(s[0]), 0.0) if len(s) else s > 0
+    s, u = s[keep], u[:, keep]
+    v = factor.T @ (u / s.sqrt())
+    rest = float(torch.diagonal(gram).sum()) - float(s.sum())
+    solver = (f"dense eigh of the {m} x {m} Gram matrix of the cached factor (G = F^T F: its nonzero eigenpairs, "
+              f"the top {rank} exactly)")  # fmt: skip
+    return ArnoldiInverse(s, v, damping, curvature, rcond, (max(rest, 0.0), 0.0), 0, solver)
 
 
 @dataclass(frozen=True)
@@ -201,7 +232,8 @@ def _arnoldi(curvature: Curvature, *, rcond, damping: float, progress: bool, arn
     else:
         products = hessian_vector_product(model, data, names, device=curvature.device)
     return arnoldi_inverse(products, products.size, rank=arnoldi_rank, damping=damping, rcond=rcond,
-                           curvature=f"{arnoldi_curvature}: {products.description}", device=curvature.device)  # fmt: skip
+                           curvature=f"{arnoldi_curvature}: {products.description}", device=curvature.device,
+                           factor=products.factor)  # fmt: skip
 
 
 INVERSES.register(InverseMethod("arnoldi", _arnoldi, needs="model", shared="arnoldi", default_rcond="exact",

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from interp import InterpError
-from interp.curvature import ggn
+from interp.curvature import ggn, ggn_products
 from interp.inverses import arnoldi_inverse
 
 
@@ -79,3 +79,31 @@ def test_arnoldi_assembles_the_matrix_where_lanczos_would_span_the_whole_space()
     v = torch.randn(40, 3, dtype=torch.float64)
     assert torch.allclose(inv.apply(v), top @ ((top.T @ v) / w[-25:, None]), rtol=1e-9, atol=1e-12)
     assert inv.info()["captured_trace_share"] == pytest.approx(float(w[-25:].sum() / w.sum()), rel=1e-10)
+
+
+def test_arnoldi_takes_the_top_eigenpairs_of_a_cached_factor_from_its_gram_matrix_as_lanczos_finds_them(
+    digits, small_net, names
+):
+    """Products through a cached GGN factor (fewer rows than parameters): the top eigenpairs come from the Gram
+    matrix, exactly, the same as Lanczos on the same products, and the trace left out is exact."""
+    x, y = next(iter(digits[0]))
+    few = DataLoader(TensorDataset(x[:12], y[:12]), batch_size=12)  # 120 factor rows, 2,610 parameters
+    products = ggn_products(small_net(), few, names, max_bytes=1 << 40)
+    f = products.factor
+    assert f is not None and f.shape[0] == 120 < products.size
+    gram = arnoldi_inverse(products, products.size, rank=20, damping=1e-3, factor=f)
+    lanczos = arnoldi_inverse(products, products.size, rank=20, damping=1e-3, tol=1e-12)
+    info = gram.info()
+    assert info["solver"].startswith("dense eigh of the 120 x 120 Gram") and info["products"] == 0
+    assert lanczos.info()["solver"].startswith("Lanczos")
+    torch.testing.assert_close(gram.eigenvalues, lanczos.eigenvalues, rtol=1e-9, atol=1e-12)
+    v = torch.randn(products.size, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(gram.apply(v), lanczos.apply(v), rtol=1e-7, atol=1e-9)
+    g = (f.T @ f).to(torch.float64)
+    w = torch.linalg.eigvalsh(g)
+    assert info["trace_rest_estimate"] == pytest.approx(float(w[:-20].clamp_min(0).sum()), rel=1e-8)
+    assert info["trace_rest_standard_error"] == 0.0
+    assert info["captured_trace_share"] == pytest.approx(float(w[-20:].sum() / w.clamp_min(0).sum()), rel=1e-8)
+    many = arnoldi_inverse(products, products.size, rank=119, damping=0.0, factor=f)  # past G's rank (<= 108)
+    assert many.info()["rank_asked"] <= 12 * 9 and bool((many.eigenvalues > 0).all())
+    assert torch.allclose(many.apply(v), torch.linalg.pinv(g, hermitian=True, rtol=1e-10) @ v, rtol=1e-6, atol=1e-8)
