@@ -120,3 +120,20 @@ def test_model_curvature_methods_on_cuda_equal_the_cpu(method):
         assert inv.device.type == dev
         mats[dev] = interp.influence_matrix(g[:10].to(dev), g.to(dev), inv)
     _close(mats["cuda"], mats["cpu"], rtol=1e-6 if method == "arnoldi" else 1e-8)
+
+
+def test_arnoldi_from_a_factors_gram_matrix_on_cuda_equals_the_cpu():
+    """The top eigenpairs of ``F^T F`` from the Gram matrix (``torch.linalg.eigh`` sliced on CUDA, LAPACK's partial
+    MRRR on the CPU) give the same inverse."""
+    from interp.inverses import arnoldi_inverse
+
+    g = torch.Generator().manual_seed(3)
+    f = torch.randn(40, 300, generator=g, dtype=torch.float64) * torch.logspace(0, -3, 40, dtype=torch.float64)[:, None]
+    v = torch.randn(300, 4, generator=g, dtype=torch.float64)
+    out = {}
+    for dev in ("cpu", "cuda"):
+        fd = f.to(dev)
+        inv = arnoldi_inverse(lambda q, fd=fd: fd.T @ (fd @ q), 300, rank=15, damping=1e-3, device=dev, factor=fd)
+        assert inv.device.type == dev and inv.info()["solver"].startswith("dense eigh of the 40 x 40 Gram")
+        out[dev] = inv.apply(v.to(dev))
+    _close(out["cuda"], out["cpu"])
