@@ -23,8 +23,8 @@ Where the products come through a cached factor ``G = F^T F`` (``F`` ``(m, P)``,
 ``m x m`` Gram matrix ``F F^T = U diag(s) U^T`` with ``V = F^T U diag(s)^-1/2``, as in the Woodbury inverse; the
 top ``r`` are then taken from it exactly, not by Lanczos, and the trace left out is exact too (``trace(F F^T)`` minus
 the ``r`` found). The same eigenpairs as Lanczos converged (tests); on the demo's 1-block runs (``4,000 x 74,634``)
-it replaces about 400 products that each read the whole factor (72 s on one core, twice that with two processes
-sharing the memory bandwidth) by one Gram matrix and a partial eigendecomposition (about 35 s).
+it replaces 418 products that each read the whole factor (84 s, on one core or two: memory-bound) by one Gram
+matrix and a partial eigendecomposition (34 s on one core, 20 s on two: ``benchmarks/arnoldi_gram.py``).
 """
 
 from __future__ import annotations
