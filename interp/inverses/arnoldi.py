@@ -61,6 +61,7 @@ class ArnoldiInverse(EigenbasisInverse):
     trace_rest: tuple[float, float] | None = None  # Hutchinson estimate of the trace left out, and its standard error
     products: int = 0
     solver: str = "Lanczos (scipy eigsh)"
+    asked: int | None = None  # the eigenpairs asked for, where fewer came back (G has fewer nonzero ones)
     method: str = field(default="arnoldi", init=False)
 
     def __post_init__(self):
@@ -71,7 +72,7 @@ class ArnoldiInverse(EigenbasisInverse):
         """The same eigenpairs under another cut-off and/or damping: no new products."""
         return ArnoldiInverse(self.eigenvalues, self.eigenvectors, self.damping if damping is None else damping,
                               self.curvature, self.rcond if rcond == "same" else rcond, self.trace_rest,
-                              self.products, self.solver)  # fmt: skip
+                              self.products, self.solver, self.asked)  # fmt: skip
 
     def _trace_share(self) -> tuple[float, float | None, float | None]:
         """``(trace found, captured share, its standard error)`` (the delta method on found / (found + rest))."""
@@ -91,7 +92,8 @@ class ArnoldiInverse(EigenbasisInverse):
             "method": "arnoldi",
             "curvature": self.curvature,
             **self._kept_facts(),
-            "rank_asked": int(len(w)),
+            "rank_asked": int(self.asked if self.asked is not None else len(w)),
+            "eigenpairs_found": int(len(w)),
             "dropped_in_subspace": int(len(w)) - self.rank,
             "largest_eigenvalue": float(w.max()) if len(w) else 0.0,
             "trace_found": found,
@@ -106,8 +108,10 @@ class ArnoldiInverse(EigenbasisInverse):
     def report(self) -> list[str]:
         _, share, se = self._trace_share()
         trace = f", {share:.1%} (standard error {se:.1%}) of the trace" if share is not None else ""
+        found = len(self.eigenvalues)
+        short = f" ({self.asked} asked: G has no more nonzero ones)" if self.asked not in (None, found) else ""
         return [f"curvature: {self.curvature}",
-                f"arnoldi: {len(self.eigenvalues)} eigenpairs of {self.size} by {self.solver}{trace}"]  # fmt: skip
+                f"arnoldi: {found} eigenpairs{short} of {self.size} by {self.solver}{trace}"]  # fmt: skip
 
 
 def deflated_trace(matvec: Callable[[torch.Tensor], torch.Tensor], basis: torch.Tensor, device,
@@ -205,7 +209,7 @@ def _from_gram(factor: torch.Tensor, rank: int, damping: float, rcond, curvature
     rest = float(torch.diagonal(gram).sum()) - float(s.sum())
     solver = (f"dense eigh of the {m} x {m} Gram matrix of the cached factor (G = F^T F: its nonzero eigenpairs, "
               f"the top {rank} exactly)")  # fmt: skip
-    return ArnoldiInverse(s, v, damping, curvature, rcond, (max(rest, 0.0), 0.0), 0, solver)
+    return ArnoldiInverse(s, v, damping, curvature, rcond, (max(rest, 0.0), 0.0), 0, solver, rank)
 
 
 @dataclass(frozen=True)

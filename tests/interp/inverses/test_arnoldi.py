@@ -105,5 +105,7 @@ def test_arnoldi_takes_the_top_eigenpairs_of_a_cached_factor_from_its_gram_matri
     assert info["trace_rest_standard_error"] == 0.0
     assert info["captured_trace_share"] == pytest.approx(float(w[-20:].sum() / w.clamp_min(0).sum()), rel=1e-8)
     many = arnoldi_inverse(products, products.size, rank=119, damping=0.0, factor=f)  # past G's rank (<= 108)
-    assert many.info()["rank_asked"] <= 12 * 9 and bool((many.eigenvalues > 0).all())
+    assert many.info()["rank_asked"] == 119 and many.info()["eigenpairs_found"] <= 12 * 9
+    assert bool((many.eigenvalues > 0).all()) and many.with_settings(damping=1e-2).info()["rank_asked"] == 119
+    assert "(119 asked: G has no more nonzero ones)" in many.report()[1]
     assert torch.allclose(many.apply(v), torch.linalg.pinv(g, hermitian=True, rtol=1e-10) @ v, rtol=1e-6, atol=1e-8)
