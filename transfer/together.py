@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from transfer.errors import UserError
 from transfer.files import atomic_torch_save, atomic_write_jsonl
 from transfer.finetune import FinetuneConfig, PreparedRun, prepare_run
-from transfer.freezing import split_frozen_prefix, unfreeze_last_blocks
+from transfer.freezing import split_frozen_prefix
 from transfer.precision import autocast, tf32_allowed
 from transfer.runs import RunDir
 from transfer.runtime import torch_threads
@@ -46,10 +46,11 @@ from transfer.train import (
     eval_epochs,
     fit,
     index_batches,
-    lr_milestones,
     mutable_state,
+    place_model,
     restore_state,
     set_modes,
+    sgd_and_schedule,
     to_layout,
 )
 
@@ -144,9 +145,7 @@ def _restored(models, runs, cfg: TrainConfig, device) -> tuple[list[list[dict]],
         return [[] for _ in runs], 1, 0.0, None, {}
     histories, starts, elapsed, opt_states = [], set(), 0.0, []
     for model, run in zip(models, runs, strict=True):
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, lr_milestones(cfg.epochs), gamma=0.1)
+        opt, sched = sgd_and_schedule([p for p in model.parameters() if p.requires_grad], cfg)
         if not run.state.exists():
             raise ValueError(f"{run.root} has no saved state while others of its loop have")
         history, start, spent = restore_state(run, model, opt, sched, device)
@@ -178,15 +177,10 @@ def _model_opt_state(state: dict, m: int) -> dict:
 
 def _fit_together(models, blocks, train_sets, test_set, cfg, seeds, runs, device, progress, on_epoch_end):
     for model in models:
-        model.to(device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        unfreeze_last_blocks(model, blocks)
+        place_model(model, blocks, cfg, device)
     histories, start, elapsed, opt_states, sched_state = _restored(models, runs, cfg, device)
     st = _Stacked(models, blocks)
-    opt = torch.optim.SGD([st.params[n] for n in st.order], lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)  # fmt: skip
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, lr_milestones(cfg.epochs), gamma=0.1)
+    opt, sched = sgd_and_schedule([st.params[n] for n in st.order], cfg)
     if opt_states is not None:
         opt.load_state_dict(_stacked_opt_state(opt_states))
         sched.load_state_dict(sched_state)

@@ -124,6 +124,21 @@ def lr_milestones(epochs: int) -> list[int]:
     return sorted({m for m in (epochs // 3, 2 * epochs // 3) if 0 < m < epochs})
 
 
+def sgd_and_schedule(params, cfg: TrainConfig):
+    """The fine-tune's optimiser over ``params`` and its schedule: SGD with ``cfg``'s momentum and weight decay, the
+    learning rate divided by 10 at :func:`lr_milestones`."""
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, lr_milestones(cfg.epochs), gamma=0.1)
+
+
+def place_model(model: nn.Module, blocks, cfg: TrainConfig, device) -> None:
+    """``model`` on ``device`` (channels-last where ``cfg`` says), its last ``blocks`` and classifier trainable."""
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    unfreeze_last_blocks(model, blocks)
+
+
 def eval_epochs(epochs: int, every: int | None) -> set[int]:
     """Epochs (1-based) after which test accuracy is measured: 1, 1 + every, 1 + 2 every, ..., and the last.
 
@@ -237,14 +252,9 @@ def fit(
 
 
 def _fit(model, blocks, train_set, test_set, cfg: TrainConfig, run: RunDir, device, progress, on_epoch_end):
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    unfreeze_last_blocks(model, blocks)
+    place_model(model, blocks, cfg, device)
     split = split_frozen_prefix(model, blocks)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, lr_milestones(cfg.epochs), gamma=0.1)
+    opt, sched = sgd_and_schedule([p for p in model.parameters() if p.requires_grad], cfg)
     history: list[dict] = []
     start, elapsed = 1, 0.0
     if run.state.exists():
