@@ -71,8 +71,8 @@ def check_executor(cfg) -> None:
 def retrain_executor(cfg) -> Executor:
     """The executor of ``cfg``'s retrainings (``executor``, ``retrain_workers``, ``threads``, ``address``,
     ``together``)."""
-    extra = {"together": cfg.together} if cfg.executor in TOGETHER else {}
-    return make_executor(cfg.executor, workers=cfg.retrain_workers, threads=cfg.threads, address=cfg.address, **extra)
+    return make_executor(cfg.executor, workers=cfg.retrain_workers, threads=cfg.threads, address=cfg.address,
+                         together=cfg.together)  # fmt: skip
 
 
 @dataclass(kw_only=True)
