@@ -90,11 +90,15 @@ class EigenbasisInverse(InverseOperator):
         return self.eigenvectors[:, self.kept]
 
     def _solve(self, cols: torch.Tensor) -> torch.Tensor:
-        scale = (1.0 / self._shifted[self.kept]).unsqueeze(1)
-        out = self._basis @ (scale * (self._basis.T @ cols))
-        if self.fills_complement:
-            out += (cols - self.eigenvectors @ (self.eigenvectors.T @ cols)) / self.damping
-        return out
+        """``V_kept diag(1 / (s + damping)) V_kept^T cols``; where the complement is kept, in one pass over ``V``:
+        ``cols / damping + V diag(d) V^T cols`` with ``d = 1 / (s + damping) - 1 / damping`` on kept directions and
+        ``-1 / damping`` on dropped ones (which so get nothing)."""
+        if not self.fills_complement:
+            scale = (1.0 / self._shifted[self.kept]).unsqueeze(1)
+            return self._basis @ (scale * (self._basis.T @ cols))
+        v = self.eigenvectors
+        d = torch.where(self.kept, 1.0 / self._shifted, 0.0) - 1.0 / self.damping
+        return cols / self.damping + v @ (d.unsqueeze(1) * (v.T @ cols))
 
     def dropped_norm_share(self, g: torch.Tensor) -> float:
         """Share of ``sum_i ||g_i||^2`` in the dropped directions: ``||G V_dropped||_F^2 / ||G||_F^2`` where the

@@ -6,7 +6,7 @@ import torch
 
 import interp
 from interp.errors import InterpError
-from interp.inverses.lowrank import lowrank_inverse
+from interp.inverses.lowrank import FactoredBasis, lowrank_inverse
 
 
 def test_lowrank_inverse_is_the_exact_damped_inverse_and_keeps_its_eigenpairs_across_dampings():
@@ -42,3 +42,23 @@ def test_a_cut_off_drops_small_directions_and_the_null_space_with_them():
         assert inv.rank == dense.rank, (rcond, damping)
         assert torch.allclose(inv.apply(b), dense.apply(b), rtol=1e-7, atol=1e-9), (rcond, damping)
         assert inv.dropped_norm_share(b.T) == pytest.approx(dense.dropped_norm_share(b.T), abs=1e-10)
+
+
+def test_the_eigenvectors_are_never_formed_and_every_product_with_them_is_the_formed_ones():
+    g = torch.Generator().manual_seed(2)
+    f = torch.randn(6, 25, generator=g, dtype=torch.float64)
+    inv = lowrank_inverse(f, 1e-2)
+    v = inv.eigenvectors
+    assert isinstance(v, FactoredBasis) and v.shape == (25, 6) and v.T.shape == (6, 25)
+    dense = v.dense()
+    assert torch.allclose(dense.T @ dense, torch.eye(6, dtype=torch.float64), atol=1e-10)  # orthonormal
+    assert torch.allclose(dense @ torch.diag(inv.eigenvalues) @ dense.T, f.T @ f, atol=1e-10)  # G's eigenpairs
+    y, x = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(4, 25, generator=g, dtype=torch.float64)
+    mask = torch.tensor([True, False, True, True, False, True])
+    assert torch.allclose(v @ y, dense @ y) and torch.allclose(v.T @ x.T, dense.T @ x.T)
+    assert torch.allclose(x @ v, x @ dense) and torch.allclose(y.T @ v.T, y.T @ dense.T)
+    assert torch.allclose(v[:, mask].dense(), dense[:, mask]) and torch.allclose(v.T.dense(), dense.T)
+    with pytest.raises(IndexError, match="columns"):
+        v[:3]
+    with pytest.raises(IndexError, match="columns"):
+        v.T[:, mask]
