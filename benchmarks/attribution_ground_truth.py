@@ -9,7 +9,8 @@ On an embedded 1-block run (``mnist5k-l2 -> digits``, ``--blocks 1``, ``--subset
    that training one model at a time can gain on this machine; and ``--together K`` retrainings one at a time
    against the same K in one loop (:mod:`transfer.together`; ``--together-only --device cuda`` on a GPU).
 2. Influence over the trainable parameters (EK-FAC, the exact GGN by Woodbury) and the head's closed form, damping
-   ``wd``; EK-FAC and the head also ensembled over K = 2, 5, 10 models (``influence --ensemble K``).
+   ``wd`` (the exact GGN also ``source``); EK-FAC and the head also ensembled over K = 2, 5, 10 models
+   (``influence --ensemble K``).
 3. ``validate-influence --lds 100 --repeats 5``: 500 fine-tunes on half the training images (local executor, one
    worker per core), the ground truth's reliability and ceiling, every directory's LDS with a paired interval
    against the head, and its wall time against 500 times the old policy's per-model cost.
@@ -196,9 +197,11 @@ def main() -> None:
     # 2. influence directories
     inf = work / "influence"
     dirs = {}
-    common = ["--run", run, "--damping", "wd", "--test", 100, "--no-progress"]
-    specs = {"head": ["--rcond", "exact"], "ekfac": ["--params", "trainable", "--method", "ekfac"],
-             "ggn": ["--params", "trainable", "--method", "ggn"]}  # fmt: skip
+    common = ["--run", run, "--test", 100, "--no-progress"]
+    wd = ["--damping", "wd"]
+    # the exact GGN also at the `source` rule: its LDS moves with the damping most (benchmarks/damping_sensitivity.py)
+    specs = {"head": ["--rcond", "exact", *wd], "ekfac": ["--params", "trainable", "--method", "ekfac", *wd],
+             "ggn": ["--params", "trainable", "--method", "ggn", "--damping", "wd,source"]}  # fmt: skip
     for k in [int(x) for x in a.ensembles.split(",")]:
         specs[f"head-ens{k}"] = specs["head"] + ["--ensemble", k]
         specs[f"ekfac-ens{k}"] = specs["ekfac"] + ["--ensemble", k]
