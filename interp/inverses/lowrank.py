@@ -8,11 +8,13 @@ eigenvectors ``V = F^T U diag(s)^-1/2`` (orthonormal). Then, exactly,
     (G + damping I)^-1 = I / damping + V diag(1 / (s + damping) - 1 / damping) V^T,
 
 an ``m x m`` eigendecomposition instead of a ``P x P`` one (the Woodbury identity in eigen-form). The ``P - m``
-directions of ``G``'s null space get ``1 / damping``. ``V`` is never formed (:class:`FactoredBasis`): a product with it
-goes through ``F`` and ``W = U diag(s)^-1/2``, which saves the ``P x m x r`` product that forming it costs (16 s of
-the 30 s the inverse of a 4,000 x 74,634 factor took on 2 cores) for ``m / r`` times the work of each later product. With a cut-off ``rcond``, as the dense pseudo-inverse: a
+directions of ``G``'s null space get ``1 / damping``. With a cut-off ``rcond``, as the dense pseudo-inverse: a
 direction whose ``|s + damping|`` is at or under ``rcond * max(s + damping)`` is dropped, the null space too once
 ``damping`` is (at damping 0 it always is: the pseudo-inverse ``V diag(1 / s) V^T``).
+
+``V`` is never formed (:class:`FactoredBasis`): a product with it goes through ``F`` and ``W = U diag(s)^-1/2``. That
+saves the ``P x m x r`` product forming it costs (16 s of the 30 s the inverse of a 4,000 x 74,634 factor took on 2
+cores) for ``m / r`` times the work of every later product with it (``r`` nonzero eigenvalues of ``m``).
 """
 
 from __future__ import annotations
