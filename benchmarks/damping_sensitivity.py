@@ -29,10 +29,10 @@ CLI = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(ma
 RUN = ["--source", "mnist5k-l2", "--target", "digits", "--blocks", "1", "--subset", "400", "--epochs", "10",
        "--eval-every", "10", "--seed", "20000000"]  # fmt: skip
 DAMPINGS = "0,wd,1e-3,1e-2,1e-1,source"
-METHODS = {  # column name: influence flags, dampings
-    "head, exact inverse": (["--rcond", "exact"], DAMPINGS),
-    "EK-FAC, trainable": (["--params", "trainable", "--method", "ekfac"], DAMPINGS.removeprefix("0,")),
-    "exact GGN (Woodbury), trainable": (["--params", "trainable", "--method", "ggn"], DAMPINGS),
+METHODS = {  # column name: directory, influence flags, dampings
+    "head, exact inverse": ("head", ["--rcond", "exact"], DAMPINGS),
+    "EK-FAC, trainable": ("ekfac", ["--params", "trainable", "--method", "ekfac"], DAMPINGS.removeprefix("0,")),
+    "exact GGN (Woodbury), trainable": ("ggn", ["--params", "trainable", "--method", "ggn"], DAMPINGS),
 }
 TEST = 200
 
@@ -63,8 +63,8 @@ def main() -> None:
     if not (run / "summary.json").exists():
         cli("finetune", *RUN, "--device", "cpu", "--out", run)
     dirs, seconds = {}, {}
-    for i, (name, (flags, dampings)) in enumerate(METHODS.items()):
-        dirs[name] = work / "influence" / str(i)
+    for name, (directory, flags, dampings) in METHODS.items():
+        dirs[name] = work / "influence" / directory
         if not (dirs[name] / "meta.json").exists():
             seconds[name] = cli("influence", "--run", run, *flags, "--damping", dampings, "--test", TEST, "--device",
                                 "cpu", "--out", dirs[name])  # fmt: skip
