@@ -42,7 +42,7 @@ from interp.device import to_numpy
 from interp.errors import InterpError
 from interp.inverses.base import INVERSES, Curvature, InverseMethod, check_damping, resolve_rcond
 from interp.inverses.eigen import EigenbasisInverse, symmetric_eigh
-from interp.inverses.lowrank import factor_gram
+from interp.inverses.lowrank import gram_eigenpairs
 
 HUTCHINSON_PROBES = 16
 ARNOLDI_RANK = 200  # the default r: on the tests' 2,954-parameter selection it reaches top-10 overlap ~0.73
@@ -195,18 +195,14 @@ def arnoldi_inverse(
 
 
 def _from_gram(factor: torch.Tensor, rank: int, damping: float, rcond, curvature: str) -> ArnoldiInverse:
-    """The top-``rank`` eigenpairs of ``F^T F`` from the Gram matrix ``F F^T`` (see the module's docstring); a
-    Gram eigenvalue at or under 1e-12 of the largest belongs to the null space and is not returned (its
-    direction would be ``F^T u / 0``), so fewer than ``rank`` come back where ``G`` has fewer nonzero ones."""
+    """The top-``rank`` eigenpairs of ``F^T F`` from the Gram matrix ``F F^T`` (see the module's docstring and
+    :func:`interp.inverses.lowrank.gram_eigenpairs`: fewer than ``rank`` come back where ``G`` has fewer nonzero
+    ones). ``V`` is formed here: ``r`` columns, cheaper to multiply by than the ``m`` rows of ``F``."""
     m, size = factor.shape
     check_dense_fits(m, device=factor.device, what=f"the {m} x {m} Gram matrix of the factor")
-    gram = factor_gram(factor)
-    s, u = symmetric_eigh(gram, top=rank)
-    s, u = s.flip(0), u.flip(1)
-    keep = s > 1e-12 * max(float(s[0]), 0.0) if len(s) else s > 0
-    s, u = s[keep], u[:, keep]
+    s, u, trace = gram_eigenpairs(factor, top=rank)
     v = factor.T @ (u / s.sqrt())
-    rest = float(torch.diagonal(gram).sum()) - float(s.sum())
+    rest = trace - float(s.sum())
     solver = (f"dense eigh of the {m} x {m} Gram matrix of the cached factor (G = F^T F: its nonzero eigenpairs, "
               f"the top {rank} exactly)")  # fmt: skip
     return ArnoldiInverse(s, v, damping, curvature, rcond, (max(rest, 0.0), 0.0), 0, solver, rank)

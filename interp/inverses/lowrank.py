@@ -134,13 +134,25 @@ def factor_gram(factor: torch.Tensor, rows: int = GRAM_ROWS) -> torch.Tensor:
     return out
 
 
+def gram_eigenpairs(factor: torch.Tensor, top: int | None = None,
+                    tol: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor, float]:  # fmt: skip
+    """``G = F^T F``'s nonzero eigenpairs (the ``top`` largest; all by default) from the Gram matrix
+    ``F F^T = U diag(s) U^T`` of ``F`` ``(m, P)``: ``(s, U, trace(G))``, ``s`` descending, ``G``'s eigenvectors
+    ``F^T U diag(s)^-1/2``. An eigenvalue at or under ``tol`` times the largest belongs to the null space and is not
+    returned (its direction would be ``F^T u / 0``), so fewer than ``top`` come back where ``G`` has fewer nonzero
+    ones."""
+    gram = factor_gram(factor)
+    s, u = symmetric_eigh(gram, top=top)
+    s, u = s.flip(0), u.flip(1)
+    keep = s > tol * max(float(s[0]), 0.0) if len(s) else s > 0
+    return s[keep], u[:, keep], float(torch.diagonal(gram).sum())
+
+
 def lowrank_inverse(factor: torch.Tensor, damping: float, tol: float = 1e-12,
                     rcond: float | str | None = 0.0) -> LowRankInverse:  # fmt: skip
     """``(F^T F + damping I)^+`` from ``F`` ``(m, P)``, float64, with the cut-off ``rcond`` (default: none);
     eigenvalues of ``F F^T`` at or under ``tol`` times the largest are zero (their directions belong to the null
     space)."""
     f = factor.to(torch.float64)
-    s, u = symmetric_eigh(factor_gram(f))
-    keep = s > tol * max(float(s.max()), 0.0) if len(s) else s > 0
-    s, u = s[keep], u[:, keep]
+    s, u, _ = gram_eigenpairs(f, tol=tol)
     return LowRankInverse(s, FactoredBasis(f, u / s.sqrt()), damping, rcond)
