@@ -6,7 +6,7 @@ On an embedded 1-block run (``mnist5k-l2 -> digits``, ``--blocks 1``, ``--subset
    loader), the same fine-tune of 200 images timed one after the other: in fresh processes (process start included)
    and inside one process, as a worker of the local executor runs them (torch imported once), there also as a
    retraining runs (tested after its last epoch alone): the ratios; the fine-tune's SGD steps alone, the most
-   that training one model at a time can gain on this machine; and ``--together K`` retrainings one at a time
+   that training one model at a time can gain on this machine, and the frozen layers' forward in them; and ``--together K`` retrainings one at a time
    against the same K in one loop (:mod:`transfer.together`; ``--together-only --device cuda`` on a GPU).
 2. Influence over the trainable parameters (EK-FAC, the exact GGN by Woodbury) and the head's closed form, damping
    ``wd`` (the exact GGN also ``source``); EK-FAC and the head also ensembled over K = 2, 5, 10 models
@@ -70,7 +70,7 @@ split = split_frozen_prefix(model, 1)
 opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9, weight_decay=5e-4)
 batches = [(torch.randn(b, 3, 28, 28).contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (b,)))
            for b in (128, 72) * 10]
-times = []
+times, prefix = [], []
 for _ in range(4):
     t = time.perf_counter()
     model.train()
@@ -82,7 +82,12 @@ for _ in range(4):
         loss.backward()
         opt.step()
     times.append(time.perf_counter() - t)
-print(json.dumps(times[1:]))
+    t = time.perf_counter()
+    with torch.no_grad():  # the frozen layers' forward alone (train mode, as in the steps): what no loop can share
+        for x, _ in batches:
+            split.prefix(x)
+    prefix.append(time.perf_counter() - t)
+print(json.dumps({"steps": times[1:], "prefix": prefix[1:]}))
 """
 # K retrainings as a worker runs them: one at a time, then the same K in one loop (transfer.together); on --device
 TOGETHER = """
@@ -183,12 +188,14 @@ def main() -> None:
     facts["speedup_retraining"] = _ratio({"before": inside["before"], "now": inside["retraining"]},
                                          "the same as a retraining runs it (tested after its last epoch alone)")
     done = subprocess.run([sys.executable, "-c", STEPS], check=True, capture_output=True, text=True)
-    steps = sorted(json.loads(done.stdout.strip().splitlines()[-1]))[1]
-    facts["steps_alone_s"] = steps
+    timed = json.loads(done.stdout.strip().splitlines()[-1])
+    steps, prefix = (sorted(timed[k])[1] for k in ("steps", "prefix"))
+    facts["steps_alone_s"], facts["frozen_forward_s"] = steps, prefix
     facts["best_one_at_a_time"] = inside["before"] / steps
     print(f"the 20 SGD steps alone (no evaluation, augmentation, files or set-up; median of 3): {steps:.2f} s: no "
           f"policy that trains one model at a time can beat {inside['before'] / steps:.2f}x here (3x needs "
-          f"{inside['before'] / 3:.2f} s a fine-tune)", flush=True)  # fmt: skip
+          f"{inside['before'] / 3:.2f} s a fine-tune); the frozen layers' forward in them (train mode, each "
+          f"model's own images and batch statistics): {prefix:.2f} s", flush=True)  # fmt: skip
     _together(work, "cpu", a.together, facts)
     if a.timing_only:
         (work / "facts.json").write_text(json.dumps(facts, indent=2, default=str))
