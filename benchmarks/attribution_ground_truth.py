@@ -6,8 +6,9 @@ On an embedded 1-block run (``mnist5k-l2 -> digits``, ``--blocks 1``, ``--subset
    loader), the same fine-tune of 200 images timed one after the other: in fresh processes (process start included)
    and inside one process, as a worker of the local executor runs them (torch imported once), there also as a
    retraining runs (tested after its last epoch alone): the ratios; the fine-tune's SGD steps alone, the most
-   that training one model at a time can gain on this machine, and the frozen layers' forward in them; and ``--together K`` retrainings one at a time
-   against the same K in one loop (:mod:`transfer.together`; ``--together-only --device cuda`` on a GPU).
+   that training one model at a time can gain on this machine, and the frozen layers' forward in them; and
+   ``--together K`` retrainings one at a time against the same K in one loop (:mod:`transfer.together`;
+   ``--together-only --device cuda`` on a GPU).
 2. Influence over the trainable parameters (EK-FAC, the exact GGN by Woodbury) and the head's closed form, damping
    ``wd`` (the exact GGN also ``source``); EK-FAC and the head also ensembled over K = 2, 5, 10 models
    (``influence --ensemble K``).
