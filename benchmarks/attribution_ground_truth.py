@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from study.sweeps.executors import default_local_workers
 
 CLI = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))"]
@@ -57,7 +59,7 @@ print(json.dumps(times))
 # 10 epochs) on inputs made beforehand, without evaluation, augmentation, files or set-up: what any policy that trains
 # one model at a time must still pay on this machine
 STEPS = """
-import json, time
+import contextlib, json, sys, time
 import torch
 import torch.nn.functional as F
 torch.set_num_threads(1)
@@ -72,19 +74,23 @@ opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0
 batches = [(torch.randn(b, 3, 28, 28).contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (b,)))
            for b in (128, 72) * 10]
 times, prefix = [], []
+bf16 = sys.argv[1] == "bf16"  # autocast as transfer.precision does, or IEEE float32
+cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 for _ in range(4):
     t = time.perf_counter()
     model.train()
     for x, y in batches:
-        with torch.no_grad():
-            h = split.prefix(x)
-        loss = F.cross_entropy(split.suffix(h), y)
+        with cast():
+            with torch.no_grad():
+                h = split.prefix(x)
+            z = split.suffix(h)
+        loss = F.cross_entropy(z.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     times.append(time.perf_counter() - t)
     t = time.perf_counter()
-    with torch.no_grad():  # the frozen layers' forward alone (train mode, as in the steps): what no loop can share
+    with torch.no_grad(), cast():  # the frozen layers' forward alone (train mode, as in the steps): what no loop can share
         for x, _ in batches:
             split.prefix(x)
     prefix.append(time.perf_counter() - t)
@@ -96,10 +102,10 @@ import json, shutil, sys, time
 import torch
 from transfer.finetune import FinetuneConfig, finetune
 from transfer.together import finetune_together
-out, device, k, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+out, device, k, threads, precision = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 torch.set_num_threads(threads)
 cfgs = [FinetuneConfig(source="mnist5k-l2", target="digits", blocks="1", subset="200", epochs="10", eval_every="last",
-                       seed=20000000 + i, device=device) for i in range(k)]
+                       seed=20000000 + i, device=device, precision=precision) for i in range(k)]
 shutil.rmtree(out, ignore_errors=True)
 finetune(cfgs[0], f"{out}/warm", progress=False)  # first-call costs (kernels, allocator) paid once
 finetune_together(cfgs[:2], [f"{out}/warm-t{i}" for i in range(2)], progress=False)
@@ -129,15 +135,36 @@ def _ratio(seconds: dict, what: str) -> float:
     return ratio
 
 
-def _together(work: Path, device: str, k: int, facts: dict) -> None:
+def _together(work: Path, device: str, k: int, precision: str, facts: dict) -> None:
     """``k`` retrainings one at a time against the same ``k`` in one loop, in one process on ``device`` (1 thread on
     a CPU, as a local worker): the ratio."""
-    done = subprocess.run([sys.executable, "-c", TOGETHER, str(work / "together"), device, str(k), "1"], check=True,
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", TOGETHER, str(work / "together"), device, str(k), "1", precision],
+                          check=True, capture_output=True, text=True)  # fmt: skip
     t = json.loads(done.stdout.strip().splitlines()[-1])
     facts[f"together_{device}"] = {"models": k, **t}
     print(f"{k} retrainings on {device}, one at a time {t['alone_s']:.2f} s, in one loop {t['together_s']:.2f} s: "
           f"{t['alone_s'] / t['together_s']:.2f}x", flush=True)
+
+
+def _against(here: Path, there: Path, rel: dict, reference: Path) -> dict:
+    """This ground truth against another one on the same subsets, seeds and test images (another precision): the
+    Spearman of their subset effects per test image (mean over the test images), beside this one's reliability (what
+    two independent sets of its repeats would reach), and of every single retraining with its twin (same subset and
+    seed)."""
+    from study.attribution.ground_truth import spearman_columns
+
+    a, b = ({k: np.load(d / f"{k}.npy") for k in ("masks", "test_indices", "train_indices", "targets", "outputs")}
+            for d in (here, there))  # fmt: skip
+    if any(not np.array_equal(a[k], b[k]) for k in ("masks", "test_indices", "train_indices")):
+        raise SystemExit(f"{there} holds other subsets or test images: not comparable subset by subset")
+    m, r, q = a["outputs"].shape
+    effects = float(np.nanmean(spearman_columns(a["targets"], b["targets"])))
+    twins = float(np.nanmean(spearman_columns(a["outputs"].reshape(m * r, q), b["outputs"].reshape(m * r, q))))
+    print(f"\nagainst the ground truth of {reference}: subset effects (means of {r} repeats) Spearman {effects:.3f} per "
+          f"test image (two independent sets of {r} repeats here: about {rel['reliability']:.3f}, this one's "
+          f"reliability); each retraining against its twin (same subset and seed): {twins:.3f}", flush=True)  # fmt: skip
+    return {"reference": str(reference), "effects_spearman": effects, "twins_spearman": twins,
+            "reliability_here": rel["reliability"]}  # fmt: skip
 
 
 def main() -> None:
@@ -151,20 +178,29 @@ def main() -> None:
     ap.add_argument("--together", type=int, default=4, help="retrainings timed one at a time and in one loop")
     ap.add_argument("--device", default="cpu", help="where --together-only trains (cpu, cuda)")
     ap.add_argument("--together-only", action="store_true", help="the one-loop timing alone, on --device")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="the run's training precision, so its retrainings' and ensemble members' (the earlier "
+                    "policy it is timed against stays fp32)")  # fmt: skip
+    ap.add_argument("--reference", type=Path, help="the --work of another run of this benchmark (other --precision): "
+                    "its ground truth correlated with this one's, subset by subset")  # fmt: skip
     a = ap.parse_args()
     if a.together_only:
-        _together(Path(a.work), a.device, a.together, {})
+        _together(Path(a.work), a.device, a.together, a.precision, {})
         return
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     run = work / "run"
     if not (run / "summary.json").exists():
-        cli("finetune", *RUN, "--subset", 400, "--out", run)
-    facts = {"run": str(run), "subsets": a.subsets, "repeats": a.repeats}
+        cli("finetune", *RUN, "--subset", 400, "--precision", a.precision, "--out", run)
+    facts = {"run": str(run), "subsets": a.subsets, "repeats": a.repeats, "precision": a.precision}
+    if a.precision == "bf16":
+        print("bf16: the forward runs in bfloat16 (what is trained differs from fp32 by its round-off), so the ratios "
+              "against the earlier fp32 policy below are not like for like", flush=True)  # fmt: skip
 
     # 1. one retraining, today's policy against the one before (one process each, threads as the executor gives)
     per = {}
-    for name, flags in (("before", ["--channels-last", "off", "--augment-on", "loader"]), ("now", [])):
+    for name, flags in (("before", ["--channels-last", "off", "--augment-on", "loader"]),
+                        ("now", ["--precision", a.precision])):  # fmt: skip
         times = []
         for k in range(a.timed):
             out = work / "timed" / f"{name}{k}"
@@ -176,8 +212,8 @@ def main() -> None:
     facts["speedup_per_model"] = _ratio(per, f"one fine-tune of 200 images (1 thread, median of {a.timed}, process "
                                         "start included)")  # fmt: skip
     inside = {}
-    policies = (("before", {"channels_last": "off", "augment_on": "loader"}), ("now", {}),
-                ("retraining", {"eval_every": "last"}))  # fmt: skip
+    policies = (("before", {"channels_last": "off", "augment_on": "loader"}), ("now", {"precision": a.precision}),
+                ("retraining", {"eval_every": "last", "precision": a.precision}))  # fmt: skip
     for name, flags in policies:
         done = subprocess.run([sys.executable, "-c", IN_PROCESS, str(work / "in-process" / name), str(a.timed + 1),
                                json.dumps(flags)], check=True, capture_output=True, text=True)  # fmt: skip
@@ -188,7 +224,7 @@ def main() -> None:
                                          f"{a.timed} after one warm-up)")  # fmt: skip
     facts["speedup_retraining"] = _ratio({"before": inside["before"], "now": inside["retraining"]},
                                          "the same as a retraining runs it (tested after its last epoch alone)")
-    done = subprocess.run([sys.executable, "-c", STEPS], check=True, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", STEPS, a.precision], check=True, capture_output=True, text=True)
     timed = json.loads(done.stdout.strip().splitlines()[-1])
     steps, prefix = (sorted(timed[k])[1] for k in ("steps", "prefix"))
     facts["steps_alone_s"], facts["frozen_forward_s"] = steps, prefix
@@ -197,7 +233,7 @@ def main() -> None:
           f"policy that trains one model at a time can beat {inside['before'] / steps:.2f}x here (3x needs "
           f"{inside['before'] / 3:.2f} s a fine-tune); the frozen layers' forward in them (train mode, each "
           f"model's own images and batch statistics): {prefix:.2f} s", flush=True)  # fmt: skip
-    _together(work, "cpu", a.together, facts)
+    _together(work, "cpu", a.together, a.precision, facts)
     if a.timing_only:
         (work / "facts.json").write_text(json.dumps(facts, indent=2, default=str))
         return
@@ -257,6 +293,9 @@ def main() -> None:
         rows.append({"name": name, **{k: r[k] for k in ("setting", "ensemble", "lds", "interval")},
                      "lds_over_ceiling": r.get("lds_over_ceiling"), "paired": paired})  # fmt: skip
     facts["scores"] = rows
+    if a.reference is not None:
+        facts["against_reference"] = _against(val / "lds" / "ground_truth", a.reference / "validate" / "lds" /
+                                              "ground_truth", rel, a.reference)  # fmt: skip
     (work / "facts.json").write_text(json.dumps(facts, indent=2, default=str))
     print(f"\nwrote {work / 'facts.json'}")
 

@@ -43,6 +43,20 @@ def test_parameters_are_drawn_per_image_and_a_seed_repeats_the_batch(digits):
     assert not any(flipped)
 
 
+def test_a_grey_image_is_augmented_as_its_three_channel_copy_would_be(digits):
+    """Augmented on its one channel (a third of the work): the same draws and, up to float32 round-off, the same
+    images as the three-channel copy of the image gets."""
+    x, _ = stack_images(digits, range(64))
+    t = BatchTransform(R, train=True)
+    torch.manual_seed(3)
+    grey = t(x)
+    torch.manual_seed(3)
+    copied = t(x.expand(-1, 3, -1, -1))
+    assert grey.shape == copied.shape == (64, 3, R, R) and grey.is_contiguous()
+    torch.testing.assert_close(grey, copied, atol=1e-6, rtol=0)
+    assert not torch.equal(grey[0], grey[1])
+
+
 def _statistics(z: torch.Tensor) -> dict[str, np.ndarray]:
     """Per image: brightness, contrast, left-right and top-bottom balance (crops and flips), colourfulness."""
     half = z.shape[-1] // 2
