@@ -70,7 +70,9 @@ def resolve_speed(cfg, device: torch.device, resolution: int) -> dict:
 
 # images up to this size are augmented batched on a CPU too: on 2 CPU cores (benchmarks/finetune_throughput.py
 # --augmentation, 2026-12-05) batched kornia over per-image loader: 16,423 vs 2,264 images/s at 28 px, 6,390 vs 1,720
-# at 64, 2,660 vs 961 at 112; at 224 px the loader was the faster (453 vs 254)
+# at 64, 2,660 vs 961 at 112; at 224 px the loader was the faster (453 vs 254). Those grey digits were augmented on
+# three channels then, the work a colour image still takes; augmented on one (2026-12-05), batched is the faster for
+# grey images at 224 px too (1,051 vs 602), which this size rule does not distinguish
 BATCHED_UP_TO = 128
 
 

@@ -25,6 +25,7 @@ from torch.func import functional_call, jacrev, vmap
 from tqdm.auto import tqdm
 
 from interp.curvature.grads import as_eval_copy
+from interp.curvature.library import curvlinops
 from interp.curvature.memory import GGN_ALTERNATIVE, check_fits, device_free_bytes
 from interp.curvature.params import ParamSpec, fixed_tensors, flat_positions, select_params
 from interp.curvature.products import CurvatureProducts
@@ -234,7 +235,7 @@ def ggn_vector_product(
 ) -> CurvatureProducts:
     """``v -> G v`` for the exact GGN, from curvlinops' ``GGNLinearOperator`` (one pass over ``loader`` a
     product, its columns ``(P, k)`` vmapped); unpacks as ``(matvec, P)``."""
-    from curvlinops import GGNLinearOperator
+    GGNLinearOperator = curvlinops().GGNLinearOperator
 
     names = list(select_params(model, params))
     dev = resolve(model, device)

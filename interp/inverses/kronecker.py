@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from interp.curvature.ggn import DeviceData, curvlinops_model, ggn, ggn_factor
+from interp.curvature.library import curvlinops
 from interp.curvature.params import flat_positions, select_params
 from interp.device import ieee_float32
 from interp.errors import InterpError
@@ -85,7 +86,7 @@ class KroneckerInverse(InverseOperator):
     method: str = field(init=False)
 
     def __post_init__(self):
-        from curvlinops import KFACInverseLinearOperator
+        KFACInverseLinearOperator = curvlinops().KFACInverseLinearOperator
 
         if self.kind not in KINDS:
             raise InterpError(f"kind must be one of {KINDS}, got {self.kind!r}")
@@ -175,7 +176,8 @@ def kronecker_inverse(
 ) -> KroneckerInverse:
     """Build the K-FAC / EK-FAC inverse of the GGN of the mean cross-entropy over ``loader`` for ``names``
     (``fisher_type``: see the module's docstring)."""
-    from curvlinops import EKFACLinearOperator, KFACLinearOperator
+    lib = curvlinops()
+    EKFACLinearOperator, KFACLinearOperator = lib.EKFACLinearOperator, lib.KFACLinearOperator
 
     if fisher_type not in FISHER_TYPES:
         raise InterpError(f"fisher_type must be one of {', '.join(FISHER_TYPES)}, got {fisher_type!r}")
