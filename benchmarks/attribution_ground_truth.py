@@ -21,6 +21,10 @@ The LDS values are findings, not targets; the ensembled methods are not chosen b
     python benchmarks/attribution_ground_truth.py [--work /tmp/rt-ground-truth] [--subsets 100] [--repeats 5]
     python benchmarks/attribution_ground_truth.py --timing-only     # part 1 alone (about two minutes)
     python benchmarks/attribution_ground_truth.py --together-only --device cuda --together 16   # on a GPU
+    python benchmarks/attribution_ground_truth.py --precision bf16 --work /tmp/gt-bf16 --reference /tmp/rt-ground-truth
+
+``--precision bf16`` trains the run, and so its retrainings and ensemble members, with a bfloat16 forward (fast on a
+CPU with bfloat16 units); ``--reference`` then correlates its ground truth with the fp32 one's, subset by subset.
 """
 
 from __future__ import annotations
@@ -160,11 +164,12 @@ def _against(here: Path, there: Path, rel: dict, reference: Path) -> dict:
     m, r, q = a["outputs"].shape
     effects = float(np.nanmean(spearman_columns(a["targets"], b["targets"])))
     twins = float(np.nanmean(spearman_columns(a["outputs"].reshape(m * r, q), b["outputs"].reshape(m * r, q))))
+    within = f" (two independent sets of {r} repeats here: about {rel['reliability']:.3f}, this one's reliability)"
     print(f"\nagainst the ground truth of {reference}: subset effects (means of {r} repeats) Spearman {effects:.3f} per "
-          f"test image (two independent sets of {r} repeats here: about {rel['reliability']:.3f}, this one's "
-          f"reliability); each retraining against its twin (same subset and seed): {twins:.3f}", flush=True)  # fmt: skip
+          f"test image{within if rel else ''}; each retraining against its twin (same subset and seed): {twins:.3f}",
+          flush=True)  # fmt: skip
     return {"reference": str(reference), "effects_spearman": effects, "twins_spearman": twins,
-            "reliability_here": rel["reliability"]}  # fmt: skip
+            "reliability_here": rel.get("reliability")}  # fmt: skip
 
 
 def main() -> None:
