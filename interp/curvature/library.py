@@ -1,6 +1,6 @@
 """curvlinops, where the K-FAC and EK-FAC inverses and the exact GGN's products come from, imported without the
 warning its dependency prints: linear_operator decorates functions with ``torch.jit.script`` at import, which torch
-now answers with a ``FutureWarning`` on every command that computes curvature; nothing here can act on it, and it
+now answers with a ``FutureWarning`` on every command that uses curvlinops; nothing here can act on it, and it
 would bury the commands' own messages. Every other warning passes."""
 
 from __future__ import annotations
