@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from study.sweeps.executors import default_local_workers
+from transfer.runs import RunDir
 
 CLI = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))"]
 # N fine-tunes of 200 images one after the other in one process of one thread, as a local executor's worker runs them
@@ -151,7 +152,8 @@ def _together(work: Path, device: str, k: int, precision: str, facts: dict) -> N
 
 
 def _against(here: Path, there: Path, rel: dict, reference: Path) -> dict:
-    """This ground truth against another one on the same subsets, seeds and test images (another precision): the
+    """This ground truth against another one on the same subsets, seeds and test images (another precision or
+    version of the code): the
     Spearman of their subset effects per test image (mean over the test images), beside this one's reliability (what
     two independent sets of its repeats would reach), and of every single retraining with its twin (same subset and
     seed)."""
@@ -164,10 +166,10 @@ def _against(here: Path, there: Path, rel: dict, reference: Path) -> dict:
     m, r, q = a["outputs"].shape
     effects = float(np.nanmean(spearman_columns(a["targets"], b["targets"])))
     twins = float(np.nanmean(spearman_columns(a["outputs"].reshape(m * r, q), b["outputs"].reshape(m * r, q))))
-    within = f" (two independent sets of {r} repeats here: about {rel['reliability']:.3f}, this one's reliability)"
+    within = (f" (two independent sets of {r} repeats here: about {rel['reliability']:.3f}, this one's reliability)"
+              if rel else "")  # fmt: skip
     print(f"\nagainst the ground truth of {reference}: subset effects (means of {r} repeats) Spearman {effects:.3f} per "
-          f"test image{within if rel else ''}; each retraining against its twin (same subset and seed): {twins:.3f}",
-          flush=True)  # fmt: skip
+          f"test image{within}; each retraining against its twin (same subset and seed): {twins:.3f}", flush=True)
     return {"reference": str(reference), "effects_spearman": effects, "twins_spearman": twins,
             "reliability_here": rel.get("reliability")}  # fmt: skip
 
@@ -186,9 +188,11 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                     help="the run's training precision, so its retrainings' and ensemble members' (the earlier "
                     "policy it is timed against stays fp32)")  # fmt: skip
-    ap.add_argument("--reference", type=Path, help="the --work of another run of this benchmark (other --precision): "
+    ap.add_argument("--reference", type=Path, help="the --work of another run of this benchmark (another --precision or code version): "
                     "its ground truth correlated with this one's, subset by subset")  # fmt: skip
     a = ap.parse_args()
+    if a.together < 2:
+        ap.error("--together: at least 2 retrainings (one loop of them against one at a time)")
     if a.together_only:
         _together(Path(a.work), a.device, a.together, a.precision, {})
         return
@@ -197,6 +201,8 @@ def main() -> None:
     run = work / "run"
     if not (run / "summary.json").exists():
         cli("finetune", *RUN, "--subset", 400, "--precision", a.precision, "--out", run)
+    elif (kept := RunDir(run).recorded()["precision"]) != a.precision:
+        raise SystemExit(f"{run} was trained with --precision {kept}; give another --work for {a.precision}")
     facts = {"run": str(run), "subsets": a.subsets, "repeats": a.repeats, "precision": a.precision}
     if a.precision == "bf16":
         print("bf16: the forward runs in bfloat16 (what is trained differs from fp32 by its round-off), so the ratios "
