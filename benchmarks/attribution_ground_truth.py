@@ -64,10 +64,11 @@ print(json.dumps(times))
 # 10 epochs) on inputs made beforehand, without evaluation, augmentation, files or set-up: what any policy that trains
 # one model at a time must still pay on this machine
 STEPS = """
-import contextlib, json, sys, time
+import json, sys, time
 import torch
 import torch.nn.functional as F
 torch.set_num_threads(1)
+from transfer.precision import autocast, resolve_precision
 from transfer.freezing import split_frozen_prefix, unfreeze_last_blocks
 from transfer.models import replace_classifier
 from transfer.zoo import load_source
@@ -79,8 +80,8 @@ opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0
 batches = [(torch.randn(b, 3, 28, 28).contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (b,)))
            for b in (128, 72) * 10]
 times, prefix = [], []
-bf16 = sys.argv[1] == "bf16"  # autocast as transfer.precision does, or IEEE float32
-cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+precision = resolve_precision(sys.argv[1], torch.device("cpu"))
+cast = lambda: autocast(precision, torch.device("cpu"))  # the training loop's own: bf16 autocast, else a no-op
 for _ in range(4):
     t = time.perf_counter()
     model.train()
