@@ -14,7 +14,8 @@ per-epoch state saves and evaluations included), the paper's 100 by default.
 
 ``--augmentation`` compares instead the two ways images are transformed, at ``--resolution`` (224 for the
 paper): one image at a time in the data loader (``--augment-on loader``) and whole batches with
-kornia (``--augment-on device``, here on the CPU), images/s both ways.
+kornia (``--augment-on device``, here on the CPU), images/s both ways, for grey (``--channels 1``, the default) or
+colour (``--channels 3``) images: ``--augment-on auto``'s bound on CPUs (``transfer.precision.BATCHED_VALUES``).
 
 ``--device cuda`` (issue 21) times, for 0/1/3/9/all blocks, ``fit`` with the data and its augmentation on
 the GPU in each precision (fp32, tf32 and bf16, channels-last) against the plain fp32 loop fed the same
@@ -22,7 +23,7 @@ way (whole model every step), at 224 px, batch 128 by default; target: the defau
 tf32, channels-last) at least as fast as the plain fp32 loop, and bf16 >= 5,000 images/s on one H200
 with 3 blocks.
 
-    python benchmarks/finetune_throughput.py --augmentation --resolution 224
+    python benchmarks/finetune_throughput.py --augmentation --resolution 224 --channels 3
     python benchmarks/finetune_throughput.py --device cuda --images 4096 --resolution 224 --batch-size 128
 """
 
@@ -97,10 +98,11 @@ def ours(blocks, data, test, epochs: int, batch_size: int, frozen_bn: str, cache
 def augmentation(args) -> None:
     """Images/s of the per-image loader path and of the batched (kornia) path, both on this CPU."""
     g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (args.images, 1, 28, 28), dtype=torch.uint8, generator=g)
+    images = torch.randint(0, 256, (args.images, args.channels, 28, 28), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (args.images,), generator=g)
     r = args.resolution
-    print(f"augmentation to {r} px of {args.images} 28x28 digits, batch {args.batch_size}, "
+    kind = "grey" if args.channels == 1 else "colour"
+    print(f"augmentation to {r} px of {args.images} 28x28 {kind} images, batch {args.batch_size}, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
     loader_rate = batched_rate = 0.0
     for _ in range(args.repeats):
@@ -180,6 +182,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="alternating repeats of the augmented cases (best kept)")
     ap.add_argument("--epochs", type=int, default=100, help="epochs of fit() in the cached cases")
     ap.add_argument("--augmentation", action="store_true", help="compare the loader and batched augmentation paths")
+    ap.add_argument("--channels", type=int, choices=(1, 3), default=1, help="--augmentation: grey (1) or colour (3)")
     ap.add_argument("--device", default="cpu", help="cuda: the GPU grid of blocks x precisions")
     args = ap.parse_args()
     if args.augmentation:

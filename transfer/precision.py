@@ -13,8 +13,9 @@
 natively and oneDNN's CPU convolutions run fastest in (``auto``: on, on CUDA and on CPUs: a training step measured
 1.39x faster for a ResNet-50 at 224 px and 1.35x for the small ResNet at 28 px on 2 CPU cores; the same arithmetic
 in another memory order, so results agree to float32 round-off). ``augment_on`` says where images are transformed:
-``auto`` batches them on the training device on CUDA, and on a CPU for images of up to :data:`BATCHED_UP_TO` pixels,
-where the per-image loader is the slower (``benchmarks/finetune_throughput.py --augmentation``). Influence,
+``auto`` batches them on the training device on CUDA, and on a CPU for images of up to :data:`BATCHED_VALUES` values
+(channels x pixels: grey images up to 224 px, colour ones up to 129 px), where the per-image loader is the slower
+(``benchmarks/finetune_throughput.py --augmentation --channels 1|3``). Influence,
 Hessians and every ``interp`` computation run outside these scopes and stay IEEE float32/float64 whatever a run was
 trained with.
 """
@@ -45,8 +46,8 @@ def speed_fields() -> dict:
         "augment_on": field(default="auto", metadata={"help": "where images are transformed: loader (one image at a "
                             "time in data-loader workers), device (whole batches on the training device: the data "
                             "held there as uint8, kornia's per-image augmentation) or auto (device on CUDA, and on "
-                            f"CPUs for images up to {BATCHED_UP_TO} px; loader for larger ones on CPUs, where it "
-                            "measured faster)"}),
+                            "CPUs for grey images up to 224 px and colour ones up to 129 px; loader for larger ones "
+                            "on CPUs, where it measured faster)"}),
     }  # fmt: skip
 
 
@@ -60,28 +61,33 @@ def check_speed_settings(cfg) -> None:
         raise UserError(f"--augment-on must be one of {', '.join(AUGMENT_ON)}; got {cfg.augment_on!r}")
 
 
-def resolve_speed(cfg, device: torch.device, resolution: int) -> dict:
+def resolve_speed(cfg, device: torch.device, resolution: int, channels: int = 3) -> dict:
     """What ``cfg``'s three speed settings (:func:`speed_fields`) mean on ``device`` for images of ``resolution``
-    pixels: ``precision`` (fp32, tf32 or bf16), ``channels_last`` (bool) and ``augment_on`` (loader or device)."""
+    pixels and ``channels`` channels (1: grey) as stored: ``precision`` (fp32, tf32 or bf16), ``channels_last``
+    (bool) and ``augment_on`` (loader or device)."""
     return {"precision": resolve_precision(cfg.precision, device),
             "channels_last": resolve_channels_last(cfg.channels_last, device),
-            "augment_on": resolve_augment_on(cfg.augment_on, device, resolution)}  # fmt: skip
+            "augment_on": resolve_augment_on(cfg.augment_on, device, resolution, channels)}  # fmt: skip
 
 
-# images up to this size are augmented batched on a CPU too: on 2 CPU cores (benchmarks/finetune_throughput.py
-# --augmentation, 2026-12-05) batched kornia over per-image loader: 16,423 vs 2,264 images/s at 28 px, 6,390 vs 1,720
-# at 64, 2,660 vs 961 at 112; at 224 px the loader was the faster (453 vs 254). Those grey digits were augmented on
-# three channels then, the work a colour image still takes; augmented on one (2026-12-05), batched is the faster for
-# grey images at 224 px too (1,051 vs 602), which this size rule does not distinguish
-BATCHED_UP_TO = 128
+# images of up to this many values (channels x resolution^2) are augmented batched on a CPU too. Batched kornia works
+# on the stored channels (a grey image on its one), the per-image loader on three whatever the image, so the batched
+# path's cost grows with the values and the loader's with the pixels. Measured on 2 CPU cores (Intel Xeon,
+# benchmarks/finetune_throughput.py --augmentation --images 1024 --batch-size 128 --repeats 3, 2026-12-05), batched
+# against loader images/s: grey 7,116 vs 1,293 at 128 px, 3,260 vs 1,031 at 160, 1,803 vs 907 at 192, 1,277 vs 709
+# at 224 (50,176 values), 486 vs 478 at 288 (82,944); colour 1,926 vs 1,261 at 128 (49,152 values), 640 vs 950 at 160
+# (76,800), 320 vs 631 at 224. The crossover lies between 50,176 and 76,800 values; the bound is the largest measured
+# size where batched won (so grey up to 224 px, colour up to 129 px)
+BATCHED_VALUES = 224 * 224
 
 
-def resolve_augment_on(augment_on: str, device: torch.device, resolution: int | None = None) -> str:
-    """``auto`` -> ``device`` on CUDA, and on a CPU for images of up to :data:`BATCHED_UP_TO` pixels (``None``: not
-    known, taken as large); ``loader`` otherwise."""
+def resolve_augment_on(augment_on: str, device: torch.device, resolution: int | None = None, channels: int = 3) -> str:
+    """``auto`` -> ``device`` on CUDA, and on a CPU for images of ``channels x resolution^2`` up to
+    :data:`BATCHED_VALUES` (grey up to 224 px, colour up to 129 px; ``resolution=None``: not known, taken as large);
+    ``loader`` otherwise."""
     if augment_on != "auto":
         return augment_on
-    small = resolution is not None and resolution <= BATCHED_UP_TO
+    small = resolution is not None and channels * resolution**2 <= BATCHED_VALUES
     return "device" if device.type == "cuda" or small else "loader"
 
 

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from transfer.errors import UserError
-from transfer.finetune import FinetuneConfig, finetune
+from transfer.finetune import FinetuneConfig, finetune, prepare_run
 from transfer.precision import resolve_augment_on, resolve_channels_last, resolve_precision, tf32_allowed
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
 def test_auto_is_tf32_on_cuda_fp32_on_cpus_channels_last_on_both_and_batched_augmentation_for_small_images():
+    """Small: up to 224 x 224 values per image on a CPU (grey up to 224 px, colour up to 129 px)."""
     assert resolve_precision("auto", CUDA) == "tf32" and resolve_precision("auto", CPU) == "fp32"
     assert resolve_precision("tf32", CPU) == "fp32"  # a CPU has no TF32
     assert resolve_precision("bf16", CPU) == "bf16" and resolve_precision("fp32", CUDA) == "fp32"
@@ -20,6 +21,11 @@ def test_auto_is_tf32_on_cuda_fp32_on_cpus_channels_last_on_both_and_batched_aug
     assert resolve_channels_last("on", CPU) and not resolve_channels_last("off", CUDA)
     assert resolve_augment_on("auto", CUDA) == "device" and resolve_augment_on("auto", CPU) == "loader"
     assert resolve_augment_on("auto", CPU, 28) == "device" and resolve_augment_on("auto", CPU, 224) == "loader"
+    # batched kornia works on the stored channels, the loader on three: by values per image, as measured
+    assert resolve_augment_on("auto", CPU, 224, channels=1) == "device"
+    assert resolve_augment_on("auto", CPU, 288, channels=1) == "loader"
+    assert resolve_augment_on("auto", CPU, 129, channels=3) == "device"
+    assert resolve_augment_on("auto", CPU, 160, channels=3) == "loader"
     assert resolve_augment_on("loader", CPU, 28) == "loader" and resolve_augment_on("device", CPU, 224) == "device"
     with pytest.raises(UserError, match="--precision must be one of auto, fp32, tf32, bf16; got 'fp16'"):
         FinetuneConfig(source="mnist5k-l2", target="digits", precision="fp16")
@@ -53,6 +59,12 @@ def test_bf16_channels_last_and_batched_augmentation_train_on_a_cpu_and_are_reco
                  progress=False)  # fmt: skip
     auto = finetune(_cfg(), tmp_path / "a", progress=False)  # 28 px on a CPU: batched augmentation, NHWC
     assert (auto["precision"], auto["channels_last"], auto["augment_on"]) == ("fp32", True, "device")
+
+
+def test_a_run_resolves_auto_augmentation_by_its_target_s_channels():
+    """digits are stored grey: at 224 px auto batches them on a CPU (one channel), at 288 it takes the loader."""
+    assert prepare_run(_cfg(resolution=224)).augment_on == "device"
+    assert prepare_run(_cfg(resolution=288)).augment_on == "loader"
 
 
 def test_channels_last_is_the_same_training_in_another_memory_order(tmp_path):
