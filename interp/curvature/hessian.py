@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from interp.curvature.grads import Loss, as_eval_copy
 from interp.curvature.head import folded_to_canonical, head_features, linear_head_hessian
+from interp.curvature.library import quiet_jit_deprecation
 from interp.curvature.memory import available_bytes, check_dense_fits, device_free_bytes  # noqa: F401  (re-exported)
 from interp.curvature.params import ParamSpec, fixed_tensors, flat_size, select_params
 from interp.curvature.products import CurvatureProducts
@@ -154,7 +155,8 @@ def _func_hessian(model, loader, names, loss_fn, dtype, device, progress, max_by
             per_example = WORK_PER_TANGENT * len(theta) * downstream_activation_bytes(model, names, x[:1])
             step = hessian_batch_size(int(per_example), len(theta), dtype, limit)
         for start in range(0, len(y), step):
-            h += func_hessian(batch_loss_sum)(theta, x[start : start + step], y[start : start + step])
+            with quiet_jit_deprecation():  # forward-mode AD's first use (interp.curvature.library)
+                h += func_hessian(batch_loss_sum)(theta, x[start : start + step], y[start : start + step])
         n += len(y)
     return h / n
 
@@ -198,7 +200,7 @@ def hessian_vector_product(
     batched = vmap(hvp_one, in_dims=1, out_dims=1)
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
-        with ieee_float32():
+        with ieee_float32(), quiet_jit_deprecation():  # forward-mode AD's first use (interp.curvature.library)
             return batched(v.to(dev, dtype))
 
     return CurvatureProducts(matvec, sum(sizes), dev, dtype, "Hessian-vector products (torch.func, forward over reverse)")
