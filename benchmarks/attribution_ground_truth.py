@@ -6,7 +6,9 @@ On an embedded 1-block run (``mnist5k-l2 -> digits``, ``--blocks 1``, ``--subset
    loader), the same fine-tune of 200 images timed one after the other: in fresh processes (process start included)
    and inside one process, as a worker of the local executor runs them (torch imported once), there also as a
    retraining runs (tested after its last epoch alone): the ratios; the fine-tune's SGD steps alone, the most
-   that training one model at a time can gain on this machine, and the frozen layers' forward in them; and
+   that training one model at a time with torch's kernels can gain on this machine, the frozen layers' forward in
+   them, and the steps' convolutions and matrix products counted (GFLOP) against the core's rate for a large
+   matrix product; and
    ``--together K`` retrainings one at a time against the same K in one loop (:mod:`transfer.together`;
    ``--together-only --device cuda`` on a GPU).
 2. Influence over the trainable parameters (EK-FAC, the exact GGN by Woodbury) and the head's closed form, damping
@@ -67,6 +69,7 @@ STEPS = """
 import json, sys, time
 import torch
 import torch.nn.functional as F
+import torch.utils.flop_counter
 torch.set_num_threads(1)
 from transfer.precision import autocast, resolve_precision
 from transfer.freezing import split_frozen_prefix, unfreeze_last_blocks
@@ -100,7 +103,23 @@ for _ in range(4):
         for x, _ in batches:
             split.prefix(x)
     prefix.append(time.perf_counter() - t)
-print(json.dumps({"steps": times[1:], "prefix": prefix[1:]}))
+# the steps' convolutions and matrix products (forward and backward) against this core's rate for a large one in the
+# steps' precision
+with torch.utils.flop_counter.FlopCounterMode(display=False) as counted:
+    for x, y in batches:
+        with cast():
+            with torch.no_grad():
+                h = split.prefix(x)
+            z = split.suffix(h)
+        F.cross_entropy(z.float(), y).backward()
+a, b = (torch.randn(2048, 2048, dtype=torch.bfloat16 if precision == "bf16" else torch.float32) for _ in range(2))
+a @ b
+t = time.perf_counter()
+for _ in range(5):
+    a @ b
+matmul = 5 * 2 * 2048**3 / (time.perf_counter() - t)
+print(json.dumps({"steps": times[1:], "prefix": prefix[1:], "flops": counted.get_total_flops(), "matmul_rate": matmul,
+                  "precision": precision}))
 """
 # K retrainings as a worker runs them: one at a time, then the same K in one loop (transfer.together); on --device
 TOGETHER = """
@@ -241,10 +260,14 @@ def main() -> None:
     steps, prefix = (sorted(timed[k])[1] for k in ("steps", "prefix"))
     facts["steps_alone_s"], facts["frozen_forward_s"] = steps, prefix
     facts["best_one_at_a_time"] = inside["before"] / steps
+    gflop, rate = timed["flops"] / 1e9, timed["matmul_rate"] / 1e9
+    facts["steps_gflop"], facts["matmul_gflops"] = gflop, rate
     print(f"the 20 SGD steps alone (no evaluation, augmentation, files or set-up; median of 3): {steps:.2f} s: no "
-          f"policy that trains one model at a time can beat {inside['before'] / steps:.2f}x here (3x needs "
-          f"{inside['before'] / 3:.2f} s a fine-tune); the frozen layers' forward in them (train mode, each "
-          f"model's own images and batch statistics): {prefix:.2f} s", flush=True)  # fmt: skip
+          f"policy that trains one model at a time with these kernels can beat {inside['before'] / steps:.2f}x here "
+          f"(3x needs {inside['before'] / 3:.2f} s a fine-tune); the frozen layers' forward in them (train mode, each "
+          f"model's own images and batch statistics): {prefix:.2f} s. Their {gflop:.0f} GFLOP of convolutions and "
+          f"matrix products ran at {gflop / steps:.0f} GFLOPS, against {rate:.0f} for a 2048 x 2048 matrix product on "
+          f"this core in {timed['precision']} (at that rate: {gflop / rate:.2f} s)", flush=True)  # fmt: skip
     _together(work, "cpu", a.together, a.precision, facts)
     if a.timing_only:
         (work / "facts.json").write_text(json.dumps(facts, indent=2, default=str))
