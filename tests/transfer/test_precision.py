@@ -61,7 +61,7 @@ def test_bf16_channels_last_and_batched_augmentation_train_on_a_cpu_and_are_reco
     assert (auto["precision"], auto["channels_last"], auto["augment_on"]) == ("fp32", True, "device")
 
 
-def test_a_run_resolves_auto_augmentation_by_its_target_s_channels():
+def test_a_run_resolves_auto_augmentation_by_the_channels_its_target_stores():
     """digits are stored grey: at 224 px auto batches them on a CPU (one channel), at 288 it takes the loader."""
     assert prepare_run(_cfg(resolution=224)).augment_on == "device"
     assert prepare_run(_cfg(resolution=288)).augment_on == "loader"
