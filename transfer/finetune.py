@@ -232,7 +232,7 @@ def prepare_run(cfg: FinetuneConfig, indices: np.ndarray | None = None) -> Prepa
             else np.arange(len(train_raw))
         )
     epochs = _count(cfg.epochs, {"auto": paper_epochs(n_train)})
-    speed = resolve_speed(cfg, device, resolution, 1 if dataset_spec(cfg.target).grayscale else 3)
+    speed = resolve_speed(cfg, device, resolution, dataset_spec(cfg.target).channels)
     train_cfg = TrainConfig(
         epochs=epochs,
         batch_size=cfg.batch_size,

@@ -107,7 +107,7 @@ def pretrain(
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.arch, spec.num_classes)
-    speed = resolve_speed(cfg, device, resolution, 1 if spec.grayscale else 3)
+    speed = resolve_speed(cfg, device, resolution, spec.channels)
     train_cfg = TrainConfig(
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
