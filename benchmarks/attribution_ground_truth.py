@@ -85,15 +85,17 @@ batches = [(torch.randn(b, 3, 28, 28).contiguous(memory_format=torch.channels_la
 times, prefix = [], []
 precision = resolve_precision(sys.argv[1], torch.device("cpu"))
 cast = lambda: autocast(precision, torch.device("cpu"))  # the training loop's own: bf16 autocast, else a no-op
+def loss_of(x, y):
+    with cast():
+        with torch.no_grad():
+            h = split.prefix(x)
+        z = split.suffix(h)
+    return F.cross_entropy(z.float(), y)
 for _ in range(4):
     t = time.perf_counter()
     model.train()
     for x, y in batches:
-        with cast():
-            with torch.no_grad():
-                h = split.prefix(x)
-            z = split.suffix(h)
-        loss = F.cross_entropy(z.float(), y)
+        loss = loss_of(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -107,11 +109,7 @@ for _ in range(4):
 # steps' precision
 with torch.utils.flop_counter.FlopCounterMode(display=False) as counted:
     for x, y in batches:
-        with cast():
-            with torch.no_grad():
-                h = split.prefix(x)
-            z = split.suffix(h)
-        F.cross_entropy(z.float(), y).backward()
+        loss_of(x, y).backward()
 a, b = (torch.randn(2048, 2048, dtype=torch.bfloat16 if precision == "bf16" else torch.float32) for _ in range(2))
 a @ b
 t = time.perf_counter()
