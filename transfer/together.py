@@ -10,11 +10,10 @@ so one optimiser over the stacked weights is every model's own, and each model's
 own running statistics. The results are one-at-a-time training's up to floating-point round-off (the vmapped
 convolutions of the trainable blocks are grouped ones): ``tests/transfer/test_together.py``.
 
-Where it pays: where one small model's step is bound by per-kernel overheads (a GPU). On a CPU a larger batch does
-not make the kernels faster (one small model's convolutions already run at about three quarters of the core's rate
-for a large matrix product, most of the rest of its step being BatchNorm's passes over memory), and the stacked ones were
-measured slower (``benchmarks/attribution_ground_truth.py``), which is why the commands train one model at a time
-unless asked.
+Where it pays: where one small model's step is bound by per-kernel overheads (a GPU). On a CPU one small
+model's convolutions already run at about three quarters of the core's rate for a large matrix product (most of the
+rest of its step is BatchNorm's passes over memory), and the stacked ones were measured slower
+(``benchmarks/attribution_ground_truth.py``), which is why the commands train one model at a time unless asked.
 
 Every model keeps its own run directory, saved in the format :func:`transfer.train.fit` writes, so a killed loop's
 runs resume here or alone.
