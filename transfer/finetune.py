@@ -20,7 +20,16 @@ from transfer.precision import check_speed_settings, resolve_speed, speed_fields
 from transfer.runs import RunDir, atomic_write_json
 from transfer.runtime import Runtime, torch_threads
 from transfer.subsets import MAX_SEED, class_covering_subset
-from transfer.train import FROZEN_BN, TrainConfig, finish_run, fit, paper_epochs, paper_eval_every, training_inputs
+from transfer.train import (
+    FROZEN_BN,
+    TrainConfig,
+    finish_run,
+    fit,
+    paper_epochs,
+    paper_eval_every,
+    resumed_speed,
+    training_inputs,
+)
 from transfer.transforms import AUGMENTS
 from transfer.zoo import LoadedSource, get_source, load_source, source_names
 
@@ -176,10 +185,14 @@ class PreparedRun:
 
     def open(self, run: RunDir, resume: bool) -> dict | None:
         """Start or check ``run`` (held locked by the caller); a finished run's summary, else ``None`` after the
-        subset is recorded and the classifier replaced (seeded by the run's seed)."""
-        run.open(self.settings, resume, self.src.sha256)
+        subset is recorded and the classifier replaced (seeded by the run's seed). A resumed run keeps the speed
+        settings it started with (:func:`transfer.precision.keep_recorded_speed`; a warning says where they differ
+        from this session's)."""
+        run.open(self.settings, resume, self.src.sha256, self.train_cfg.speed(self.augment_on))
         if run.finished():  # only reached with resume, after the settings were compared
             return run.read_summary()
+        if resume:
+            self.train_cfg, self.augment_on = resumed_speed(self.train_cfg, self.augment_on, run, self.device)
         if not run.subset.exists():
             labels = self.train_raw.targets[self.indices].tolist()
             atomic_write_json(run.subset, {"seed": self.cfg.seed, "indices": self.indices.tolist(), "labels": labels})

@@ -70,6 +70,23 @@ def resolve_speed(cfg, device: torch.device, resolution: int, channels: int = 3)
             "augment_on": resolve_augment_on(cfg.augment_on, device, resolution, channels)}  # fmt: skip
 
 
+def keep_recorded_speed(resolved: dict, recorded: dict | None, device: torch.device) -> tuple[dict, str | None]:
+    """The speed settings a resumed run trains with: those ``recorded`` when it started (:func:`resolve_speed`'s
+    keys; ``None``: a run started before they were recorded, which takes ``resolved``), so that a run killed and
+    resumed on another device, or after ``auto``'s rule changed, goes on as it began; but ``tf32`` on a device
+    without it is ``fp32``, as :func:`resolve_precision` says. Also a message naming what differs from
+    ``resolved`` (``None`` where nothing does)."""
+    if recorded is None:
+        return resolved, None
+    kept = {"precision": resolve_precision(recorded["precision"], device),
+            "channels_last": bool(recorded["channels_last"]),
+            "augment_on": recorded["augment_on"]}  # fmt: skip
+    changed = [f"{k} {kept[k]!r} (resolved now: {resolved[k]!r})" for k in resolved if kept[k] != resolved[k]]
+    if not changed:
+        return kept, None
+    return kept, f"resuming with the speed settings the run started with: {', '.join(changed)}"
+
+
 # images of up to this many values (channels x resolution^2) are augmented batched on a CPU too. Batched kornia works
 # on the stored channels (a grey image on its one), the per-image loader on three whatever the image, so the batched
 # path's cost grows with the values and the loader's with the pixels. Measured on 2 CPU cores (Intel Xeon,

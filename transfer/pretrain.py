@@ -18,7 +18,7 @@ from transfer.precision import check_speed_settings, resolve_speed, speed_fields
 from transfer.runs import RunDir
 from transfer.runtime import Runtime, torch_threads
 from transfer.subsets import MAX_SEED
-from transfer.train import TrainConfig, finish_run, fit, training_inputs
+from transfer.train import TrainConfig, finish_run, fit, resumed_speed, training_inputs
 from transfer.transforms import AUGMENTS
 
 SPEED = speed_fields()
@@ -122,18 +122,20 @@ def pretrain(
         channels_last=speed["channels_last"],
     )
     augment_on = speed["augment_on"]
-    train_set, test_set = training_inputs(train_raw, test_raw, None, resolution, cfg.augment, augment_on, device)
-    meta = {
-        "dataset": cfg.dataset,
-        "constraint": cfg.constraint,
-        "eps": cfg.eps if attack else 0.0,
-        "attack_steps": cfg.attack_steps,
-        **train_cfg.speed(augment_on),
-    }
     run = RunDir(out)
     with torch_threads(cfg.threads), run.lock():
-        run.open(cfg.recorded(), resume)
+        run.open(cfg.recorded(), resume, speed=train_cfg.speed(augment_on))
         if run.finished():  # only reached with resume, after the settings were compared
             return run.read_summary()
+        if resume:
+            train_cfg, augment_on = resumed_speed(train_cfg, augment_on, run, device)
+        train_set, test_set = training_inputs(train_raw, test_raw, None, resolution, cfg.augment, augment_on, device)
+        meta = {
+            "dataset": cfg.dataset,
+            "constraint": cfg.constraint,
+            "eps": cfg.eps if attack else 0.0,
+            "attack_steps": cfg.attack_steps,
+            **train_cfg.speed(augment_on),
+        }
         history, wall = fit(model, ALL_BLOCKS, train_set, test_set, train_cfg, run, device, progress, on_epoch_end)
         return finish_run(run, model, cfg.arch, resolution, history, wall, meta)

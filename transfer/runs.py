@@ -1,6 +1,7 @@
 """Run directories: the files a run leaves, who may write them, and resuming a killed run.
 
-A run directory holds ``config.json`` (every setting and the library versions),
+A run directory holds ``config.json`` (every setting, what ``auto`` speed settings resolved to, and the
+library versions),
 ``subset.json`` (training indices), ``metrics.jsonl`` (one line per evaluation),
 ``summary.json`` (written last: its presence means the run finished), ``model.pt`` and, while
 the run is under way, ``state.pt`` (trainable weights, BatchNorm statistics, optimiser, schedule
@@ -88,11 +89,13 @@ class RunDir:
     def _entries(self) -> set[str]:
         return {p.name for p in self.root.iterdir()} - {LOCK_NAME} if self.root.is_dir() else set()
 
-    def open(self, settings: dict, resume: bool, source_sha256: str | None = None) -> None:
+    def open(self, settings: dict, resume: bool, source_sha256: str | None = None, speed: dict | None = None) -> None:
         """Check the directory may take this run, then record ``settings`` (fresh) or compare them (resume).
 
         ``source_sha256``: the hash of the source model's file, recorded beside the settings; a resume
         from another file is refused (a run recorded before hashes were kept is resumed unchecked).
+        ``speed``: what the speed settings resolved to at the start (:mod:`transfer.precision`), recorded
+        beside the settings on a fresh start (:meth:`recorded_speed`), so that a resumed run keeps them.
 
         Call while holding :meth:`lock`. Removes temporaries a killed writer left. Raises
         :class:`UserError` when the directory holds files that are not a run's, when a fresh run
@@ -111,6 +114,8 @@ class RunDir:
             record = {"settings": settings, "versions": versions()}
             if source_sha256:
                 record["source_sha256"] = source_sha256
+            if speed is not None:
+                record["speed"] = speed
             atomic_write_json(self.config, record)
             return
         if not self.config.exists():
@@ -132,6 +137,11 @@ class RunDir:
     def recorded(self) -> dict:
         """The settings in ``config.json``; a malformed file is a :class:`UserError`."""
         return self._config()["settings"]
+
+    def recorded_speed(self) -> dict | None:
+        """The speed settings the run resolved at its start (``precision``, ``channels_last``, ``augment_on``), or
+        ``None`` for a run started before they were recorded."""
+        return self._config().get("speed")
 
     def _config(self) -> dict:
         """``config.json``, checked to hold settings."""

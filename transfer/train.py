@@ -14,8 +14,9 @@ the training state is saved atomically after every evaluation and at least every
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from transfer.errors import UserError
 from transfer.files import atomic_torch_save, atomic_write_json, atomic_write_jsonl
 from transfer.freezing import Split, split_frozen_prefix, unfreeze_last_blocks
 from transfer.models import NormalizedModel
-from transfer.precision import autocast, tf32_allowed
+from transfer.precision import autocast, keep_recorded_speed, tf32_allowed
 from transfer.runs import RunDir
 from transfer.transforms import build_transform
 
@@ -71,8 +72,19 @@ class TrainConfig:
             raise UserError(f"TrainConfig.precision must be resolved to fp32, tf32 or bf16, got {self.precision!r}")
 
     def speed(self, augment_on: str) -> dict:
-        """What a run's summary records of how it ran (resolved from ``auto``; the last session's, if resumed)."""
+        """What a run's summary records of how it ran (resolved from ``auto`` at its start; a resumed run keeps
+        them, :func:`transfer.precision.keep_recorded_speed`)."""
         return {"precision": self.precision, "channels_last": self.channels_last, "augment_on": augment_on}
+
+
+def resumed_speed(cfg: TrainConfig, augment_on: str, run: RunDir, device: torch.device) -> tuple[TrainConfig, str]:
+    """``cfg`` and ``augment_on`` with the speed settings ``run`` recorded at its start
+    (:func:`transfer.precision.keep_recorded_speed`), for a resumed run; a warning names what differs from this
+    session's."""
+    speed, message = keep_recorded_speed(cfg.speed(augment_on), run.recorded_speed(), device)
+    if message:
+        warnings.warn(f"{run.root}: {message}", stacklevel=3)
+    return replace(cfg, precision=speed["precision"], channels_last=speed["channels_last"]), speed["augment_on"]
 
 
 def training_inputs(train_raw, test_raw, indices, resolution: int, augment: str, augment_on: str, device):

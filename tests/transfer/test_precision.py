@@ -5,9 +5,17 @@ import json
 import pytest
 import torch
 
+from tests.conftest import Killed, kill_after
 from transfer.errors import UserError
 from transfer.finetune import FinetuneConfig, finetune, prepare_run
-from transfer.precision import resolve_augment_on, resolve_channels_last, resolve_precision, tf32_allowed
+from transfer.precision import (
+    keep_recorded_speed,
+    resolve_augment_on,
+    resolve_channels_last,
+    resolve_precision,
+    tf32_allowed,
+)
+from transfer.runs import RunDir
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -89,3 +97,33 @@ def test_a_run_recorded_before_these_settings_existed_resumes(tmp_path):
         del config["settings"][key]
     (out / "config.json").write_text(json.dumps(config))
     assert finetune(_cfg(), out, resume=True, progress=False)["epochs"] == 2
+
+
+def test_a_resumed_run_keeps_the_speed_settings_it_started_with_but_tf32_where_there_is_none():
+    now = {"precision": "fp32", "channels_last": True, "augment_on": "loader"}
+    assert keep_recorded_speed(now, None, CPU) == (now, None)  # a run started before they were recorded
+    assert keep_recorded_speed(now, dict(now), CPU) == (now, None)
+    started = {"precision": "tf32", "channels_last": False, "augment_on": "device"}  # e.g. begun on a GPU
+    kept, message = keep_recorded_speed(now, started, CPU)
+    assert kept == {"precision": "fp32", "channels_last": False, "augment_on": "device"}  # a CPU has no TF32
+    assert message == ("resuming with the speed settings the run started with: channels_last False (resolved now: "
+                       "True), augment_on 'device' (resolved now: 'loader')")  # fmt: skip
+    assert keep_recorded_speed(now, started, CUDA)[0]["precision"] == "tf32"
+
+
+def test_a_run_killed_and_resumed_after_auto_changed_ends_as_if_never_killed(tmp_path, monkeypatch):
+    """Batched augmentation draws other random numbers than the loader's, so a run that switched at its resume would
+    train on other images than it began with: it keeps what ``auto`` resolved to at its start, and says so."""
+    cfg = _cfg(epochs="3", augment="paper")
+    full = finetune(cfg, tmp_path / "full", progress=False)
+    with pytest.raises(Killed):
+        finetune(cfg, tmp_path / "killed", progress=False, on_epoch_end=kill_after(2))
+    assert RunDir(tmp_path / "killed").recorded_speed() == {"precision": "fp32", "channels_last": True,
+                                                            "augment_on": "device"}  # fmt: skip
+    monkeypatch.setattr("transfer.precision.BATCHED_VALUES", 0)  # auto's rule now takes the loader at 28 px
+    assert prepare_run(cfg).augment_on == "loader"
+    with pytest.warns(UserWarning, match="augment_on 'device' \\(resolved now: 'loader'\\)"):
+        resumed = finetune(cfg, tmp_path / "killed", resume=True, progress=False)
+    assert resumed["augment_on"] == "device" and resumed["final_test_acc"] == full["final_test_acc"]
+    a, b = (torch.load(RunDir(tmp_path / d).model, weights_only=True)["state_dict"] for d in ("full", "killed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -38,3 +38,14 @@ def test_bad_constraint_is_a_user_error(tmp_path):
 
     with pytest.raises(UserError, match="constraint"):
         pretrain(PretrainConfig(constraint="l1"), tmp_path / "x", progress=False)
+
+
+def test_a_resumed_pretraining_keeps_the_speed_settings_it_started_with(tmp_path, monkeypatch):
+    from tests.conftest import Killed, kill_after
+
+    cfg = PretrainConfig(dataset="digits", resolution=8, epochs=2, eval_every=1, batch_size=128, device="cpu")
+    with pytest.raises(Killed):
+        pretrain(cfg, tmp_path / "r", progress=False, on_epoch_end=kill_after(1))
+    monkeypatch.setattr("transfer.precision.BATCHED_VALUES", 0)  # auto's rule now takes the loader at 8 px
+    with pytest.warns(UserWarning, match="augment_on 'device'"):
+        assert pretrain(cfg, tmp_path / "r", resume=True, progress=False)["augment_on"] == "device"
