@@ -78,8 +78,12 @@ def keep_recorded_speed(resolved: dict, recorded: dict | None, device: torch.dev
     ``resolved`` (``None`` where nothing does)."""
     if recorded is None:
         return resolved, None
+    if (not isinstance(recorded, dict) or recorded.get("precision") not in PRECISIONS[1:]
+            or not isinstance(recorded.get("channels_last"), bool) or recorded.get("augment_on") not in AUGMENT_ON[1:]):
+        raise UserError(f"the run's recorded speed settings are not valid ({recorded!r}); it was not written by "
+                        "robust-transfer, or was edited")  # fmt: skip
     kept = {"precision": resolve_precision(recorded["precision"], device),
-            "channels_last": bool(recorded["channels_last"]),
+            "channels_last": recorded["channels_last"],
             "augment_on": recorded["augment_on"]}  # fmt: skip
     changed = [f"{k} {kept[k]!r} (resolved now: {resolved[k]!r})" for k in resolved if kept[k] != resolved[k]]
     if not changed:

@@ -81,7 +81,10 @@ def resumed_speed(cfg: TrainConfig, augment_on: str, run: RunDir, device: torch.
     """``cfg`` and ``augment_on`` with the speed settings ``run`` recorded at its start
     (:func:`transfer.precision.keep_recorded_speed`), for a resumed run; a warning names what differs from this
     session's."""
-    speed, message = keep_recorded_speed(cfg.speed(augment_on), run.recorded_speed(), device)
+    try:
+        speed, message = keep_recorded_speed(cfg.speed(augment_on), run.recorded_speed(), device)
+    except UserError as e:
+        raise UserError(f"cannot resume {run.root}: {e}") from None
     if message:
         warnings.warn(f"{run.root}: {message}", stacklevel=3)
     return replace(cfg, precision=speed["precision"], channels_last=speed["channels_last"]), speed["augment_on"]

@@ -109,6 +109,10 @@ def test_a_resumed_run_keeps_the_speed_settings_it_started_with_but_tf32_where_t
     assert message == ("resuming with the speed settings the run started with: channels_last False (resolved now: "
                        "True), augment_on 'device' (resolved now: 'loader')")  # fmt: skip
     assert keep_recorded_speed(now, started, CUDA)[0]["precision"] == "tf32"
+    with pytest.raises(UserError, match="recorded speed settings are not valid"):
+        keep_recorded_speed(now, {"precision": "fp16", "channels_last": True, "augment_on": "loader"}, CPU)
+    with pytest.raises(UserError, match="recorded speed settings are not valid"):
+        keep_recorded_speed(now, {"precision": "fp32"}, CPU)
 
 
 def test_a_run_killed_and_resumed_after_auto_changed_ends_as_if_never_killed(tmp_path, monkeypatch):
