@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from tests.conftest import Killed, kill_after
 from transfer.attacks import PGDConfig
 from transfer.datasets import Transformed, load_raw_splits
 from transfer.evaluation import evaluate_model
@@ -41,8 +42,6 @@ def test_bad_constraint_is_a_user_error(tmp_path):
 
 
 def test_a_resumed_pretraining_keeps_the_speed_settings_it_started_with(tmp_path, monkeypatch):
-    from tests.conftest import Killed, kill_after
-
     cfg = PretrainConfig(dataset="digits", resolution=8, epochs=2, eval_every=1, batch_size=128, device="cpu")
     with pytest.raises(Killed):
         pretrain(cfg, tmp_path / "r", progress=False, on_epoch_end=kill_after(1))
