@@ -171,10 +171,9 @@ def _together(work: Path, device: str, k: int, precision: str, facts: dict) -> N
 
 def _against(here: Path, there: Path, rel: dict, reference: Path) -> dict:
     """This ground truth against another one on the same subsets, seeds and test images (another precision or
-    version of the code): the
-    Spearman of their subset effects per test image (mean over the test images), beside this one's reliability (what
-    two independent sets of its repeats would reach), and of every single retraining with its twin (same subset and
-    seed)."""
+    version of the code): the Spearman of their subset effects per test image (mean over the test images), beside
+    this one's reliability (what two independent sets of its repeats would reach), and of every single retraining
+    with its twin (same subset and seed)."""
     from study.attribution.ground_truth import spearman_columns
 
     a, b = ({k: np.load(d / f"{k}.npy") for k in ("masks", "test_indices", "train_indices", "targets", "outputs")}
