@@ -94,7 +94,8 @@ class DatasetSpec:
 
     @property
     def channels(self) -> int:
-        """The channels its images are stored with: 1 grey, 3 colour."""
+        """The channels its registration declares: 1 grey, 3 colour (the speed rule reads the stored images
+        instead, :func:`stored_channels`)."""
         return 1 if self.grayscale else 3
 
 
@@ -266,6 +267,14 @@ def dataset_names() -> list[str]:
 def dataset_spec(name: str) -> DatasetSpec:
     """The registry entry for ``name``; unknown names get the list of valid ones."""
     return DATASETS.spec(name)
+
+
+def stored_channels(split: Dataset) -> int:
+    """The channels the split's images are stored with (1 grey, 3 colour), read from its first image: what the
+    data holds, where a registration's ``grayscale`` is only what its author declared."""
+    if len(split) == 0:
+        raise UserError("the training split is empty")
+    return int(torch.as_tensor(split[0][0]).shape[0])
 
 
 def load_raw_splits(name: str, data_root: Path | str | None = None, download: bool = True):

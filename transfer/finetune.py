@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from transfer import validation as v
-from transfer.datasets import dataset_spec, load_raw_splits, split_sizes
+from transfer.datasets import dataset_spec, load_raw_splits, split_sizes, stored_channels
 from transfer.device import resolve_device
 from transfer.errors import UserError
 from transfer.freezing import ALL_BLOCKS, parse_blocks, residual_blocks
@@ -245,7 +245,7 @@ def prepare_run(cfg: FinetuneConfig, indices: np.ndarray | None = None) -> Prepa
             else np.arange(len(train_raw))
         )
     epochs = _count(cfg.epochs, {"auto": paper_epochs(n_train)})
-    speed = resolve_speed(cfg, device, resolution, dataset_spec(cfg.target).channels)
+    speed = resolve_speed(cfg, device, resolution, stored_channels(train_raw))
     train_cfg = TrainConfig(
         epochs=epochs,
         batch_size=cfg.batch_size,

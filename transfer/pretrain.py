@@ -10,7 +10,7 @@ import torch
 
 from transfer import validation as v
 from transfer.attacks import PGDConfig, attack_field, attack_from, check_attack_settings
-from transfer.datasets import dataset_spec, load_raw_splits
+from transfer.datasets import dataset_spec, load_raw_splits, stored_channels
 from transfer.device import resolve_device
 from transfer.freezing import ALL_BLOCKS
 from transfer.models import MAX_RESOLUTION, MIN_RESOLUTION, build_model, check_arch, native_size
@@ -107,7 +107,7 @@ def pretrain(
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.arch, spec.num_classes)
-    speed = resolve_speed(cfg, device, resolution, spec.channels)
+    speed = resolve_speed(cfg, device, resolution, stored_channels(train_raw))
     train_cfg = TrainConfig(
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,

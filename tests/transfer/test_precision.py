@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import Killed, kill_after
+from transfer.datasets import stored_channels
 from transfer.errors import UserError
 from transfer.finetune import FinetuneConfig, finetune, prepare_run
 from transfer.precision import (
@@ -73,6 +74,29 @@ def test_a_run_resolves_auto_augmentation_by_the_channels_its_target_stores():
     """digits are stored grey: at 224 px auto batches them on a CPU (one channel), at 288 it takes the loader."""
     assert prepare_run(_cfg(resolution=224)).augment_on == "device"
     assert prepare_run(_cfg(resolution=288)).augment_on == "loader"
+
+
+def test_the_rule_reads_the_channels_from_the_stored_images_not_the_registration():
+    """At 160 px grey images are augmented batched on a CPU and colour ones by the loader, whatever the dataset's
+    registration declares."""
+    from transfer.datasets import DATASETS, TensorImages, load_raw_splits, register_dataset
+
+    def as_colour(root, download):
+        return tuple(TensorImages(split.images.expand(-1, 3, -1, -1), split.targets)
+                     for split in load_raw_splits("digits"))  # fmt: skip
+
+    register_dataset("grey-declared-colour", lambda root, download: load_raw_splits("digits"), num_classes=10,
+                     grayscale=False, native_size=8, embedded=True, description="a test's")  # fmt: skip
+    register_dataset("colour-declared-grey", as_colour, num_classes=10, grayscale=True, native_size=8, embedded=True,
+                     description="a test's")  # fmt: skip
+    try:
+        assert prepare_run(_cfg(target="grey-declared-colour", resolution=160)).augment_on == "device"
+        assert prepare_run(_cfg(target="colour-declared-grey", resolution=160)).augment_on == "loader"
+    finally:
+        DATASETS.unregister("grey-declared-colour")
+        DATASETS.unregister("colour-declared-grey")
+    with pytest.raises(UserError, match="training split is empty"):
+        stored_channels(TensorImages(torch.zeros(0, 1, 4, 4, dtype=torch.uint8), []))
 
 
 def test_channels_last_is_the_same_training_in_another_memory_order(tmp_path):
