@@ -185,7 +185,7 @@ def build(run: Path, out: Path, m: int, repeats: int, fraction: float, seed: int
     settings = rd.recorded()
     where = data_root or settings.get("data_root")
     _, test_raw = load_raw_splits(settings["target"], where)
-    logits = logits_of(runs, settings["target"], where, idx_test, device)
+    logits = logits_of(runs, settings["target"], where, idx_test, device, progress, desc="LDS outputs")
     logits = logits.reshape(m, repeats, len(idx_test), -1)
     return GroundTruth(chosen, len(labels), logits, np.asarray(test_raw.targets)[idx_test], np.asarray(idx_test),
                        np.asarray(subset["indices"], dtype=np.int64), seeds, seed, fraction)  # fmt: skip

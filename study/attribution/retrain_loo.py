@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from study.attribution.retraining import Retraining, logits_of, measured, retrain
 from study.sweeps.executors import Executor
@@ -59,8 +58,7 @@ def retrained_loo(run: Path, results: list, out: Path, tests: int, removals: int
     removed = sorted({j for _, j, _ in pairs})
     keep = [Retraining(f"m{k:03d}", np.setdiff1d(np.arange(n), [j])) for k, j in enumerate(removed)]
     runs = retrain(run, out / "runs", keep, device, executor, progress, desc="leave-one-out retrainings")
-    logits = logits_of(tqdm(runs, desc="LOO outputs", disable=not progress), settings["target"], where, idx_test,
-                         device)  # fmt: skip
+    logits = logits_of(runs, settings["target"], where, idx_test, device, progress, desc="LOO outputs")
     losses = measured(logits, labels, "loss")
     actual = {j: losses[k] - base_loss for k, j in enumerate(removed)}
     return score_pairs(results, pairs, actual, n, idx_test)
