@@ -15,7 +15,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from study.sweeps.summary import interval_text, verdict
+from study.sweeps.summary import MIN_SEEDS_FOR_INTERVAL, interval_text, verdict
 from transfer.files import atomic_write_text
 
 PACKAGES = ("robust-transfer", "torch", "torchvision", "numpy", "scipy", "matplotlib", "captum", "mlxtend")
@@ -45,10 +45,12 @@ def transfer_readings(paired: list[dict]) -> list[str]:
     out = []
     for r in paired:
         mean, low, high, n = _num(r["mean_diff"]), _num(r["ci_low"]), _num(r["ci_high"]), int(r["pairs"])
-        shown = interval_text(mean, low, high, n, 1, (-100, 100), signed=True)
+        # under MIN_SEEDS_FOR_INTERVAL seeds interval_text and verdict would both say why no interval is shown
+        few = n < MIN_SEEDS_FOR_INTERVAL
+        shown = format(mean, "+.1f") if few else interval_text(mean, low, high, n, 1, (-100, 100), signed=True)
         out.append(
             f"Transfer to {r['target']}, {r['n_train']} images, {r['blocks']} block(s) unfrozen: {r['source']} minus "
-            f"{r['minus']} = {shown} accuracy points over {n} seeds ({verdict(low, high, n)})."
+            f"{r['minus']} = {shown} accuracy points over {n} seed{'s' if n != 1 else ''} ({verdict(low, high, n)})."
         )
     return out
 
