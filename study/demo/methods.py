@@ -150,9 +150,7 @@ def method_rows(head_study: dict, studies: dict[str, dict], lds: dict, ensembled
     entries = [("head", "head (closed form)", head_study, 1)]
     entries += [(m, labels.get(m) or label(m), st, 1) for m, st in studies.items()]
     if ensembled:
-        m, k = ensembled["method"], ensembled["models"]
-        name = "head (closed form)" if m == "head" else labels.get(m) or label(m)
-        entries.append((m, f"{name}, ensemble of {k}", ensembled["study"], k))
+        entries.append((ensembled["method"], ensemble_label(ensembled, labels), ensembled["study"], ensembled["models"]))
     rows = []
     for key, name, study, models in entries:
         for d in study["differences"]:
@@ -169,6 +167,22 @@ def method_rows(head_study: dict, studies: dict[str, dict], lds: dict, ensembled
                 "robust minus natural, top-1": d["mean"], "low": d["low"], "high": d["high"], "n_seeds": d["n_seeds"],
             })  # fmt: skip
     return rows
+
+
+def ensemble_label(ensembled: dict, labels: dict | None = None) -> str:
+    """The ensembled attribution's name in the tables: its method's, then how many models."""
+    m = ensembled["method"]
+    name = "head (closed form)" if m == "head" else (labels or {}).get(m) or label(m)
+    return f"{name}, ensemble of {ensembled['models']}"
+
+
+def validated(rows: list[dict], ensembled: dict, labels: dict | None = None) -> str:
+    """Which attribution is validated, named as in the tables with its setting and LDS, and how it was chosen."""
+    name = ensemble_label(ensembled, labels)
+    row = next((r for r in rows if r["influence"] == name and r["setting"] == ensembled["setting"]), None)
+    lds = (f" (LDS {row['LDS']:+.3f} [{row['LDS low']:+.3f}, {row['LDS high']:+.3f}])"
+           if row is not None and row["LDS"] is not None else "")  # fmt: skip
+    return f"{name}, {ensembled['setting']}{lds}, chosen by {ensembled['chosen_by']}"
 
 
 def method_readings(rows: list[dict], lds_source: str) -> list[str]:

@@ -69,7 +69,7 @@ def readings(report: dict) -> list[str]:
             f"{val['refit']['grad_norm_before']:.2g} before): predicted vs actual change of test loss: {parts}."
         )
     if report.get("methods"):
-        from study.demo.methods import method_readings, method_rows, studies_of
+        from study.demo.methods import method_readings, method_rows, studies_of, validated
 
         met = report["methods"]
         rows = method_rows(inf["study"], studies_of(met), met["lds"], met.get("ensembled"), met.get("labels"))
@@ -80,9 +80,7 @@ def readings(report: dict) -> list[str]:
         lines += [(first if i == 0 else "Which attribution to believe: ") + line
                   for i, line in enumerate(method_readings(rows, met["lds_source"]))]  # fmt: skip
         if met.get("ensembled"):
-            e = met["ensembled"]
-            lines.append(f"Which attribution is validated: the ensemble of {e['models']} models was built for the "
-                         f"attribution with {e['chosen_by']}.")  # fmt: skip
+            lines.append(f"Which attribution is validated: {validated(rows, met['ensembled'], met.get('labels'))}.")
     feats = report["features"]
     for model in dict.fromkeys(r["model"] for r in feats["featviz"]):
         rows = [r for r in feats["featviz"] if r["model"] == model]
@@ -330,14 +328,15 @@ def markdown_summary(report: dict) -> str:
         cells = " | ".join(f"Pearson {v['settings'][i]['pearson']:.3f}" for v in validation.values())
         lines.append(f"| {setting} | {cells} |")
     if report.get("methods"):
-        from study.demo.methods import method_rows, studies_of
+        from study.demo.methods import method_rows, studies_of, validated
 
         met = report["methods"]
         ceiling = (met["lds"].get("reliability") or {}).get("ceiling")
         lines += ["", f"| influence | setting | LDS [95% CI], {met['lds_source']}, {met['lds']['subsets']} subsets x "
                       f"{met['lds'].get('repeats', 1)} | top-10 overlap with the exact result | top-1 class match, "
                       "robust minus natural [95% CI] |", "|---|---|---|---|---|"]  # fmt: skip
-        for r in method_rows(study, studies_of(met), met["lds"], met.get("ensembled"), met.get("labels")):
+        rows = method_rows(study, studies_of(met), met["lds"], met.get("ensembled"), met.get("labels"))
+        for r in rows:
             lds = f"{r['LDS']:+.3f} [{r['LDS low']:+.3f}, {r['LDS high']:+.3f}]" if r["LDS"] is not None else "-"
             exact = "-" if r.get("exact top-10") is None else f"{r['exact top-10']:.2f}"
             match = interval_text(r["robust minus natural, top-1"], r["low"], r["high"], r["n_seeds"], 3, (-1, 1),
@@ -348,8 +347,7 @@ def markdown_summary(report: dict) -> str:
         if met.get("exact"):
             lines.append(f"Exact results: the head's, {met['exact']['head']}; the block's, {met['exact']['block']}.")
         if met.get("ensembled"):
-            lines.append(f"Validated attribution: the ensemble of {met['ensembled']['models']} models, chosen by "
-                         f"{met['ensembled']['chosen_by']}.")  # fmt: skip
+            lines.append(f"Validated attribution: {validated(rows, met['ensembled'], met.get('labels'))}.")
     return "\n".join(lines) + "\n"
 
 

@@ -66,6 +66,12 @@ def test_the_demo_writes_the_report_from_the_commands_own_files(demo):
     assert ens["models"] == 2 and ens["setting"] == best["setting"]
     assert [r["ensemble"] for r in lds["scores"]].count(2) == 1
     assert "ensemble of 2" in summary and "Validated attribution" in summary and "ceiling" in summary
+    # which attribution is validated is named, with its setting and LDS, in the summary and the readings
+    name = "head (closed form)" if ens["method"] == "head" else methods["labels"][ens["method"]]
+    scored = next(r for r in lds["scores"] if r["ensemble"] == 2)
+    said = f"{name}, ensemble of 2, {ens['setting']} (LDS {scored['lds']:+.3f} "
+    assert f"Validated attribution: {said}" in summary
+    assert any(line.startswith(f"Which attribution is validated: {said}") for line in results["readings"])
     page = (demo / "report.html").read_text()
     # self-contained: every figure the stages list is embedded, nothing is fetched
     figures = [p for stage in ("tables", "influence", "methods", "features") for p in results[stage]["figures"]]
