@@ -79,6 +79,7 @@ def methods_stage(demo, scale, device: str, natural: str, robust: str, seed0: in
     figures = [out / m / "study.png" for m in scale.methods] + ([out / "ensembled" / "study.png"] if ensembled else [])
     return {
         "studies": {m: {k: st[k] for k in STUDY_KEYS} for m, st in studies.items()},
+        "order": list(scale.methods),
         "labels": {m: label(m, scale.fisher) for m in scale.methods},
         "exact": {"head": "the head's closed form at the exact cut-off (same directory)",
                   **({"block": "the exact GGN over the block and the head (influence --method ggn: Woodbury), damping "
@@ -133,8 +134,12 @@ def label(method: str, fisher: str = "type-2") -> str:
 
 
 def studies_of(methods_stage_result: dict) -> dict[str, dict]:
-    """The methods' studies by name (a stage recorded before Arnoldi was added held EK-FAC's alone)."""
-    return methods_stage_result.get("studies") or {"ekfac": methods_stage_result["study"]}
+    """The methods' studies by name, in the order the stage ran them (its record is JSON with sorted keys, so a
+    resumed demo would otherwise list them alphabetically; a stage recorded before Arnoldi was added held EK-FAC's
+    alone)."""
+    studies = methods_stage_result.get("studies") or {"ekfac": methods_stage_result["study"]}
+    order = methods_stage_result.get("order") or list(studies)
+    return {m: studies[m] for m in order if m in studies}
 
 
 def method_rows(head_study: dict, studies: dict[str, dict], lds: dict, ensembled: dict | None = None,

@@ -99,6 +99,7 @@ def test_the_demo_writes_the_report_from_the_commands_own_files(demo):
 
 def test_a_rerun_keeps_finished_stages_and_redoes_the_missing_one(demo):
     kept = {p.name: p.stat().st_mtime_ns for p in (demo / "stages").glob("*.json")}
+    summary = (demo / "summary.md").read_text()
     assert set(kept) == {"transfer.json", "tables.json", "influence.json", "methods.json", "features.json"}
     (demo / "stages" / "features.json").unlink()  # as if killed during the features stage
     shutil.rmtree(demo / "featviz")
@@ -106,6 +107,8 @@ def test_a_rerun_keeps_finished_stages_and_redoes_the_missing_one(demo):
     now = {p.name: p.stat().st_mtime_ns for p in (demo / "stages").glob("*.json")}
     assert {k: now[k] for k in kept if k != "features.json"} == {k: v for k, v in kept.items() if k != "features.json"}
     assert (demo / "featviz" / "featviz.png").exists() and "features.json" in now
+    # the kept stages, read back from their records (JSON with sorted keys), give the same summary
+    assert (demo / "summary.md").read_text() == summary
     # the total counts every stage, each from the invocation that ran it, not the last invocation's alone
     seconds = json.loads((demo / "results.json").read_text())["seconds"]
     assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k not in ("total", "report")))
