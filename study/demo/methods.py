@@ -181,12 +181,16 @@ def ensemble_label(ensembled: dict, labels: dict | None = None) -> str:
     return f"{name}, ensemble of {ensembled['models']}"
 
 
+def lds_text(row: dict) -> str:
+    """A row's LDS with its bootstrap interval, ``+0.382 [+0.335, +0.428]`` (the row must have one)."""
+    return interval_text(row["LDS"], row["LDS low"], row["LDS high"], None, 3, signed=True)
+
+
 def validated(rows: list[dict], ensembled: dict, labels: dict | None = None) -> str:
     """Which attribution is validated, named as in the tables with its setting and LDS, and how it was chosen."""
     name = ensemble_label(ensembled, labels)
     row = next((r for r in rows if r["influence"] == name and r["setting"] == ensembled["setting"]), None)
-    lds = (f" (LDS {row['LDS']:+.3f} [{row['LDS low']:+.3f}, {row['LDS high']:+.3f}])"
-           if row is not None and row["LDS"] is not None else "")  # fmt: skip
+    lds = f" (LDS {lds_text(row)})" if row is not None and row["LDS"] is not None else ""
     return f"{name}, {ensembled['setting']}{lds}, chosen by {ensembled['chosen_by']}"
 
 
@@ -194,8 +198,7 @@ def method_readings(rows: list[dict], lds_source: str) -> list[str]:
     """One sentence per row, the validation first."""
     out = []
     for r in rows:
-        lds = (f"LDS {r['LDS']:+.3f} [{r['LDS low']:+.3f}, {r['LDS high']:+.3f}] on {lds_source}"
-               if r["LDS"] is not None else "no LDS")  # fmt: skip
+        lds = f"LDS {lds_text(r)} on {lds_source}" if r["LDS"] is not None else "no LDS"
         if r["LDS"] is not None and r.get("ceiling") is not None:
             lds += f" (the ground truth's ceiling: {r['ceiling']:.3f})"
         if r.get("exact top-10") is not None:

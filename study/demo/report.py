@@ -328,7 +328,7 @@ def markdown_summary(report: dict) -> str:
         cells = " | ".join(f"Pearson {v['settings'][i]['pearson']:.3f}" for v in validation.values())
         lines.append(f"| {setting} | {cells} |")
     if report.get("methods"):
-        from study.demo.methods import method_rows, studies_of, validated
+        from study.demo.methods import lds_text, method_rows, studies_of, validated
 
         met = report["methods"]
         ceiling = (met["lds"].get("reliability") or {}).get("ceiling")
@@ -337,7 +337,7 @@ def markdown_summary(report: dict) -> str:
                       "robust minus natural [95% CI] |", "|---|---|---|---|---|"]  # fmt: skip
         rows = method_rows(study, studies_of(met), met["lds"], met.get("ensembled"), met.get("labels"))
         for r in rows:
-            lds = f"{r['LDS']:+.3f} [{r['LDS low']:+.3f}, {r['LDS high']:+.3f}]" if r["LDS"] is not None else "-"
+            lds = lds_text(r) if r["LDS"] is not None else "-"
             exact = "-" if r.get("exact top-10") is None else f"{r['exact top-10']:.2f}"
             match = interval_text(r["robust minus natural, top-1"], r["low"], r["high"], r["n_seeds"], 3, (-1, 1),
                                   signed=True)  # fmt: skip
