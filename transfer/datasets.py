@@ -92,12 +92,6 @@ class DatasetSpec:
     layout: str = ""
     split_sizes: tuple[int, int] | None = None
 
-    @property
-    def channels(self) -> int:
-        """The channels its registration declares: 1 grey, 3 colour (the speed rule reads the stored images
-        instead, :func:`stored_channels`)."""
-        return 1 if self.grayscale else 3
-
 
 def _stratified_split(labels: np.ndarray, n_test: int | float) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
