@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-CLI = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))"]
+CLI = [sys.executable, "-m", "cli.main"]  # the `robust-transfer` command of this checkout
 
 
 def finetuned(work: Path) -> Path:

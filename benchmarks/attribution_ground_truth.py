@@ -44,7 +44,7 @@ import numpy as np
 from study.sweeps.executors import default_local_workers
 from transfer.runs import RunDir
 
-CLI = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))"]
+CLI = [sys.executable, "-m", "cli.main"]  # the `robust-transfer` command of this checkout
 # N fine-tunes of 200 images one after the other in one process of one thread, as a local executor's worker runs them
 IN_PROCESS = """
 import json, shutil, sys, time

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-CLI = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))"]
+CLI = [sys.executable, "-m", "cli.main"]  # the `robust-transfer` command of this checkout
 RUN = ["--source", "mnist5k-l2", "--target", "digits", "--blocks", "1", "--subset", "400", "--epochs", "10",
        "--eval-every", "10", "--seed", "20000000"]  # fmt: skip
 DAMPINGS = "0,wd,1e-3,1e-2,1e-1,source"
