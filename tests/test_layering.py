@@ -129,3 +129,25 @@ def test_the_tests_mirror_the_package_tree():
     untested = [str(r) for r in rooms if not (ROOT / "tests" / r).is_dir()]
     assert not stray, stray
     assert not untested, untested
+
+
+def test_the_peers_of_the_bench_extra_are_imported_by_benchmarks_only():
+    """dattri and kronfluence are compared with side by side (``benchmarks/peer_parity.py``), never used by the package."""
+    import re
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["bench"]
+    peers = {re.split(r"[=<>!~\[ ]", req, maxsplit=1)[0].replace("-", "_") for req in extra}
+    assert peers == {"dattri", "kronfluence"}
+    used = []
+    for top in (*PACKAGES, "examples"):
+        for path in (ROOT / top).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])  # fmt: skip
+                used += [(str(path.relative_to(ROOT)), n) for n in names if n.split(".")[0] in peers]
+    assert not used, used
