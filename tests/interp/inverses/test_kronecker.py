@@ -107,3 +107,55 @@ def test_kronecker_methods_take_names_once_in_the_models_order(digits, small_net
     v = torch.randn(ordered.size, 3, dtype=torch.float64)
     assert messy.size == ordered.size and torch.allclose(messy.apply(v), ordered.apply(v), atol=1e-12)
     assert "separate Kronecker blocks" in ordered.info()["weight_and_bias"]
+
+
+def test_ekfac_equals_kronfluences_on_weight_only_layers(tmp_path):
+    """kronfluence's own EK-FAC (the ``bench`` extra; skipped without it) at matched conventions: empirical Fisher,
+    float64, one damping, layers without a bias. Its score is ``g_test^T (EK-FAC + damping I)^-1 g_train``, ours the
+    same with the opposite sign. ``benchmarks/peer_parity.py`` does the same on a fine-tuned block."""
+    pytest.importorskip("kronfluence")
+    import warnings
+
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+    from kronfluence.task import Task
+    from sklearn.datasets import load_digits
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x / 16.0).view(-1, 1, 8, 8)
+    train, test = TensorDataset(x[:60], torch.tensor(y[:60])), TensorDataset(x[60:72], torch.tensor(y[60:72]))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10, bias=False)).double()
+    names, damping = ["0.weight", "3.weight"], 1e-3
+
+    inv = kronecker_inverse(net, DataLoader(train, batch_size=20), names, kind="ekfac", damping=damping,
+                            fisher_type="empirical")  # fmt: skip
+    g_tr, g_te = (interp.per_example_grads(net, DataLoader(d, batch_size=20), names) for d in (train, test))
+    ours = interp.influence_matrix(g_te, g_tr, inv)
+
+    class Classification(Task):
+        def compute_train_loss(self, batch, model, sample=False):
+            return nn.functional.cross_entropy(model(batch[0]), batch[1], reduction="sum")
+
+        def compute_measurement(self, batch, model):
+            return nn.functional.cross_entropy(model(batch[0]), batch[1], reduction="sum")
+
+    f64, task = torch.float64, Classification()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # kronfluence's own GradScaler call
+        analyzer = Analyzer("parity", prepare_model(net, task), task, cpu=True, disable_tqdm=True,
+                            output_dir=str(tmp_path))  # fmt: skip
+        analyzer.fit_all_factors("ekfac", dataset=train, per_device_batch_size=20, overwrite_output_dir=True,
+                                 factor_args=FactorArguments(strategy="ekfac", use_empirical_fisher=True,
+                                                             activation_covariance_dtype=f64,
+                                                             gradient_covariance_dtype=f64, lambda_dtype=f64,
+                                                             per_sample_gradient_dtype=f64))  # fmt: skip
+        analyzer.compute_pairwise_scores("scores", "ekfac", query_dataset=test, train_dataset=train,
+                                         per_device_query_batch_size=12, per_device_train_batch_size=20,
+                                         overwrite_output_dir=True,
+                                         score_args=ScoreArguments(damping_factor=damping, per_sample_gradient_dtype=f64,
+                                                                   precondition_dtype=f64, score_dtype=f64))  # fmt: skip
+    theirs = -analyzer.load_pairwise_scores("scores")["all_modules"]
+    assert ours.shape == theirs.shape == (12, 60)
+    assert (ours - theirs).abs().max() <= 1e-10 * theirs.abs().max()

@@ -109,3 +109,18 @@ def test_validate_lds_with_repeats_reports_the_ceiling_and_saves_traks_layout(fi
     inf = np.load(influence_out / "influence_test.npy")
     per, _ = score(inf, [np.flatnonzero(r) for r in masks], targets, sign=-1.0)
     assert float(np.nanmean(per)) == pytest.approx(row["lds"], rel=1e-12)
+
+
+def test_the_score_equals_dattris_own_lds():
+    """dattri's own ``lds`` (the ``bench`` extra; skipped without it) on the same arrays, its score signed the same."""
+    pytest.importorskip("dattri")
+    from dattri.metric import lds
+
+    rng = np.random.default_rng(3)
+    inf = rng.normal(size=(7, 50))
+    chosen = [np.sort(rng.choice(50, 25, replace=False)) for _ in range(12)]
+    actual = rng.normal(size=(12, 7))
+    for sign in (1.0, -1.0):
+        per, _ = score(inf, chosen, actual, sign)
+        theirs, _ = lds(torch.tensor(sign * inf.T), (torch.tensor(actual), torch.tensor(np.stack(chosen))))
+        np.testing.assert_allclose(per, theirs.numpy(), rtol=0, atol=1e-12)
