@@ -1,4 +1,4 @@
-"""Our LDS against dattri's ``lds`` and our EK-FAC influence against kronfluence's, side by side at matched conventions.
+"""Our LDS against dattri's ``lds``, our EK-FAC and K-FAC influence against kronfluence's, side by side, matched.
 
 The peers are installed by the ``bench`` extra (``pip install -e ".[bench]"``) and imported only here, never by the
 package. On a 1-block run of the embedded data (``mnist5k-l2 -> digits``, 100 images, trained here):
@@ -8,15 +8,19 @@ package. On a 1-block run of the embedded data (``mnist5k-l2 -> digits``, 100 im
    command saved in TRAK's layout (``subsets.npy``; ``targets.npy`` for the loss, and TRAK's margin recomputed here
    from ``logits.npy``, averaged over the repeats), with the influence matrix signed so that larger predicts a larger
    measured output. Printed: our LDS from ``lds.csv``, dattri's mean, the largest difference.
-2. **EK-FAC.** The run's fine-tuned model (eval mode, float64), its trainable block's convolution weights: the layers
-   both libraries factorise the same way (no bias; kronfluence does not track BatchNorm). Our ``kronecker_inverse``
-   (curvlinops' EK-FAC, ``fisher_type="empirical"``) and kronfluence's ``ekfac`` with ``use_empirical_fisher=True``,
+2. **EK-FAC and K-FAC.** The run's fine-tuned model (eval mode, float64), its trainable block's convolution weights:
+   layers both libraries factorise (no bias; kronfluence does not track BatchNorm). Our ``kronecker_inverse``
+   (curvlinops, ``fisher_type="empirical"``) and kronfluence's ``ekfac`` / ``kfac`` with ``use_empirical_fisher=True``,
    every dtype float64, the same damping (the run's weight decay, a number given to both); influence of every
-   training image on the test images: ours is ``-g_test^T (EK-FAC + damping I)^-1 g_train`` (negative = helpful),
+   training image on the test images: ours is ``-g_test^T (K + damping I)^-1 g_train`` (negative = helpful),
    kronfluence's score the same product with the loss as measurement and the opposite sign. Printed: the largest
-   difference relative to the largest score, Pearson, top-10 overlap per test image. Then the same with the head
-   added, whose ``nn.Linear`` has a bias: there kronfluence joins weight and bias into one Kronecker block, and
-   curvlinops keeps two, so the two differ by design; the size of that difference is what this line measures.
+   difference relative to the largest score, Pearson, top-10 overlap per test image, and the least-squares scale of
+   ours on theirs. Then the same with the head added, whose ``nn.Linear`` has a bias: there kronfluence joins weight
+   and bias into one Kronecker block, and curvlinops keeps two, so the two differ by design; the size of that
+   difference is what this line measures. K-FAC on a convolution differs by a convention, tested in one more line:
+   kronfluence divides both factors by the images x output locations ``T``, curvlinops the output gradients' by the
+   images alone, so theirs is ``T`` times smaller than ours, and with its damping divided by ``T`` and its scores
+   divided by ``T`` it should be ours (EK-FAC refits the eigenvalues, so the factors' scale drops out there).
 
     pip install -e ".[bench]" && python benchmarks/peer_parity.py [--work /tmp/rt-peers]   # about 2 minutes
 """
@@ -101,7 +105,7 @@ def lds_parity(work: Path, lds) -> None:
     print(f"\nLDS: largest difference from dattri's lds {worst:.1e} over {len(rows)} settings x 2 targets")
 
 
-def ekfac_parity(work: Path, Analyzer, prepare_model, FactorArguments, ScoreArguments, Task) -> None:
+def kronecker_parity(work: Path, Analyzer, prepare_model, FactorArguments, ScoreArguments, Task) -> None:
     import interp
     from study.attribution.inputs import load_run, run_weight_decay
     from study.attribution.settings import InfluenceConfig
@@ -135,30 +139,69 @@ def ekfac_parity(work: Path, Analyzer, prepare_model, FactorArguments, ScoreArgu
             return self.modules
 
     f64 = torch.float64
-    fa = FactorArguments(strategy="ekfac", use_empirical_fisher=True, activation_covariance_dtype=f64,
-                         gradient_covariance_dtype=f64, eigendecomposition_dtype=f64, per_sample_gradient_dtype=f64,
-                         lambda_dtype=f64)  # fmt: skip
     sa = ScoreArguments(damping_factor=damping, per_sample_gradient_dtype=f64, precondition_dtype=f64, score_dtype=f64)
-    print(f"\nEK-FAC on {work / 'run'}: {len(tr)} training, {len(te)} test images, empirical Fisher, damping {damping:g}")
-    print("\n| parameters | count | largest difference / largest score | Pearson | top-10 overlap |\n|---|---|---|---|---|")
-    for label, modules in tracked.items():
-        names = [n for n, _ in model.named_parameters() if n.rsplit(".", 1)[0] in modules]
-        loader = lambda ds: DataLoader(ds, batch_size=50)  # noqa: E731
-        inv = interp.kronecker_inverse(model, loader(tr), names, kind="ekfac", damping=damping, fisher_type="empirical")
-        g_tr, g_te = interp.per_example_grads(model, loader(tr), names), interp.per_example_grads(model, loader(te), names)
-        ours = interp.influence_matrix(g_te, g_tr, inv).numpy()
-        task = Classification(modules)
-        analyzer = Analyzer("parity", prepare_model(copy.deepcopy(model), task), task, cpu=True, disable_tqdm=True,
-                            output_dir=str(work / "kronfluence"))  # fmt: skip
-        analyzer.fit_all_factors("ekfac", dataset=tr, per_device_batch_size=50, factor_args=fa, overwrite_output_dir=True)
-        analyzer.compute_pairwise_scores("scores", "ekfac", query_dataset=te, train_dataset=tr,
-                                         per_device_query_batch_size=50, per_device_train_batch_size=50,
-                                         score_args=sa, overwrite_output_dir=True)  # fmt: skip
-        theirs = -analyzer.load_pairwise_scores("scores")["all_modules"].numpy()  # their sign: positive = helpful
-        rel = np.abs(ours - theirs).max() / np.abs(theirs).max()
-        agree = interp.ranking_agreement(ours, theirs, k=10)
-        print(f"| {label} | {g_tr.shape[1]:,} | {rel:.1e} | {np.corrcoef(ours.ravel(), theirs.ravel())[0, 1]:.6f} | "
-              f"{agree['top_k_overlap']:.3f} |")  # fmt: skip
+    print(f"\nK-FAC and EK-FAC on {work / 'run'}: {len(tr)} training, {len(te)} test images, empirical Fisher, "
+          f"damping {damping:g}")  # fmt: skip
+    print("\n| method | parameters | count | largest difference / largest score | Pearson | top-10 overlap | scale, ours "
+          "/ theirs |\n|---|---|---|---|---|---|---|")  # fmt: skip
+    loader = lambda ds: DataLoader(ds, batch_size=50)  # noqa: E731
+    for kind in ("ekfac", "kfac"):
+        fa = FactorArguments(strategy=kind, use_empirical_fisher=True, activation_covariance_dtype=f64,
+                             gradient_covariance_dtype=f64, eigendecomposition_dtype=f64, per_sample_gradient_dtype=f64,
+                             lambda_dtype=f64)  # fmt: skip
+        for label, modules in tracked.items():
+            names = [n for n, _ in model.named_parameters() if n.rsplit(".", 1)[0] in modules]
+            inv = interp.kronecker_inverse(model, loader(tr), names, kind=kind, damping=damping, fisher_type="empirical")
+            g_tr, g_te = (interp.per_example_grads(model, loader(d), names) for d in (tr, te))
+            ours = interp.influence_matrix(g_te, g_tr, inv).numpy()
+            task = Classification(modules)
+            analyzer = Analyzer("parity", prepare_model(copy.deepcopy(model), task), task, cpu=True, disable_tqdm=True,
+                                output_dir=str(work / "kronfluence"))  # fmt: skip
+            analyzer.fit_all_factors(kind, dataset=tr, per_device_batch_size=50, factor_args=fa, overwrite_output_dir=True)
+            analyzer.compute_pairwise_scores("scores", kind, query_dataset=te, train_dataset=tr,
+                                             per_device_query_batch_size=50, per_device_train_batch_size=50,
+                                             score_args=sa, overwrite_output_dir=True)  # fmt: skip
+            theirs = -analyzer.load_pairwise_scores("scores")["all_modules"].numpy()  # their sign: positive = helpful
+            _row(METHOD[kind], label, g_tr.shape[1], ours, theirs)
+            if kind == "kfac" and modules == convs:
+                # kronfluence divides both factors of a convolution by the images x output locations (T), curvlinops
+                # the output gradients' by the images alone: its K-FAC is T times ours, so theirs at damping / T, its
+                # scores divided by T, should be ours
+                t = locations(model, convs, te)
+                analyzer.compute_pairwise_scores("scores_t", kind, query_dataset=te, train_dataset=tr,
+                                                 per_device_query_batch_size=50, per_device_train_batch_size=50,
+                                                 overwrite_output_dir=True, score_args=ScoreArguments(
+                                                     damping_factor=damping / t, per_sample_gradient_dtype=f64,
+                                                     precondition_dtype=f64, score_dtype=f64))  # fmt: skip
+                theirs_t = -analyzer.load_pairwise_scores("scores_t")["all_modules"].numpy() / t
+                _row(METHOD[kind], f"{label}, theirs at damping / T and divided by T (T = {t})", g_tr.shape[1], ours,
+                     theirs_t)  # fmt: skip
+
+
+METHOD = {"ekfac": "EK-FAC", "kfac": "K-FAC"}
+
+
+def locations(model: nn.Module, convs: list[str], data: TensorDataset) -> int:
+    """The output locations ``T`` (height x width) of the convolutions ``convs``, which must share one."""
+    sizes = set()
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.add(out.shape[-2] * out.shape[-1]))
+             for n, m in model.named_modules() if n in convs]  # fmt: skip
+    with torch.no_grad():
+        model(data.tensors[0][:1])
+    for h in hooks:
+        h.remove()
+    assert len(sizes) == 1, sizes
+    return sizes.pop()
+
+
+def _row(method: str, label: str, count: int, ours: np.ndarray, theirs: np.ndarray) -> None:
+    import interp
+
+    rel = np.abs(ours - theirs).max() / np.abs(theirs).max()
+    agree = interp.ranking_agreement(ours, theirs, k=10)
+    scale = float(ours.ravel() @ theirs.ravel() / (theirs.ravel() @ theirs.ravel()))  # least squares
+    print(f"| {method} | {label} | {count:,} | {rel:.1e} | {np.corrcoef(ours.ravel(), theirs.ravel())[0, 1]:.6f} | "
+          f"{agree['top_k_overlap']:.3f} | {scale:.4f} |")  # fmt: skip
 
 
 def main() -> None:
@@ -179,7 +222,7 @@ def main() -> None:
             "--influence", ",".join(str(work / n) for n in INFLUENCE), "--tests", 0, "--executor", "local")  # fmt: skip
     print(f"run, influence and a ground truth of 10 halves x 2 (or what --work held): {time.perf_counter() - t:.0f} s")
     lds_parity(work, lds)
-    ekfac_parity(work, *kron)
+    kronecker_parity(work, *kron)
 
 
 if __name__ == "__main__":

@@ -109,10 +109,15 @@ def test_kronecker_methods_take_names_once_in_the_models_order(digits, small_net
     assert "separate Kronecker blocks" in ordered.info()["weight_and_bias"]
 
 
-def test_ekfac_equals_kronfluences_on_weight_only_layers(tmp_path):
-    """kronfluence's own EK-FAC (the ``bench`` extra; skipped without it) at matched conventions: empirical Fisher,
-    float64, one damping, layers without a bias. Its score is ``g_test^T (EK-FAC + damping I)^-1 g_train``, ours the
-    same with the opposite sign. ``benchmarks/peer_parity.py`` does the same on a fine-tuned block."""
+@pytest.mark.parametrize("kind,names,t", [("ekfac", ["0.weight", "3.weight"], 1), ("kfac", ["3.weight"], 1),
+                                          ("kfac", ["0.weight"], 36)])  # fmt: skip
+def test_kronecker_equals_kronfluences_on_weight_only_layers(kind, names, t, tmp_path):
+    """kronfluence's own K-FAC and EK-FAC (the ``bench`` extra; skipped without it) at matched conventions: empirical
+    Fisher, float64, layers without a bias. Its score is ``g_test^T (K + damping I)^-1 g_train``, ours the same with the
+    opposite sign. EK-FAC is equal outright. K-FAC is on a linear layer; on a convolution with ``T`` output locations
+    (36 here) kronfluence divides both factors by the images x ``T``, curvlinops the output gradients' by the images
+    alone, so its K-FAC is ``T`` times ours: equal with its damping divided by ``T`` and its scores divided by ``T``.
+    ``benchmarks/peer_parity.py`` does the same on a fine-tuned block."""
     pytest.importorskip("kronfluence")
     import warnings
 
@@ -127,9 +132,9 @@ def test_ekfac_equals_kronfluences_on_weight_only_layers(tmp_path):
     train, test = TensorDataset(x[:60], torch.tensor(y[:60])), TensorDataset(x[60:72], torch.tensor(y[60:72]))
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10, bias=False)).double()
-    names, damping = ["0.weight", "3.weight"], 1e-3
+    damping = 1e-3
 
-    inv = kronecker_inverse(net, DataLoader(train, batch_size=20), names, kind="ekfac", damping=damping,
+    inv = kronecker_inverse(net, DataLoader(train, batch_size=20), names, kind=kind, damping=damping,
                             fisher_type="empirical")  # fmt: skip
     g_tr, g_te = (interp.per_example_grads(net, DataLoader(d, batch_size=20), names) for d in (train, test))
     ours = interp.influence_matrix(g_te, g_tr, inv)
@@ -141,21 +146,25 @@ def test_ekfac_equals_kronfluences_on_weight_only_layers(tmp_path):
         def compute_measurement(self, batch, model):
             return nn.functional.cross_entropy(model(batch[0]), batch[1], reduction="sum")
 
+        def get_influence_tracked_modules(self):
+            return [n.split(".")[0] for n in names]
+
     f64, task = torch.float64, Classification()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # kronfluence's own GradScaler call
         analyzer = Analyzer("parity", prepare_model(net, task), task, cpu=True, disable_tqdm=True,
                             output_dir=str(tmp_path))  # fmt: skip
-        analyzer.fit_all_factors("ekfac", dataset=train, per_device_batch_size=20, overwrite_output_dir=True,
-                                 factor_args=FactorArguments(strategy="ekfac", use_empirical_fisher=True,
+        analyzer.fit_all_factors(kind, dataset=train, per_device_batch_size=20, overwrite_output_dir=True,
+                                 factor_args=FactorArguments(strategy=kind, use_empirical_fisher=True,
                                                              activation_covariance_dtype=f64,
                                                              gradient_covariance_dtype=f64, lambda_dtype=f64,
                                                              per_sample_gradient_dtype=f64))  # fmt: skip
-        analyzer.compute_pairwise_scores("scores", "ekfac", query_dataset=test, train_dataset=train,
+        analyzer.compute_pairwise_scores("scores", kind, query_dataset=test, train_dataset=train,
                                          per_device_query_batch_size=12, per_device_train_batch_size=20,
                                          overwrite_output_dir=True,
-                                         score_args=ScoreArguments(damping_factor=damping, per_sample_gradient_dtype=f64,
-                                                                   precondition_dtype=f64, score_dtype=f64))  # fmt: skip
-    theirs = -analyzer.load_pairwise_scores("scores")["all_modules"]
+                                         score_args=ScoreArguments(damping_factor=damping / t, score_dtype=f64,
+                                                                   per_sample_gradient_dtype=f64,
+                                                                   precondition_dtype=f64))  # fmt: skip
+    theirs = -analyzer.load_pairwise_scores("scores")["all_modules"] / t
     assert ours.shape == theirs.shape == (12, 60)
     assert (ours - theirs).abs().max() <= 1e-10 * theirs.abs().max()
