@@ -18,10 +18,11 @@ Kronecker factor is written here.
 
 A layer's weight and bias are two Kronecker blocks here (curvlinops' default ``separate_weight_and_bias``), with
 the cross terms between them dropped; kronfluence joins them into one block (the input extended by a constant 1),
-so at matched conventions the two agree on weight-only layers and differ slightly where a layer has a bias (measured
-against kronfluence itself by ``benchmarks/peer_parity.py``). K-FAC's factors of a convolution with ``T`` output
-locations are kronfluence's times ``T`` (it divides both by the images x ``T``, curvlinops the output gradients' by the
-images alone), so a numeric damping weighs differently in the two; EK-FAC refits the eigenvalues and is unaffected.
+so at matched conventions the two agree on weight-only layers and differ slightly where a layer has a bias
+(measured against kronfluence itself by ``benchmarks/peer_parity.py``). K-FAC's Kronecker product for a convolution
+with ``T`` output locations is ``T`` times kronfluence's (it divides both factors by the images x ``T``, curvlinops
+the output gradients' by the images alone), so a numeric damping weighs differently in the two; EK-FAC refits the
+eigenvalues and is unaffected.
 
 Parameters no Kronecker factorisation covers (BatchNorm scales and shifts, grouped convolutions) are
 handled by a stated fallback: the exact GGN block of those parameters together (damped the same; cross
