@@ -164,8 +164,8 @@ def kronecker_parity(work: Path, Analyzer, prepare_model, FactorArguments, Score
             _row(METHOD[kind], label, g_tr.shape[1], ours, theirs)
             if kind == "kfac" and modules == convs:
                 # kronfluence divides both factors of a convolution by the images x output locations (T), curvlinops
-                # the output gradients' by the images alone: its K-FAC is T times ours, so theirs at damping / T, its
-                # scores divided by T, should be ours
+                # the output gradients' by the images alone: ours is T K_theirs, and (T K + d)^-1 = (K + d / T)^-1 / T,
+                # so theirs at damping / T, its scores divided by T, should be ours
                 t = locations(model, convs, te)
                 analyzer.compute_pairwise_scores("scores_t", kind, query_dataset=te, train_dataset=tr,
                                                  per_device_query_batch_size=50, per_device_train_batch_size=50,
