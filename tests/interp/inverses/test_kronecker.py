@@ -114,7 +114,7 @@ def test_kronecker_methods_take_names_once_in_the_models_order(digits, small_net
 def test_kronecker_equals_kronfluences_on_weight_only_layers(kind, names, t, tmp_path):
     """kronfluence's own K-FAC and EK-FAC (the ``bench`` extra; skipped without it) at matched conventions: empirical
     Fisher, float64, layers without a bias. Its score is ``g_test^T (K + damping I)^-1 g_train``, ours the same with the
-    opposite sign. EK-FAC is equal outright. K-FAC is on a linear layer; on a convolution with ``T`` output locations
+    opposite sign. EK-FAC is equal outright, K-FAC on a linear layer; on a convolution with ``T`` output locations
     (36 here) kronfluence divides both factors by the images x ``T``, curvlinops the output gradients' by the images
     alone, so ours is ``T`` times its K-FAC: equal with its damping divided by ``T`` and its scores divided by ``T``.
     ``benchmarks/peer_parity.py`` does the same on a fine-tuned block."""
