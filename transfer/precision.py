@@ -33,6 +33,8 @@ from transfer.errors import UserError
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 CHANNELS_LAST = ("auto", "on", "off")
 AUGMENT_ON = ("auto", "loader", "device")
+RESOLVED_PRECISIONS = tuple(p for p in PRECISIONS if p != "auto")  # what a run trains with once auto is resolved
+RESOLVED_AUGMENT_ON = tuple(a for a in AUGMENT_ON if a != "auto")
 
 
 def speed_fields() -> dict:
@@ -78,8 +80,9 @@ def keep_recorded_speed(resolved: dict, recorded: dict | None, device: torch.dev
     ``resolved`` (``None`` where nothing does)."""
     if recorded is None:
         return resolved, None
-    if (not isinstance(recorded, dict) or recorded.get("precision") not in PRECISIONS[1:]
-            or not isinstance(recorded.get("channels_last"), bool) or recorded.get("augment_on") not in AUGMENT_ON[1:]):
+    if (not isinstance(recorded, dict) or recorded.get("precision") not in RESOLVED_PRECISIONS
+            or not isinstance(recorded.get("channels_last"), bool)
+            or recorded.get("augment_on") not in RESOLVED_AUGMENT_ON):
         raise UserError(f"the run's recorded speed settings are not valid ({recorded!r}); it was not written by "
                         "robust-transfer, or was edited")  # fmt: skip
     kept = {"precision": resolve_precision(recorded["precision"], device),

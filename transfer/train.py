@@ -33,7 +33,7 @@ from transfer.errors import UserError
 from transfer.files import atomic_torch_save, atomic_write_json, atomic_write_jsonl
 from transfer.freezing import Split, split_frozen_prefix, unfreeze_last_blocks
 from transfer.models import NormalizedModel
-from transfer.precision import autocast, keep_recorded_speed, tf32_allowed
+from transfer.precision import RESOLVED_PRECISIONS, autocast, keep_recorded_speed, tf32_allowed
 from transfer.runs import RunDir
 from transfer.transforms import build_transform
 
@@ -68,8 +68,9 @@ class TrainConfig:
             raise UserError(f"--frozen-bn must be one of {FROZEN_BN}, got {self.frozen_bn!r}")
         if self.eval_every is not None and self.eval_every < 1:
             raise UserError(f"--eval-every must be >= 1, got {self.eval_every}")
-        if self.precision not in ("fp32", "tf32", "bf16"):
-            raise UserError(f"TrainConfig.precision must be resolved to fp32, tf32 or bf16, got {self.precision!r}")
+        if self.precision not in RESOLVED_PRECISIONS:
+            raise UserError(f"TrainConfig.precision must be resolved to {', '.join(RESOLVED_PRECISIONS)}, got "
+                            f"{self.precision!r}")  # fmt: skip
 
     def speed(self, augment_on: str) -> dict:
         """What a run's summary records of how it ran (resolved from ``auto`` at its start; a resumed run keeps
