@@ -25,9 +25,9 @@ from transfer.train import (
     TrainConfig,
     finish_run,
     fit,
+    open_run,
     paper_epochs,
     paper_eval_every,
-    resumed_speed,
     training_inputs,
 )
 from transfer.transforms import AUGMENTS
@@ -188,11 +188,10 @@ class PreparedRun:
         subset is recorded and the classifier replaced (seeded by the run's seed). A resumed run keeps the speed
         settings it started with (:func:`transfer.precision.keep_recorded_speed`; a warning says where they differ
         from this session's)."""
-        run.open(self.settings, resume, self.src.sha256, self.train_cfg.speed(self.augment_on))
-        if run.finished():  # only reached with resume, after the settings were compared
-            return run.read_summary()
-        if resume:
-            self.train_cfg, self.augment_on = resumed_speed(self.train_cfg, self.augment_on, run, self.device)
+        summary, self.train_cfg, self.augment_on = open_run(run, self.settings, resume, self.train_cfg, self.augment_on,
+                                                            self.device, self.src.sha256)  # fmt: skip
+        if summary is not None:
+            return summary
         if not run.subset.exists():
             labels = self.train_raw.targets[self.indices].tolist()
             atomic_write_json(run.subset, {"seed": self.cfg.seed, "indices": self.indices.tolist(), "labels": labels})

@@ -18,7 +18,7 @@ from transfer.precision import check_speed_settings, resolve_speed, speed_fields
 from transfer.runs import RunDir
 from transfer.runtime import Runtime, torch_threads
 from transfer.subsets import MAX_SEED
-from transfer.train import TrainConfig, finish_run, fit, resumed_speed, training_inputs
+from transfer.train import TrainConfig, finish_run, fit, open_run, training_inputs
 from transfer.transforms import AUGMENTS
 
 SPEED = speed_fields()
@@ -124,11 +124,9 @@ def pretrain(
     augment_on = speed["augment_on"]
     run = RunDir(out)
     with torch_threads(cfg.threads), run.lock():
-        run.open(cfg.recorded(), resume, speed=train_cfg.speed(augment_on))
-        if run.finished():  # only reached with resume, after the settings were compared
-            return run.read_summary()
-        if resume:
-            train_cfg, augment_on = resumed_speed(train_cfg, augment_on, run, device)
+        summary, train_cfg, augment_on = open_run(run, cfg.recorded(), resume, train_cfg, augment_on, device)
+        if summary is not None:
+            return summary
         train_set, test_set = training_inputs(train_raw, test_raw, None, resolution, cfg.augment, augment_on, device)
         meta = {
             "dataset": cfg.dataset,

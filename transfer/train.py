@@ -78,17 +78,24 @@ class TrainConfig:
         return {"precision": self.precision, "channels_last": self.channels_last, "augment_on": augment_on}
 
 
-def resumed_speed(cfg: TrainConfig, augment_on: str, run: RunDir, device: torch.device) -> tuple[TrainConfig, str]:
-    """``cfg`` and ``augment_on`` with the speed settings ``run`` recorded at its start
-    (:func:`transfer.precision.keep_recorded_speed`), for a resumed run; a warning names what differs from this
-    session's."""
+def open_run(run: RunDir, settings: dict, resume: bool, cfg: TrainConfig, augment_on: str, device: torch.device,
+             source_sha256: str | None = None) -> tuple[dict | None, TrainConfig, str]:  # fmt: skip
+    """Start or check ``run`` (held locked by the caller; :meth:`RunDir.open`), recording the speed settings ``cfg``
+    and ``augment_on`` resolved to. Returns a finished run's summary (else ``None``), and the speed settings to train
+    with: a resumed run keeps those it recorded at its start (:func:`transfer.precision.keep_recorded_speed`; a
+    warning names what differs from this session's)."""
+    run.open(settings, resume, source_sha256, cfg.speed(augment_on))
+    if run.finished():  # only reached with resume, after the settings were compared
+        return run.read_summary(), cfg, augment_on
+    if not resume:
+        return None, cfg, augment_on
     try:
         speed, message = keep_recorded_speed(cfg.speed(augment_on), run.recorded_speed(), device)
     except UserError as e:
         raise UserError(f"cannot resume {run.root}: {e}") from None
     if message:
         warnings.warn(f"{run.root}: {message}", stacklevel=3)
-    return replace(cfg, precision=speed["precision"], channels_last=speed["channels_last"]), speed["augment_on"]
+    return None, replace(cfg, precision=speed["precision"], channels_last=speed["channels_last"]), speed["augment_on"]
 
 
 def training_inputs(train_raw, test_raw, indices, resolution: int, augment: str, augment_on: str, device):
