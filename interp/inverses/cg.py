@@ -158,7 +158,9 @@ class ConjugateGradientInverse(InverseOperator):
             "damping": self.damping,
             "tol": self.tol,
             "max_iter": self.max_iter,
-            "preconditioner": {k: pre[k] for k in ("method", "damping", "curvature") if k in pre} if pre else None,
+            "preconditioner": {k: pre[k] for k in ("method", "damping", "curvature", "eigenpairs") if k in pre}
+            if pre
+            else None,
             "solves": self._solves,
             "max_iterations": self._iterations,
             "max_relative_residual": self._residual,

@@ -53,6 +53,46 @@ def test_refined_is_the_exact_ggn_inverse_and_says_how_it_got_there(digits, smal
     exact = exact_inverse(g, 1e-1) @ v
     assert torch.linalg.norm(other.apply(v) - exact) <= 1e-8 * torch.linalg.norm(exact)
     assert any("preconditioned by ekfac" in line for line in inv.report())
-    with pytest.raises(InterpError, match="refined_preconditioner must be one of ekfac, kfac, none"):
+    with pytest.raises(InterpError, match="refined_preconditioner must be one of ekfac, kfac, arnoldi, none"):
         build_inverse("refined", curvature, damping=1e-2, refined_preconditioner="lbfgs")
     assert interp.INVERSES.get("refined").damped
+
+
+def test_the_arnoldi_preconditioner_is_the_better_guide_at_a_small_damping_with_fewer_rows_than_parameters(
+    digits, small_net, names, exact_inverse
+):
+    # 60 images x 10 classes = 600 GGN rows for 2,610 parameters: G + damping I is the damping on a null space of
+    # over 2,000 dimensions, which EK-FAC's eigenbasis smears and the top eigenpairs of G leave as it is
+    train, _ = digits
+    net = small_net()
+    g = ggn(net, train, names)
+    v = torch.randn(len(g), 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    exact = exact_inverse(g, 1e-4) @ v
+    solved = {}
+    for p in ("arnoldi", "ekfac", "none"):
+        curvature = Curvature(len(g), model=net, data=train, params=names)
+        inv = build_inverse("refined", curvature, damping=1e-4, refined_tol=1e-10, refined_max_iter=1000,
+                            refined_preconditioner=p, refined_rank=200)  # fmt: skip
+        solved[p] = inv.apply(v), inv.info()
+        assert torch.linalg.norm(solved[p][0] - exact) <= 1e-8 * torch.linalg.norm(exact), p
+    its = {p: info["max_iterations"] for p, (_, info) in solved.items()}
+    assert 3 * its["arnoldi"] < min(its["ekfac"], its["none"])
+    assert solved["arnoldi"][1]["preconditioner"]["method"] == "arnoldi"
+    assert solved["arnoldi"][1]["preconditioner"]["eigenpairs"] == 200
+    with pytest.raises(InterpError, match="refined_rank must be an integer >= 1"):
+        build_inverse("refined", Curvature(len(g), model=net, data=train, params=names), damping=1e-4,
+                      refined_preconditioner="arnoldi", refined_rank=0)  # fmt: skip
+
+
+def test_the_spectral_preconditioner_is_the_identity_off_its_eigenvectors_and_flattens_them():
+    from interp.inverses.arnoldi import ArnoldiInverse
+    from interp.inverses.refined import SpectralPreconditioner
+
+    q, _ = torch.linalg.qr(torch.randn(30, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
+    w = torch.tensor([8.0, 4.0, 2.0], dtype=torch.float64)
+    pre = SpectralPreconditioner(ArnoldiInverse(w, q[:, :3], 0.5, "ggn"))
+    g = q[:, :3] @ torch.diag(w) @ q[:, :3].T
+    # M^{-1} (G + damping I) is w_r + damping on V's span and the damping alone off it
+    m = pre.apply(g + 0.5 * torch.eye(30, dtype=torch.float64))
+    assert torch.allclose(m @ q[:, :3], 2.5 * q[:, :3]) and torch.allclose(m @ q[:, 3:], 0.5 * q[:, 3:])
+    assert pre.with_settings(damping=1.0).damping == 1.0 and pre.size == 30
