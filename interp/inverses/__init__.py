@@ -45,7 +45,7 @@ from interp.inverses.kronecker import (
     kronecker_inverse,
 )
 from interp.inverses.lowrank import LowRankInverse, lowrank_inverse
-from interp.inverses.refined import RefinedOptions
+from interp.inverses.refined import DeflationPreconditioner, RefinedOptions
 
 __all__ = [
     "ARNOLDI_RANK",
@@ -63,6 +63,7 @@ __all__ = [
     "CholeskyInverse",
     "ConjugateGradientInverse",
     "Curvature",
+    "DeflationPreconditioner",
     "EigenbasisInverse",
     "InverseMethod",
     "InverseOperator",

@@ -100,6 +100,7 @@ class ConjugateGradientInverse(InverseOperator):
     preconditioner: InverseOperator | None = None  # M^{-1}, e.g. an EK-FAC inverse at the same damping
     method: str = "cg"
     curvature: str = "Hessian-vector products"
+    unconverged_hint: str = ""  # what the report adds where a solve stopped at its limit (a better option to try)
     _iterations: int = field(default=0, init=False)
     _residual: float = field(default=0.0, init=False)
     _solves: int = field(default=0, init=False)
@@ -173,8 +174,9 @@ class ConjugateGradientInverse(InverseOperator):
         if self._residual <= self.tol:
             return [f"{self.method}: conjugate gradient on {self.curvature}{pre}: converged in at most {self._iterations} "
                     f"iterations (relative residual {self._residual:.2g}), {self._seconds:.1f} s of solves"]  # fmt: skip
+        hint = f"; {self.unconverged_hint}" if self.unconverged_hint else ""
         return [f"warning: {self.method} stopped at its iteration limit with relative residual {self._residual:.3g} "
-                f"(tol {self.tol:g}); the influence values are approximate"]  # fmt: skip
+                f"(tol {self.tol:g}); the influence values are approximate{hint}"]  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -6,21 +6,21 @@ curvature converges to the exact ``(G + damping I)^{-1} g`` but slowly when ``G`
 by EK-FAC at the same damping, CG solves ``(G + damping I) x = g`` in the iterations ``M^{-1} (G + damping I)`` needs
 (``M``: the EK-FAC matrix), and every iteration is one exact product: the solution is the exact inverse's, to the
 relative residual ``refined_tol``. Where no dense matrix fits (a whole fine-tuned block), a solve to a tight tolerance
-is the exact reference for the others.
+is the exact reference for the others. The products are the GGN's by default (through its cached factor where it fits,
+else curvlinops'), or the Hessian's (``refined_curvature hessian``: not positive semi-definite off a minimum, where CG
+refuses with the curvature it met).
 
 EK-FAC is a poor guide where the damping is small and ``G`` has fewer nonzero eigenvalues than parameters (``n C`` GGN
 rows under ``P``): ``G + damping I`` is ``damping`` on the null space, one eigenvalue plain CG resolves at once, while
-EK-FAC's Kronecker eigenbasis gives that space eigenvalues far above ``damping``, which smears it into a spread CG then
-has to resolve. ``refined_preconditioner arnoldi`` uses the top ``refined_rank`` eigenpairs ``(w, V)`` of the exact
-curvature instead (from the ``arnoldi`` method: Lanczos, or the cached factor's Gram matrix), the spectral
-(Nystroem-type) preconditioner of Frangella, Tropp and Udell (2023)::
+EK-FAC's Kronecker eigenbasis gives that space eigenvalues far above ``damping`` and so spreads it out for CG to
+resolve. ``refined_preconditioner arnoldi`` uses the top ``refined_rank`` eigenpairs ``(w, V)`` of the exact curvature
+instead (from the ``arnoldi`` method: Lanczos, or the cached factor's Gram matrix), a deflation preconditioner (the
+form of Frangella, Tropp and Udell's 2023 Nystroem preconditioner, with exact eigenpairs)::
 
     M^{-1} = (w_r + damping) V diag(1 / (w + damping)) V^T + (I - V V^T)
 
 so ``M^{-1} (G + damping I)`` is ``w_r + damping`` on ``V``'s span and ``G + damping I`` off it: its condition number is
-at most ``(w_r + damping) / damping``, whatever the null space holds. The products are the GGN's by default (through its cached factor where it fits,
-else curvlinops'), or the Hessian's (``refined_curvature hessian``: not positive semi-definite off a minimum, where CG
-refuses with the curvature it met).
+at most ``(w_r + damping) / damping`` (``w_r`` the smallest of the ``r``), whatever the null space holds.
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ from interp.inverses.cg import ConjugateGradientInverse
 from interp.inverses.kronecker import kronecker_inverse
 
 PRECONDITIONERS = ("ekfac", "kfac", "arnoldi", "none")
+HINT = ("at a small damping with fewer GGN rows than parameters, --refined-preconditioner arnoldi (the curvature's top "
+        "eigenpairs) converges in far fewer iterations than a Kronecker preconditioner")  # fmt: skip
 
 
 @dataclass(eq=False)
-class SpectralPreconditioner(InverseOperator):
+class DeflationPreconditioner(InverseOperator):
     """``M^{-1} = (w_r + damping) V diag(1 / (w + damping)) V^T + (I - V V^T)`` over the positive top eigenpairs
     ``(w, V)`` of ``eigen`` (``w_r`` the smallest of them; see the module's docstring). Written here because it is six
     lines over eigenpairs the ``arnoldi`` method already computes; no library of the field offers it as an operator."""
@@ -71,8 +73,8 @@ class SpectralPreconditioner(InverseOperator):
         scale = (w.min() + self.damping) / (w + self.damping) - 1  # M^{-1} - I on V's span
         return cols + v @ (scale[:, None] * (v.T @ cols))
 
-    def with_settings(self, *, rcond="same", damping: float | None = None) -> SpectralPreconditioner:
-        return SpectralPreconditioner(self.eigen.with_settings(damping=damping))
+    def with_settings(self, *, rcond="same", damping: float | None = None) -> DeflationPreconditioner:
+        return DeflationPreconditioner(self.eigen.with_settings(damping=damping))
 
     def info(self) -> dict:
         facts = self.eigen.info()
@@ -121,16 +123,17 @@ def _refined(curvature: Curvature, *, damping: float, progress: bool, refined_pr
         products = hessian_vector_product(model, data, names, device=curvature.device)
     pre = None
     if refined_preconditioner == "arnoldi":
-        pre = SpectralPreconditioner(arnoldi_inverse(products, products.size, rank=refined_rank, damping=damping,
-                                                     curvature=f"{refined_curvature}: {products.description}",
-                                                     device=curvature.device, factor=products.factor))  # fmt: skip
+        pre = DeflationPreconditioner(arnoldi_inverse(products, products.size, rank=refined_rank, damping=damping,
+                                                      curvature=f"{refined_curvature}: {products.description}",
+                                                      device=curvature.device, factor=products.factor))  # fmt: skip
     elif refined_preconditioner != "none":
         pre = kronecker_inverse(model, data, names, kind=refined_preconditioner, damping=damping,
                                 device=curvature.device, progress=progress)  # fmt: skip
     return ConjugateGradientInverse(products, products.size, damping=damping, tol=refined_tol,
                                     max_iter=refined_max_iter, on=curvature.device, progress=progress,
                                     preconditioner=pre, method="refined",
-                                    curvature=f"the exact {refined_curvature.upper()}: {products.description}")  # fmt: skip
+                                    curvature=f"the exact {refined_curvature.upper()}: {products.description}",
+                                    unconverged_hint=HINT if refined_preconditioner in ("ekfac", "kfac") else "")  # fmt: skip
 
 
 INVERSES.register(InverseMethod("refined", _refined, needs="model", cutoff=False, shared="refined", damped=True,

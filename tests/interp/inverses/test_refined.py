@@ -6,7 +6,7 @@ import torch
 import interp
 from interp import InterpError
 from interp.curvature import ggn
-from interp.inverses import Curvature, build_inverse, conjugate_gradient
+from interp.inverses import ArnoldiInverse, Curvature, DeflationPreconditioner, build_inverse, conjugate_gradient
 
 
 def test_preconditioned_cg_is_the_exact_solution_in_fewer_iterations():
@@ -76,6 +76,11 @@ def test_the_arnoldi_preconditioner_is_the_better_guide_at_a_small_damping_with_
         solved[p] = inv.apply(v), inv.info()
         assert torch.linalg.norm(solved[p][0] - exact) <= 1e-8 * torch.linalg.norm(exact), p
     its = {p: info["max_iterations"] for p, (_, info) in solved.items()}
+    stopped = build_inverse("refined", Curvature(len(g), model=net, data=train, params=names), damping=1e-4,
+                            refined_tol=1e-10, refined_max_iter=its["arnoldi"])  # fmt: skip
+    with pytest.warns(UserWarning, match="CG did not converge"):
+        stopped.apply(v)
+    assert "--refined-preconditioner arnoldi" in stopped.report()[0]
     assert 3 * its["arnoldi"] < min(its["ekfac"], its["none"])
     assert solved["arnoldi"][1]["preconditioner"]["method"] == "arnoldi"
     assert solved["arnoldi"][1]["preconditioner"]["eigenpairs"] == 200
@@ -84,13 +89,10 @@ def test_the_arnoldi_preconditioner_is_the_better_guide_at_a_small_damping_with_
                       refined_preconditioner="arnoldi", refined_rank=0)  # fmt: skip
 
 
-def test_the_spectral_preconditioner_is_the_identity_off_its_eigenvectors_and_flattens_them():
-    from interp.inverses.arnoldi import ArnoldiInverse
-    from interp.inverses.refined import SpectralPreconditioner
-
+def test_the_deflation_preconditioner_is_the_identity_off_its_eigenvectors_and_flattens_them():
     q, _ = torch.linalg.qr(torch.randn(30, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
     w = torch.tensor([8.0, 4.0, 2.0], dtype=torch.float64)
-    pre = SpectralPreconditioner(ArnoldiInverse(w, q[:, :3], 0.5, "ggn"))
+    pre = DeflationPreconditioner(ArnoldiInverse(w, q[:, :3], 0.5, "ggn"))
     g = q[:, :3] @ torch.diag(w) @ q[:, :3].T
     # M^{-1} (G + damping I) is w_r + damping on V's span and the damping alone off it
     m = pre.apply(g + 0.5 * torch.eye(30, dtype=torch.float64))
