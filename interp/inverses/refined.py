@@ -54,6 +54,11 @@ class DeflationPreconditioner(InverseOperator):
     eigen: ArnoldiInverse
     method: str = field(default="arnoldi", init=False)
 
+    def __post_init__(self):
+        keep = self.eigen.eigenvalues > 0  # once, not at every CG iteration: the columns of V it uses
+        self._w = self.eigen.eigenvalues[keep]
+        self._v = self.eigen.eigenvectors if bool(keep.all()) else self.eigen.eigenvectors[:, keep]
+
     @property
     def size(self) -> int:
         return self.eigen.size
@@ -67,12 +72,9 @@ class DeflationPreconditioner(InverseOperator):
         return self.eigen.device
 
     def _solve(self, cols: torch.Tensor) -> torch.Tensor:
-        w, v = self.eigen.eigenvalues, self.eigen.eigenvectors
-        keep = w > 0
-        if not bool(keep.any()):
+        w, v = self._w, self._v
+        if not len(w):
             return cols.clone()
-        w = w[keep]
-        v = v[:, keep] if bool((~keep).any()) else v
         scale = (w.min() + self.damping) / (w + self.damping) - 1  # M^{-1} - I on V's span
         return cols + v @ (scale[:, None] * (v.T @ cols))
 
