@@ -147,11 +147,13 @@ def arnoldi_inverse(
     tol: float = 1e-8,
     chunk: int = 64,
     factor: torch.Tensor | None = None,
+    trace: bool = True,
 ) -> ArnoldiInverse:
     """The top-``rank`` eigenpairs of the symmetric operator ``matvec`` (``(P, k) -> (P, k)``) and their
     damped inverse above the cut-off ``rcond`` (see the module's docstring). ``factor``: ``F`` ``(m, P)`` with
     ``matvec(v) = F^T F v``, where the products have one; with ``rank < m < P`` the eigenpairs come from its Gram
-    matrix."""
+    matrix. ``trace=False`` skips the Lanczos path's Hutchinson estimate of the trace left out (``HUTCHINSON_PROBES``
+    more products; the captured share is then not reported): for callers that use the eigenpairs alone."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise InterpError(f"rank must be an integer >= 1, got {rank!r}")
     check_damping(damping)
@@ -190,6 +192,8 @@ def arnoldi_inverse(
     w, v = eigsh(op, k=rank, which="LA", tol=tol, ncv=min(size, max(2 * rank + 1, rank + 32)))
     order = np.argsort(w)[::-1].copy()
     w, v = torch.from_numpy(w[order]).to(dev), torch.from_numpy(v[:, order]).to(dev)
+    if not trace:
+        return ArnoldiInverse(w, v, damping, curvature, rcond, None, products)
     rest = deflated_trace(matvec, v, dev)
     return ArnoldiInverse(w, v, damping, curvature, rcond, rest, products + HUTCHINSON_PROBES)
 

@@ -129,7 +129,8 @@ def _refined(curvature: Curvature, *, damping: float, progress: bool, refined_pr
     if refined_preconditioner == "arnoldi":
         pre = DeflationPreconditioner(arnoldi_inverse(products, products.size, rank=refined_rank, damping=damping,
                                                       curvature=f"{refined_curvature}: {products.description}",
-                                                      device=curvature.device, factor=products.factor))  # fmt: skip
+                                                      device=curvature.device, factor=products.factor,
+                                                      trace=False))  # fmt: skip
     elif refined_preconditioner != "none":
         pre = kronecker_inverse(model, data, names, kind=refined_preconditioner, damping=damping,
                                 device=curvature.device, progress=progress)  # fmt: skip

@@ -67,6 +67,24 @@ def test_arnoldi_reports_the_trace_it_leaves_out_with_its_standard_error(digits,
     assert info["trace_found"] == pytest.approx(float(w[-30:].sum()), rel=1e-8)
 
 
+def test_arnoldi_without_the_trace_estimate_finds_the_same_eigenpairs_with_fewer_products(digits, small_net, names):
+    train, _ = digits
+    g = ggn(small_net(), train, names)
+    calls = []
+
+    def counted(q):
+        calls.append(q.shape[1])
+        return g @ q
+
+    full = arnoldi_inverse(counted, len(g), rank=30, damping=1e-3)
+    with_trace = sum(calls)
+    calls.clear()
+    bare = arnoldi_inverse(counted, len(g), rank=30, damping=1e-3, trace=False)
+    assert sum(calls) == bare.info()["products"] and with_trace == full.info()["products"] == sum(calls) + 16
+    assert bare.info()["captured_trace_share"] is None and bare.trace_rest is None
+    assert torch.allclose(bare.eigenvalues, full.eigenvalues, rtol=1e-8, atol=0)
+
+
 def test_arnoldi_assembles_the_matrix_where_lanczos_would_span_the_whole_space():
     torch.manual_seed(0)
     a = torch.randn(40, 40, dtype=torch.float64)
