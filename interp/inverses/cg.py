@@ -19,6 +19,10 @@ from tqdm.auto import tqdm
 from interp.errors import InterpError, require_finite
 from interp.inverses.base import INVERSES, Curvature, InverseMethod, InverseOperator, check_damping
 
+# what info() (and so meta.json) keeps of a preconditioner's own facts: the eigenpairs' count, how they were found
+# and the products they took, for the arnoldi one
+PRECONDITIONER_FACTS = ("method", "damping", "curvature", "eigenpairs", "solver", "products")
+
 
 def conjugate_gradient(
     matvec: Callable[[torch.Tensor], torch.Tensor],
@@ -159,9 +163,7 @@ class ConjugateGradientInverse(InverseOperator):
             "damping": self.damping,
             "tol": self.tol,
             "max_iter": self.max_iter,
-            "preconditioner": {k: pre[k] for k in ("method", "damping", "curvature", "eigenpairs") if k in pre}
-            if pre
-            else None,
+            "preconditioner": {k: pre[k] for k in PRECONDITIONER_FACTS if k in pre} if pre else None,
             "solves": self._solves,
             "max_iterations": self._iterations,
             "max_relative_residual": self._residual,

@@ -23,7 +23,7 @@ so ``M^{-1} (G + damping I)`` is ``w_r + damping`` on ``V``'s span and ``G + dam
 at most ``(w_r + damping) / damping`` (``w_r`` the smallest of the ``r``), whatever the null space holds. It also took
 far fewer iterations than EK-FAC (and than none) where ``G`` has more rows than parameters (docs: the validation guide).
 The default stays EK-FAC, the recipe the method is named for; the eigenpairs cost about ``2 r`` products where no
-factor is cached.
+factor is cached (measured there too: ``benchmarks/refined_without_factor.py``).
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ class DeflationPreconditioner(InverseOperator):
     def info(self) -> dict:
         facts = self.eigen.info()
         return {"method": self.method, "damping": self.damping, "curvature": self.eigen.curvature,
-                "eigenpairs": facts["eigenpairs_found"], "solver": facts["solver"]}  # fmt: skip
+                "eigenpairs": facts["eigenpairs_found"], "solver": facts["solver"],
+                "products": facts["products"]}  # fmt: skip
 
 
 @dataclass(frozen=True)
