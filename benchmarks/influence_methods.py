@@ -96,10 +96,15 @@ def main() -> None:
         part2(work, args)
 
 
+def arnoldi_preconditioner(args: argparse.Namespace) -> tuple[str, ...]:
+    """The refined inverse's flags for the GGN's top ``--arnoldi-rank`` eigenpairs as its preconditioner."""
+    return ("--refined-preconditioner", "arnoldi", "--refined-rank", args.arnoldi_rank)
+
+
 def part1(work: Path, args: argparse.Namespace) -> None:
     print(f"Part 1: {SELECTION} of a --blocks all run on {args.subset} digits, 100 test images, damping {args.damping}")
     run = finetuned(work, "all-blocks", "all", args.subset)
-    spectral = ("--refined-preconditioner", "arnoldi", "--refined-rank", args.arnoldi_rank)
+    spectral = arnoldi_preconditioner(args)
     methods = {  # label: (method, its flags, the directory's suffix)
         "ggn (exact)": ("ggn", ("--rcond", "exact"), ""),
         "blockdiag": ("blockdiag", ("--rcond", "exact"), ""),
@@ -137,7 +142,7 @@ def part2(work: Path, args: argparse.Namespace) -> None:
     print(f"P = {info['size']:,} ({info['kronecker_params']:,} Kronecker-factored, {info['fallback_params']} by the "
           f"exact GGN block: {', '.join(info['fallback_names'])})")  # fmt: skip
     print(f"ekfac: wall {wall:.1f} s (target < 120 s), peak memory {peak:.2f} GiB; stages: {meta['timings']}")
-    spectral = ("--refined-preconditioner", "arnoldi", "--refined-rank", args.arnoldi_rank)
+    spectral = arnoldi_preconditioner(args)
     wall_r, peak_r, meta_r = influence(run1, work / "infl-trainable-refined", "refined", "wd",
                                        ("--refined-tol", args.refined_tol, *spectral), params="trainable", test="all")  # fmt: skip
     wall_g, peak_g, _ = influence(run1, work / "infl-trainable-ggn", "ggn", "wd", ("--rcond", "exact"),

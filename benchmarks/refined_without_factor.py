@@ -9,8 +9,9 @@ max_bytes=0)``) on the 2,954-parameter selection ``layer1.1.conv2,fc`` of ``benc
 ``--blocks all`` run (200 digits, damping 1e-3; the training gradients as the right-hand sides, as ``influence``
 solves them, 64 columns at a time), and printed: the Lanczos eigenpairs' seconds and products, the
 arnoldi-preconditioned solve's iterations and seconds, and the EK-FAC-preconditioned solve's seconds per iteration
-over ``--ekfac-iterations`` iterations (it needs more than 300 here even with the factor cached, so its whole solve is extrapolated from them
-and printed as such, not run), every solution's relative error against the exact dense GGN solve.
+over ``--ekfac-iterations`` iterations (it needs more than 300 here even with the factor cached, so its whole solve
+is extrapolated from them and printed as such, not run), every solution's relative error against the exact dense GGN
+solve.
 
     python benchmarks/refined_without_factor.py [--work /tmp/rt-influence-methods] [--ekfac-iterations 3]
 """
@@ -18,27 +19,13 @@ and printed as such, not run), every solution's relative error against the exact
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
+from influence_methods import SELECTION, finetuned  # the sibling benchmark's run: the same command and directory
 from torch.utils.data import DataLoader
-
-CLI = [sys.executable, "-m", "cli.main"]  # the `robust-transfer` command of this checkout
-SELECTION = "layer1.1.conv2,fc"
-
-
-def finetuned(work: Path, subset: int) -> Path:
-    """The ``--blocks all`` run of ``benchmarks/influence_methods.py`` (the same command and directory)."""
-    run = work / "all-blocks"
-    if not (run / "summary.json").exists():
-        subprocess.run([*CLI, "finetune", "--source", "mnist5k-natural", "--target", "digits", "--blocks", "all",
-                        "--subset", str(subset), "--epochs", "10", "--device", "cpu", "--out", str(run), "--resume",
-                        "--no-progress"], check=True)  # fmt: skip
-    return run
 
 
 def main() -> None:
@@ -57,7 +44,8 @@ def main() -> None:
     from study.attribution.inputs import load_run
     from study.attribution.settings import InfluenceConfig
 
-    cfg = InfluenceConfig(run=str(finetuned(Path(args.work), args.subset)), out=str(Path(args.work) / "unused"))
+    run = finetuned(Path(args.work), "all-blocks", "all", args.subset)
+    cfg = InfluenceConfig(run=str(run), out=str(Path(args.work) / "unused"))
     _, model, train, _, _, _ = load_run(cfg)
     model = model.eval()
     chosen = {n for path in SELECTION.split(",") for n in interp.select_params(model, path)}
