@@ -1,8 +1,8 @@
 """Influence in the top-``r`` eigenspace of the curvature, from matrix-vector products (Schioppa et al. 2022).
 
 With ``G v`` products (the exact GGN's, or the Hessian's), Lanczos (ARPACK through ``scipy eigsh``; for a
-symmetric matrix Arnoldi's iteration is Lanczos') finds the ``r`` largest eigenpairs ``G ~ V diag(w) V^T``,
-and
+symmetric matrix Arnoldi's iteration is Lanczos', started from a fixed seeded vector so that a run repeats exactly)
+finds the ``r`` largest eigenpairs ``G ~ V diag(w) V^T``, and
 
     (G + damping I)^+ ~ V diag(1 / (w + damping))_kept V^T,
 
@@ -41,7 +41,7 @@ from interp.curvature.memory import check_dense_fits
 from interp.device import to_numpy
 from interp.errors import InterpError
 from interp.inverses.base import INVERSES, Curvature, InverseMethod, check_damping, resolve_rcond
-from interp.inverses.eigen import EigenbasisInverse, symmetric_eigh
+from interp.inverses.eigen import EigenbasisInverse, arpack_start, symmetric_eigh
 from interp.inverses.lowrank import gram_eigenpairs
 
 HUTCHINSON_PROBES = 16
@@ -189,7 +189,8 @@ def arnoldi_inverse(
         return to_numpy(matvec(col).to(torch.float64)).reshape(x.shape)
 
     op = LinearOperator((size, size), matvec=mv, dtype=np.float64)
-    w, v = eigsh(op, k=rank, which="LA", tol=tol, ncv=min(size, max(2 * rank + 1, rank + 32)))
+    ncv = min(size, max(2 * rank + 1, rank + 32))
+    w, v = eigsh(op, k=rank, which="LA", tol=tol, ncv=ncv, v0=arpack_start(size))
     order = np.argsort(w)[::-1].copy()
     w, v = torch.from_numpy(w[order]).to(dev), torch.from_numpy(v[:, order]).to(dev)
     if not trace:

@@ -23,7 +23,7 @@ import torch
 from interp.device import to_numpy
 from interp.errors import InterpError, require_finite, require_symmetric, require_tensor
 from interp.inverses.base import INVERSES, Curvature, InverseMethod, InverseOperator, check_damping, resolve_rcond
-from interp.inverses.eigen import EigenbasisInverse, symmetric_eigh
+from interp.inverses.eigen import EigenbasisInverse, arpack_start, symmetric_eigh
 
 METHODS = ("auto", "cholesky", "eigh", "svd")
 
@@ -213,7 +213,8 @@ def _top_eigenvalues(op, k: int, tol: float) -> np.ndarray:
     from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
     try:
-        return eigsh(op, k=k, which="LA", return_eigenvectors=False, tol=tol, ncv=max(16, 2 * k + 1))
+        ncv = max(16, 2 * k + 1)
+        return eigsh(op, k=k, which="LA", return_eigenvectors=False, tol=tol, ncv=ncv, v0=arpack_start(op.shape[0]))
     except ArpackNoConvergence as err:
         if len(err.eigenvalues) == 0:
             raise InterpError(f"Lanczos found none of the {k} largest eigenvalues ({err}); raise the damping") from None

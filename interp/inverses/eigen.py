@@ -45,6 +45,13 @@ def symmetric_eigh(a: torch.Tensor, top: int | None = None) -> tuple[torch.Tenso
     return torch.from_numpy(w), torch.from_numpy(v)
 
 
+def arpack_start(size: int, seed: int = 0) -> np.ndarray:
+    """A fixed start vector for ARPACK (``eigsh(..., v0=...)``): uniform on ``[-1, 1]^size`` as ARPACK draws its own,
+    but from ``seed``, so that a Lanczos run (its eigenpairs to ``tol``, and how many products it takes) is the same
+    from one call, process and machine to the next; ARPACK's own draw advances with every call in a process."""
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, size)
+
+
 class EigenbasisInverse(InverseOperator):
     """The template above. A subclass (a dataclass) holds ``eigenvalues`` ``(r,)`` (of the undamped ``H``),
     ``eigenvectors`` ``(P, r)``, ``damping`` and ``rcond`` (resolved to a number), and sets :attr:`fills_complement`
