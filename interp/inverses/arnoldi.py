@@ -1,7 +1,7 @@
 """Influence in the top-``r`` eigenspace of the curvature, from matrix-vector products (Schioppa et al. 2022).
 
 With ``G v`` products (the exact GGN's, or the Hessian's), Lanczos (ARPACK through ``scipy eigsh``; for a
-symmetric matrix Arnoldi's iteration is Lanczos', started from a fixed seeded vector so that a run repeats exactly)
+symmetric matrix Arnoldi's iteration is Lanczos', started from a fixed seeded vector so that a run repeats)
 finds the ``r`` largest eigenpairs ``G ~ V diag(w) V^T``, and
 
     (G + damping I)^+ ~ V diag(1 / (w + damping))_kept V^T,

@@ -47,8 +47,8 @@ def symmetric_eigh(a: torch.Tensor, top: int | None = None) -> tuple[torch.Tenso
 
 def arpack_start(size: int, seed: int = 0) -> np.ndarray:
     """A fixed start vector for ARPACK (``eigsh(..., v0=...)``): uniform on ``[-1, 1]^size`` as ARPACK draws its own,
-    but from ``seed``, so that a Lanczos run (its eigenpairs to ``tol``, and how many products it takes) is the same
-    from one call, process and machine to the next; ARPACK's own draw advances with every call in a process."""
+    but from ``seed``, so that a Lanczos run (its eigenpairs, and how many products it takes) repeats from one call
+    and process to the next on one machine; ARPACK's own draw advances with every call in a process."""
     return np.random.default_rng(seed).uniform(-1.0, 1.0, size)
 
 
