@@ -42,14 +42,14 @@ def main() -> None:
     from interp.curvature import ggn_products
     from interp.inverses import ConjugateGradientInverse, DeflationPreconditioner, arnoldi_inverse, kronecker_inverse
     from study.attribution.inputs import load_run
+    from study.attribution.pipeline import param_names
     from study.attribution.settings import InfluenceConfig
 
     run = finetuned(Path(args.work), "all-blocks", "all", args.subset)
     cfg = InfluenceConfig(run=str(run), out=str(Path(args.work) / "unused"))
-    _, model, train, _, _, _ = load_run(cfg)
+    settings, model, train, _, _, _ = load_run(cfg)
     model = model.eval()
-    chosen = {n for path in SELECTION.split(",") for n in interp.select_params(model, path)}
-    names = [n for n, _ in model.named_parameters() if n in chosen]
+    names = param_names(model, SELECTION, settings)  # as `influence --params` resolves it
     loader = DataLoader(train, batch_size=cfg.batch_size)
     products = ggn_products(model, loader, names, max_bytes=0)  # no factor: a pass over the data a product
     size, d = products.size, args.damping

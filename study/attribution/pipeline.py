@@ -50,7 +50,7 @@ def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
     rules = cfg.damping_rules()
     cfg = cfg.with_run_dampings(run_dampings(settings))
     model = model.to(device).eval()
-    names = _param_names(model, cfg.params, settings)
+    names = param_names(model, cfg.params, settings)
     out = InfluenceDir(cfg.out)
     with torch_threads(cfg.threads), out.writing(len(cfg.settings()) * output_bytes(len(train), len(test))):
         meta = _compute(cfg, out, settings, model, names, train, test, device, progress) | {"config": requested}
@@ -65,7 +65,7 @@ def run_influence(cfg: InfluenceConfig, progress: bool = True) -> dict:
     return meta
 
 
-def _param_names(model, params: str, settings: dict) -> list[str]:
+def param_names(model, params: str, settings: dict) -> list[str]:
     """Full parameter names of ``--params``: ``head`` (alias ``fc``) is the classifier, whatever the
     architecture calls it; ``trainable`` every parameter the run fine-tuned (its ``blocks`` setting);
     anything else is comma-separated module paths."""
