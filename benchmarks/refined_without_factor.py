@@ -39,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import interp
-    from interp.curvature import ggn_products
+    from interp.curvature import ggn_factor, ggn_products
     from interp.inverses import ConjugateGradientInverse, DeflationPreconditioner, arnoldi_inverse, kronecker_inverse
     from study.attribution.inputs import load_run
     from study.attribution.pipeline import param_names
@@ -54,7 +54,7 @@ def main() -> None:
     products = ggn_products(model, loader, names, max_bytes=0)  # no factor: a pass over the data a product
     size, d = products.size, args.damping
     rhs = interp.per_example_grads(model, loader, names).T.to(torch.float64)  # (P, n_train)
-    factor = ggn_products(model, loader, names, max_bytes=1 << 40).factor
+    factor = ggn_factor(model, loader, names)  # the exact GGN, factored, for the dense reference solve
     exact = torch.linalg.solve(factor.T @ factor + d * torch.eye(size, dtype=torch.float64), rhs)
     print(f"{SELECTION}: P = {size:,}, {rhs.shape[1]} right-hand sides, damping {d:g}, {products.description}, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
